@@ -1,0 +1,25 @@
+"""Errors that say what went wrong, where, and how to fix it."""
+
+
+class LofiLoraError(Exception):
+    """Base class: every expected failure of the pipeline."""
+
+
+class ConfigError(LofiLoraError):
+    """A parameter is missing, of the wrong type or inconsistent (names the key)."""
+
+
+class DataError(LofiLoraError):
+    """Input data or metadata is malformed (names the file, key and reason)."""
+
+
+class ModelError(LofiLoraError):
+    """Model weights are missing or do not match what the config promises."""
+
+
+class CheckpointError(LofiLoraError):
+    """A checkpoint is missing, corrupt or belongs to another configuration."""
+
+
+class ExportParityError(LofiLoraError):
+    """An exported model misses its parity tolerance against PyTorch."""
