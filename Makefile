@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all params bench clean-outputs
+.PHONY: install sysdeps demo test test-all params clean-outputs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,16 +19,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Headless Chromium renders the listening report in a test (Debian's package; root installs it, others are told).
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the report test"; fi; }
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/dvc repro
 	$(BIN)/dvc status
 	$(BIN)/dvc metrics show
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # Everything, the slow pipeline tests included.
-test-all: $(STAMP)
+test-all: $(STAMP) sysdeps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m 'not gpu and not needs_weights'
 
 # Recompose params.yaml from conf/ exactly as `dvc exp run` does (never edit params.yaml by hand).

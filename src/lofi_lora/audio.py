@@ -58,6 +58,35 @@ def info(path: str | Path) -> AudioInfo:
     return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames), i.format.lower())
 
 
+def truncation(path: str | Path) -> str | None:
+    """Why a WAV file is cut short (its data chunk declares more bytes than the file holds), else None.
+
+    libsndfile decodes a truncated WAV without complaint, returning only the frames present, so the
+    cut would otherwise go unnoticed. Other formats fail to decode (FLAC) or have no reliable length field.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".wav":
+        return None
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None  # not RIFF/WAVE: left to the decoder
+        if head[:4] == b"RF64":
+            return None  # 64-bit sizes live in a ds64 chunk; not checked
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, csize = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"data":
+                available = size - f.tell()
+                if csize != 0xFFFFFFFF and csize > available:
+                    return f"truncated: data chunk declares {csize} bytes, file holds {available}"
+                return None
+            f.seek(csize + (csize & 1), 1)
+
+
 def read(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, int]:
     """Decode a file to `[channels, frames]` float samples at its native rate.
 
@@ -124,10 +153,15 @@ def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
     return audio[:channels]
 
 
+def conform(audio: np.ndarray, sr_in: int, sample_rate: int, channels: int) -> np.ndarray:
+    """Decoded audio -> `[channels, frames]` float32 at `sample_rate` (what `load` returns)."""
+    return to_channels(resample(audio, sr_in, sample_rate), channels).astype(np.float32)
+
+
 def load(path: str | Path, sample_rate: int, channels: int) -> np.ndarray:
     """Decode, resample and set the channel count: `[channels, frames]` float32."""
     audio, sr = read(path)
-    return to_channels(resample(audio, sr, sample_rate), channels).astype(np.float32)
+    return conform(audio, sr, sample_rate, channels)
 
 
 def write(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None,

@@ -1,0 +1,107 @@
+"""Tempo from the onset envelope's autocorrelation, with octave errors resolved by the style's tempo range.
+
+A beat tracker alone often locks onto half or double time (lofi drums are sparse and swung). Here the
+global autocorrelation of the onset envelope is read as a tempo salience curve, weighted by a prior that
+is flat over the preset's tempo_range and falls off (log-tempo Gaussian) outside it, so x2, x1/2, x3/2
+candidates lose to the one the style allows. The period is then refined on the bar lag (4 beats) by
+parabolic interpolation, which gives sub-percent precision from an 11.6 ms hop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+
+from lofi_lora.annotate.features import Features
+
+MIN_BPM, MAX_BPM = 30.0, 240.0
+PRIOR_SIGMA_OCT = 0.12   # log2 width of the fall-off outside the tempo range (5 % outside -> 0.95)
+
+
+@dataclass(frozen=True)
+class TempoEstimate:
+    bpm: float
+    confidence: float        # salience of the chosen peak relative to the strongest peak, 0-1
+    unweighted_bpm: float    # the strongest periodicity with no style prior (for traceability)
+    beat_period_s: float
+
+
+def _prior(bpm: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    d = np.maximum(np.log2(lo / bpm), 0) + np.maximum(np.log2(bpm / hi), 0)
+    return np.exp(-0.5 * (d / PRIOR_SIGMA_OCT) ** 2)
+
+
+def _parabolic(ac: np.ndarray, i: int) -> float:
+    if 0 < i < len(ac) - 1:
+        a, b, c = ac[i - 1], ac[i], ac[i + 1]
+        den = a - 2 * b + c
+        if den < 0:
+            return i + 0.5 * (a - c) / den
+    return float(i)
+
+
+def estimate_tempo(feats: Features, tempo_range: tuple[float, float]) -> TempoEstimate:
+    """BPM of a clip whose style allows `tempo_range` (lo, hi)."""
+    env = feats.onset_env - feats.onset_env.mean()
+    hop_s = feats.onset_hop_s
+    max_lag = min(len(env) - 1, int(round(4 * 60.0 / MIN_BPM / hop_s)) + 2)
+    ac = librosa.autocorrelate(env, max_size=max_lag + 1)
+    if ac[0] <= 0:
+        lo, hi = tempo_range
+        mid = float(np.sqrt(lo * hi))
+        return TempoEstimate(mid, 0.0, mid, 60.0 / mid)
+    ac = ac / ac[0]
+    lags = np.arange(1, len(ac))
+    bpm = 60.0 / (lags * hop_s)
+    valid = (bpm >= MIN_BPM) & (bpm <= MAX_BPM)
+    salience = np.where(valid, ac[1:], -np.inf)
+    # Sum the salience at the beat and the bar (4 beats) lags: a true beat period repeats at its multiples.
+    bar = np.full_like(salience, -np.inf)
+    idx4 = lags * 4
+    ok = idx4 < len(ac)
+    bar[ok] = ac[idx4[ok]]
+    score = salience + 0.5 * np.where(np.isfinite(bar), bar, 0.0)
+    unweighted = int(np.argmax(score))
+    weighted = score + np.log(np.maximum(_prior(bpm, *tempo_range), 1e-12))
+    best = int(np.argmax(weighted))
+    lag = lags[best]
+    period_frames = _parabolic(ac, lag)
+    # Refine on the longest multiple of the beat that fits (bar lag): the relative error shrinks by k.
+    for k in (4, 2):
+        if k * lag + 2 < len(ac):
+            window = slice(k * lag - 2, k * lag + 3)
+            j = k * lag - 2 + int(np.argmax(ac[window]))
+            cand = _parabolic(ac, j) / k
+            if abs(cand - period_frames) / period_frames < 0.03:
+                period_frames = cand
+                break
+    period_s = float(period_frames * hop_s)
+    peak = float(salience[best])
+    top = float(np.max(salience[np.isfinite(salience)]))
+    conf = float(np.clip(peak / top, 0.0, 1.0)) if top > 0 else 0.0
+    return TempoEstimate(60.0 / period_s, conf, float(bpm[unweighted]), period_s)
+
+
+def estimate_beats_per_bar(feats: Features, beat_period_s: float, candidates: tuple[int, ...] = (3, 4)) -> tuple[int, float]:
+    """Meter from low-band (kick/bass) accents: which bar length, in beats, repeats most strongly.
+
+    Returns (beats_per_bar, confidence 0-1 as the margin between the two best candidates).
+    """
+    env = feats.onset_env_low - feats.onset_env_low.mean()
+    lag_beat = beat_period_s / feats.onset_hop_s
+    need = int(max(candidates) * 2 * lag_beat) + 3
+    if need >= len(env) or np.allclose(env, 0):
+        return max(candidates), 0.0
+    ac = librosa.autocorrelate(env, max_size=need + 1)
+    ac = ac / max(ac[0], 1e-12)
+
+    def at(lag: float) -> float:
+        i = int(round(lag))
+        return float(np.max(ac[max(i - 1, 0): i + 2]))
+
+    # A bar of b beats repeats at b and 2b beats; the off-bar lags in between should be weaker.
+    scores = {b: at(b * lag_beat) + at(2 * b * lag_beat) - at((b - 0.5) * lag_beat) for b in candidates}
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    margin = scores[ranked[0]] - scores[ranked[1]] if len(ranked) > 1 else 1.0
+    return ranked[0], float(np.clip(margin, 0.0, 1.0))

@@ -1,0 +1,204 @@
+"""FP32 ONNX -> FP16 / INT8 (dynamic, per-channel) / INT4 (MatMulNBits), with onnxruntime's own tools.
+
+The source is the folded FP32 export (weights are initializers, no initializer value_info). Modules listed in
+`exclude_modules` (first/last projections: most of the INT4 error in research note onnx-export.md §5) keep
+FP32 weights; their nodes are found through the exporter's `pkg.torch.onnx.name_scopes` node metadata.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from lofi_lora.export.onnx_export import check_onnx, initializer_bytes, save_onnx
+
+log = logging.getLogger(__name__)
+
+
+def _scopes(node) -> list[str]:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return list(ast.literal_eval(prop.value))
+            except (ValueError, SyntaxError):
+                return []
+    return []
+
+
+def nodes_in_modules(proto, modules: Iterable[str], op_types: Sequence[str] = ("MatMul", "Gemm")) -> list[str]:
+    """Names of `op_types` nodes that the exporter traced inside any module named in `modules`.
+
+    A module matches a scope equal to it or ending in `.<module>` (the export wraps the transformer).
+    """
+    wanted = [m for m in modules if m]
+    found = []
+    for node in proto.graph.node:
+        if node.op_type not in op_types:
+            continue
+        if any(s == m or s.endswith("." + m) for s in _scopes(node) for m in wanted):
+            found.append(node.name)
+    return found
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def to_fp16(src: Path, dst: Path, op_block_list: Sequence[str] = ()) -> list[Path]:
+    """FP16 weights and compute, FP32 inputs/outputs; `op_block_list` op types stay FP32.
+
+    Module exclusion is not offered here: ORT's converter (shape inference off, as dynamo graphs need) leaves
+    a blocked MatMul's FP32 output feeding the FP16 bias Add, an invalid graph.
+
+    Chains of blocked nodes otherwise pass through a Cast(fp16) -> Cast(fp32) round trip between each pair, which
+    overflows exactly where blocking was meant to help; those round trips are rewired away.
+    """
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    proto = _load(src)
+    converted = convert_float_to_float16(
+        proto, keep_io_types=True, disable_shape_infer=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(op_block_list),
+    )
+    rewired = remove_fp16_roundtrips(converted)
+    deduped = dedupe_nodes(converted)
+    topological_sort(converted)
+    log.info("fp16: ops kept fp32: %s; %d fp16 round trips rewired, %d duplicate nodes dropped",
+             ", ".join(op_block_list) or "-", rewired, deduped)
+    files = save_onnx(converted, dst)
+    check_onnx(dst)
+    return files
+
+
+def remove_fp16_roundtrips(proto) -> int:
+    """Replace `Cast(to=fp32)(Cast(to=fp16)(x: fp32))` by `x` in consumers; returns how many were rewired."""
+    import onnx
+
+    fp32 = {i.name for i in proto.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    fp32 |= {v.name for v in proto.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    for n in proto.graph.node:  # outputs of fp32-producing casts are fp32 too
+        if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT:
+            fp32.update(n.output)
+    replace: dict[str, str] = {}
+    for n in proto.graph.node:
+        if n.op_type != "Cast" or _cast_to(n) != onnx.TensorProto.FLOAT:
+            continue
+        up = producer.get(n.input[0])
+        if up is not None and up.op_type == "Cast" and _cast_to(up) == onnx.TensorProto.FLOAT16 and up.input[0] in fp32:
+            replace[n.output[0]] = up.input[0]
+    graph_outputs = {o.name for o in proto.graph.output}
+    for n in proto.graph.node:
+        for i, name in enumerate(n.input):
+            if name in replace:
+                n.input[i] = replace[name]
+    for name in replace:
+        if name in graph_outputs:
+            raise RuntimeError(f"fp16 round trip on graph output {name}")
+    _drop_dead_nodes(proto)
+    return len(replace)
+
+
+def _cast_to(node) -> int | None:
+    for a in node.attribute:
+        if a.name == "to":
+            return a.i
+    return None
+
+
+def dedupe_nodes(proto) -> int:
+    """Drop nodes that re-define an already defined output (ORT's converter duplicates `*_cast_to_fp32` casts)."""
+    seen: set[str] = set()
+    keep = []
+    for n in proto.graph.node:
+        if any(o in seen for o in n.output if o):
+            continue
+        seen.update(o for o in n.output if o)
+        keep.append(n)
+    dropped = len(proto.graph.node) - len(keep)
+    if dropped:
+        del proto.graph.node[:]
+        proto.graph.node.extend(keep)
+    return dropped
+
+
+def _drop_dead_nodes(proto) -> None:
+    """Remove nodes none of whose outputs reach a graph output (order-independent: the converter appends casts)."""
+    producer = {o: i for i, n in enumerate(proto.graph.node) for o in n.output if o}
+    live: set[int] = set()
+    stack = [producer[o.name] for o in proto.graph.output if o.name in producer]
+    while stack:
+        i = stack.pop()
+        if i in live:
+            continue
+        live.add(i)
+        stack.extend(producer[x] for x in proto.graph.node[i].input if x in producer)
+    keep = [n for i, n in enumerate(proto.graph.node) if i in live]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+
+
+def topological_sort(proto) -> None:
+    """Order nodes so each input is defined before use (the fp16 converter appends its input casts last)."""
+    nodes = list(proto.graph.node)
+    available = {i.name for i in proto.graph.input} | {t.name for t in proto.graph.initializer} | {""}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    waiting = [sum(1 for x in set(n.input) if x not in available and x in producer) for n in nodes]
+    users: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for x in set(n.input):
+            if x not in available and x in producer:
+                users.setdefault(producer[x], []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    order: list[int] = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if len(order) != len(nodes):
+        raise RuntimeError(f"graph has a cycle or undefined inputs ({len(nodes) - len(order)} nodes unsorted)")
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[i] for i in order)
+
+
+def to_int8(src: Path, dst: Path, exclude_modules: Sequence[str] = (), per_channel: bool = True) -> list[Path]:
+    """Weight-only dynamic INT8 of MatMul/Gemm weights (activations quantised on the fly): the CPU-fast format."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = _load(src)
+    exclude = nodes_in_modules(proto, exclude_modules)
+    big = initializer_bytes(proto) > (1 << 30)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        Path(src), Path(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
+        weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=big,
+    )
+    log.info("int8: %d MatMul/Gemm nodes kept fp32 (%s)", len(exclude), ", ".join(exclude_modules))
+    check_onnx(dst)
+    return [p for p in (dst, dst.with_name(dst.name + ".data")) if p.exists()]
+
+
+def to_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accuracy_level: int | None = None,
+            exclude_modules: Sequence[str] = ()) -> list[Path]:
+    """Weight-only block INT4 (`MatMulNBits`, com.microsoft) of MatMul weights; Gemm/Conv stay FP32."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    proto = _load(src)
+    exclude = nodes_in_modules(proto, exclude_modules)
+    q = MatMulNBitsQuantizer(proto, bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
+                             accuracy_level=accuracy_level, nodes_to_exclude=exclude)
+    q.process()
+    out = q.model.model
+    n = sum(node.op_type == "MatMulNBits" for node in out.graph.node)
+    log.info("int4: %d MatMulNBits (block %d, %s), %d nodes kept fp32", n, block_size,
+             "symmetric" if symmetric else "asymmetric", len(exclude))
+    files = save_onnx(out, dst)
+    check_onnx(dst)
+    return files

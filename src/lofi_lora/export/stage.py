@@ -1,0 +1,207 @@
+"""Stage `export`: merge the best adapter, export the denoiser + VAE decoder, FP16/INT8/INT4, gate each on parity.
+
+Output folder (`paths.onnx`, swapped in whole):
+    fp32/denoiser.onnx[.data]  fp16/…  int8/…  int4/…   one transformer call -> velocity
+    vae/vae_decoder.onnx                               AutoencoderOobleck.decode (FP32)
+    conditions/p<i>_{encoder_hidden_states,context_latents,noise}.npy, sampler.json   for the ONNX-only sampler
+and `metrics/export.json` (size, parity, latency per precision).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from lofi_lora.config import require, to_plain
+from lofi_lora.errors import ConfigError, ExportParityError
+from lofi_lora.export import merge as merge_mod
+from lofi_lora.export import onnx_export as ox
+from lofi_lora.export import ort as ortx
+from lofi_lora.export import parity, quantize
+from lofi_lora.export.sampler import MANIFEST, OnnxSampler
+from lofi_lora.fsutil import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+def run_export(cfg) -> dict:
+    """Stage entry: load base pipeline + best adapter, then `export_pipeline` into paths.onnx."""
+    from lofi_lora import adapters, backend
+
+    best = Path(require(cfg, "paths.lora")) / "best"
+    pipe = backend.load_pipeline(cfg.model, require(cfg, "paths.base_model"), "cpu", torch.float32)
+    adapters.load_into_pipeline(pipe, best)
+    metrics_path = Path(require(cfg, "paths.metrics")) / "export.json"
+    return export_pipeline(pipe, require(cfg, "export"), Path(require(cfg, "paths.onnx")), metrics_path)
+
+
+def _settings(ecfg) -> dict:
+    e = to_plain(ecfg)
+    precisions = list(e["precisions"])
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or "fp32" not in precisions:
+        raise ConfigError(f"`export.precisions` = {precisions}: must include fp32 and only {list(PRECISIONS)}")
+    for p in precisions + ["merge", "vae", "sampler"]:
+        if p not in e["tolerance"]:
+            raise ConfigError(f"`export.tolerance.{p}` is missing")
+    return e
+
+
+@torch.no_grad()
+def export_pipeline(pipe, ecfg, out_dir: Path, metrics_path: Path) -> dict:
+    """Merge the LoRA in `pipe.transformer`, export and convert, check parity, write metrics; returns headlines.
+
+    Raises:
+        ExportParityError: the merge or a precision misses its tolerance (message carries the figures).
+    """
+    e = _settings(ecfg)
+    transformer = pipe.transformer.eval()
+    dims = ox.denoiser_dims(transformer)
+    cases = [ox.denoiser_inputs(dims, int(e["parity_batch"]), int(n), int(e["parity_encoder_len"]), seed=100 + i)
+             for i, n in enumerate(e["parity_lengths"])]
+    threads = e.get("ort_threads")
+
+    # 1. conditions + PyTorch reference audio, with the adapter as trained (not merged)
+    prompts = _pipeline_references(pipe, e["sampler"])
+
+    # 2. merge and check against the adapter model
+    lora_layers = merge_mod.count_lora_layers(transformer)
+    transformer, merge_figs = merge_mod.merge_and_verify(transformer, ox.run_torch, cases, e["tolerance"]["merge"])
+    pipe.transformer = transformer
+    refs = [ox.run_torch(transformer, c) for c in cases]
+    lat = e["latency"]
+    lat_inputs = ox.denoiser_inputs(dims, int(lat["batch"]), int(lat["frames"]), int(lat["encoder_len"]), seed=7)
+    torch_latency = ortx.median_latency_ms(lambda: ox.run_torch(transformer, lat_inputs), int(lat["repeats"]),
+                                           int(lat["warmup"]))
+
+    metrics: dict[str, Any] = {
+        "opset": int(e["opset"]), "providers": ortx.providers(), "lora_layers_merged": lora_layers,
+        "merge": merge_figs, "parity_shapes": [list(c["hidden_states"].shape) for c in cases],
+        "latency_shape": {k: lat[k] for k in ("batch", "frames", "encoder_len")},
+        "torch_fp32_latency_ms": torch_latency["median_ms"], "precisions": {},
+    }
+    with atomic_dir(out_dir) as tmp:
+        # 3. FP32 denoiser, VAE decoder, conditions for the sampler
+        example = ox.denoiser_inputs(dims, 2, _even(int(e["parity_lengths"][0]), dims["patch_size"]),
+                                     int(e["parity_encoder_len"]), seed=1)
+        fp32 = tmp / "fp32" / "denoiser.onnx"
+        ox.export_denoiser(transformer, fp32, int(e["opset"]), example)
+        metrics["vae_decoder"] = _export_vae(pipe.vae, tmp / "vae" / "vae_decoder.onnx", e, threads)
+        _write_sampler_inputs(tmp, pipe, prompts, e["sampler"], dims)
+
+        # 4. each precision: convert, parity per call, end-to-end sampler, size, latency
+        fp32_bytes = None
+        for precision in e["precisions"]:
+            path = tmp / precision / "denoiser.onnx"
+            if precision == "fp16":
+                quantize.to_fp16(fp32, path, e["fp16_op_block_list"])
+            elif precision == "int8":
+                quantize.to_int8(fp32, path, e["exclude_modules"])
+            elif precision == "int4":
+                quantize.to_int4(fp32, path, int(e["int4_block_size"]), bool(e["int4_symmetric"]),
+                                 e.get("int4_accuracy_level"), e["exclude_modules"])
+            size = ortx.file_bytes(sorted(path.parent.glob("denoiser.onnx*")))
+            fp32_bytes = fp32_bytes or size
+            sess = ortx.session(path, threads)
+            per_case = {f"{c['hidden_states'].shape[0]}x{c['hidden_states'].shape[1]}":
+                        parity.compare(ref, ortx.run_denoiser(sess, c, dims["patch_size"])) for ref, c in zip(refs, cases)}
+            worst = parity.worst(per_case)
+            latency = ortx.median_latency_ms(lambda: ortx.run_denoiser(sess, lat_inputs, dims["patch_size"]),
+                                             int(lat["repeats"]), int(lat["warmup"]))
+            e2e = _sampler_parity(tmp, precision, prompts, threads)
+            metrics["precisions"][precision] = {
+                "bytes": size, "mb": round(size / 1e6, 3), "ratio_to_fp32": round(size / fp32_bytes, 4),
+                "parity": worst, "parity_cases": per_case, "latency_ms": latency["median_ms"], "latency": latency,
+                "sampler_audio": e2e,
+            }
+            log.info("%s: %.3f MB (%.2fx fp32), rel_l2 %.2e, cos %.6f, %.2f ms/call, sampler audio rel_l2 %.2e",
+                     precision, size / 1e6, size / fp32_bytes, worst["rel_l2"], worst["cosine"],
+                     latency["median_ms"], e2e["rel_l2"])
+            try:
+                parity.check(f"{precision} denoiser vs PyTorch fp32", worst, e["tolerance"][precision])
+                if precision == "fp32":
+                    parity.check("fp32 ONNX sampler audio vs PyTorch pipeline", e2e, e["tolerance"]["sampler"])
+            except ExportParityError:
+                atomic_write_json(metrics_path, {**metrics, "failed": precision})
+                raise
+    atomic_write_json(metrics_path, metrics)
+    summary: dict[str, Any] = {"merge_max_abs_err": merge_figs["max_abs_err"]}
+    for p, m in metrics["precisions"].items():
+        summary[f"{p}_mb"] = m["mb"]
+        summary[f"{p}_rel_l2"] = m["parity"]["rel_l2"]
+        summary[f"{p}_ms"] = round(m["latency_ms"], 3)
+    return summary
+
+
+def _even(n: int, patch: int) -> int:
+    return n + (-n) % patch
+
+
+def _pipeline_references(pipe, scfg: Mapping) -> list[dict]:
+    """Run the PyTorch pipeline per prompt with fixed noise; capture the DiT's condition inputs and the audio."""
+    captured: list[dict] = []
+
+    def hook(_module, _args, kwargs):
+        if not captured or "enc" not in captured[-1]:
+            captured[-1].update(enc=kwargs["encoder_hidden_states"].detach().float().cpu().numpy(),
+                                ctx=kwargs["context_latents"].detach().float().cpu().numpy())
+
+    frames = int(np.ceil(float(scfg["duration_s"]) * pipe.latents_per_second))
+    acoustic = int(pipe.transformer.config.audio_acoustic_hidden_dim)
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i, prompt in enumerate(scfg["prompts"]):
+            noise = np.random.default_rng(int(scfg["seed"]) + i).standard_normal((1, frames, acoustic), dtype=np.float32)
+            captured.append({"prompt": prompt, "noise": noise})
+            out = pipe(prompt=prompt, lyrics=scfg.get("lyrics") or "", audio_duration=frames / pipe.latents_per_second,
+                       num_inference_steps=int(scfg["steps"]), shift=float(scfg["shift"]), guidance_scale=1.0,
+                       latents=torch.from_numpy(noise).to(pipe.transformer.device), output_type="np")
+            captured[-1]["audio"] = np.asarray(out.audios, dtype=np.float32)
+    finally:
+        handle.remove()
+    return captured
+
+
+def _write_sampler_inputs(root: Path, pipe, prompts: list[dict], scfg: Mapping, dims: Mapping[str, int]) -> None:
+    entries = []
+    (root / "conditions").mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(prompts):
+        names = {k: f"conditions/p{i}_{k}.npy" for k in ("encoder_hidden_states", "context_latents", "noise")}
+        np.save(root / names["encoder_hidden_states"], p["enc"])
+        np.save(root / names["context_latents"], p["ctx"])
+        np.save(root / names["noise"], p["noise"])
+        entries.append({"prompt": p["prompt"], "frames": int(p["noise"].shape[1]), **names})
+    manifest = {
+        "version": 1, "sample_rate": int(pipe.sample_rate), "latents_per_second": float(pipe.latents_per_second),
+        "acoustic_dim": dims["acoustic"], "patch_size": dims["patch_size"], "steps": int(scfg["steps"]),
+        "shift": float(scfg["shift"]), "vae_decoder": "vae/vae_decoder.onnx", "prompts": entries,
+        "note": "turbo text2music without CFG; noise .npy is the noise the PyTorch reference used",
+    }
+    atomic_write_json(root / MANIFEST, manifest)
+
+
+def _export_vae(vae, path: Path, e: Mapping, threads) -> dict:
+    ox.export_vae_decoder(vae, path, int(e["opset"]))
+    channels = int(vae.config.decoder_input_channels)
+    z = np.random.default_rng(3).standard_normal((1, channels, int(e["parity_lengths"][0])), dtype=np.float32)
+    ref = vae.decode(torch.from_numpy(z).to(vae.device, vae.dtype)).sample.float().cpu().numpy()
+    (got,) = ortx.session(path, threads).run(None, {"latents": z})
+    figs = parity.compare(ref, got)
+    parity.check("VAE decoder vs PyTorch", figs, e["tolerance"]["vae"])
+    size = ortx.file_bytes(sorted(path.parent.glob("vae_decoder.onnx*")))
+    return {"bytes": size, "mb": round(size / 1e6, 3), "parity": figs}
+
+
+def _sampler_parity(root: Path, precision: str, prompts: list[dict], threads) -> dict:
+    """ONNX-only sampler audio vs the PyTorch pipeline's audio (same noise), worst over the prompt set."""
+    sampler = OnnxSampler(root, precision, threads)
+    figs = {}
+    for i, p in enumerate(prompts):
+        figs[str(i)] = parity.compare(p["audio"], sampler.generate(i, noise=p["noise"]))
+    return parity.worst(figs)

@@ -1,0 +1,265 @@
+"""Stage `preprocess`: accepted tracks -> quality-checked, loudness-normalised 48 kHz stereo clips.
+
+Tracks that fail a quality check are quarantined with a reason. Long tracks are cut near bar lines at
+the quietest point that is not inside a note onset, so no clip starts or ends mid-attack. Each clip is
+normalised to audio.target_lufs under the audio.true_peak_dbfs ceiling and written as WAV (PCM_24) and
+MP3. Human quality scores in quality_scores.json survive reruns; automated ones are replaced.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from lofi_lora import audio as audio_io
+from lofi_lora import quality
+from lofi_lora.config import require, to_plain
+from lofi_lora.errors import DataError
+from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_SR = 22050
+HOP = 512
+FADE_S = 0.005
+SCORES_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------- segmenting
+def analyse(audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+    """Beat, onset and energy curves (frames of HOP samples at ANALYSIS_SR) that choose the cut points."""
+    import librosa
+
+    mono = audio_io.resample(audio_io.to_channels(audio, 1), sample_rate, ANALYSIS_SR)[0].astype(np.float32)
+    env = librosa.onset.onset_strength(y=mono, sr=ANALYSIS_SR, hop_length=HOP)
+    rms = librosa.feature.rms(y=mono, frame_length=2 * HOP, hop_length=HOP)[0]  # short: sharp before attacks
+    n = min(env.size, rms.size)
+    env, rms = env[:n], rms[:n]
+    _, beats = librosa.beat.beat_track(onset_envelope=env, sr=ANALYSIS_SR, hop_length=HOP, units="frames")
+    peaks = librosa.onset.onset_detect(onset_envelope=env, sr=ANALYSIS_SR, hop_length=HOP, units="frames")
+    starts = librosa.onset.onset_backtrack(peaks, rms) if peaks.size else peaks
+    forbidden = np.zeros(n, bool)
+    for s, p in zip(starts, peaks):  # from just before the attack starts until just after its peak
+        forbidden[max(0, s - 1): min(n, p + 3)] = True
+    beats = np.asarray(beats, int)
+    bars = beats
+    if beats.size >= 8:  # downbeats: the beat phase (of 4) with the strongest onsets
+        phase = int(np.argmax([env[beats[k::4]].mean() for k in range(4)]))
+        bars = beats[phase::4]
+    return {"env": env, "rms": rms, "forbidden": forbidden, "bars": bars, "onsets": peaks, "onset_starts": starts}
+
+
+def choose_cuts(curves: dict[str, np.ndarray], duration_s: float, max_clip_s: float, min_clip_s: float) -> list[float]:
+    """Clip boundaries in seconds `[0, c1, ..., duration_s]`, each clip at most max_clip_s long.
+
+    Each cut is searched near the bar lines in the last half of the allowed span, at the frame of lowest
+    energy + onset strength that is not inside an onset; a later cut is slightly preferred (fewer, longer
+    clips), and the remainder is kept at least min_clip_s long where the lengths allow.
+    """
+    if duration_s <= max_clip_s:
+        return [0.0, duration_s]
+    fps = ANALYSIS_SR / HOP
+    env, rms, forbidden, bars = curves["env"], curves["rms"], curves["forbidden"], curves["bars"]
+    n = env.size
+    cost = rms / (np.percentile(rms, 95) + 1e-9) + env / (np.percentile(env, 95) + 1e-9)
+    beat_frames = np.median(np.diff(bars)) / 4 if bars.size > 1 else fps / 2
+    cuts, start = [0.0], 0.0
+    while duration_s - start > max_clip_s:
+        hi_s = start + max_clip_s
+        if duration_s - hi_s < min_clip_s and duration_s - start - min_clip_s >= max(min_clip_s, 0.5 * max_clip_s):
+            hi_s = duration_s - min_clip_s  # leave a usable last clip
+        lo_s = max(start + min_clip_s, start + 0.5 * max_clip_s)
+        lo, hi = int(np.ceil(lo_s * fps)), min(n - 1, int(np.floor(hi_s * fps)))
+        best: tuple[float, int] | None = None
+        w = max(1, int(beat_frames / 2))
+        for b in bars[(bars >= lo - w) & (bars <= hi + w)]:
+            cand = np.arange(max(lo, b - w), min(hi, b + w) + 1)
+            cand = cand[~forbidden[cand]]
+            if cand.size == 0:
+                continue
+            c = cost[cand] + 0.25 * np.abs(cand - b) / w - 0.25 * (cand / fps - start) / max_clip_s
+            k = int(np.argmin(c))
+            if best is None or c[k] < best[0]:
+                best = (float(c[k]), int(cand[k]))
+        if best is None:  # no beat grid here: anywhere in the span that is not inside an onset
+            cand = np.arange(lo, hi + 1)
+            free = cand[~forbidden[cand]]
+            if free.size:
+                best = (0.0, int(free[np.argmin(cost[free])]))
+            else:
+                log.warning("no onset-free frame between %.1f and %.1f s; cutting at the weakest onset", lo_s, hi_s)
+                best = (0.0, int(cand[np.argmin(env[cand])]))
+        cut = best[1] / fps
+        cuts.append(cut)
+        start = cut
+    cuts.append(duration_s)
+    return cuts
+
+
+def _fade_edges(clip: np.ndarray, sample_rate: int, fade_in: bool, fade_out: bool) -> np.ndarray:
+    """Short raised-cosine fades at cut edges so a cut at a quiet point never clicks."""
+    n = min(int(FADE_S * sample_rate), clip.shape[1] // 2)
+    if n < 2:
+        return clip
+    ramp = (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n))).astype(clip.dtype)
+    clip = clip.copy()
+    if fade_in:
+        clip[:, :n] *= ramp
+    if fade_out:
+        clip[:, -n:] *= ramp[::-1]
+    return clip
+
+
+# ---------------------------------------------------------------------------------------------- per track
+def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Check, segment, normalise and write one accepted track. Returns clips, quarantine entries, scores."""
+    tid, path = track["track_id"], Path(track["path"])
+    result: dict[str, Any] = {"clips": [], "quarantine": [], "scores": {}, "short_clips_dropped": 0}
+
+    def quarantine(reasons: list[tuple[str, str]], measures: dict, clip_id: str | None = None) -> dict[str, Any]:
+        entry = {"path": path.as_posix(), "track_id": tid, "reason": reasons[0][0], "detail": reasons[0][1],
+                 "reasons": [r for r, _ in reasons], "measures": measures}
+        if clip_id:
+            entry["clip_id"] = clip_id
+        result["quarantine"].append(entry)
+        return result
+
+    try:
+        native, native_sr = audio_io.read(path)
+    except DataError as e:
+        return quarantine([("undecodable", str(e))], {})
+    m = quality.measure(native, native_sr, native_sr, float(params["silence_db"]))
+    problems = quality.check(m, params)
+    if problems:
+        return quarantine(problems, m.as_dict())
+
+    sr = int(params["sample_rate"])
+    x = audio_io.conform(native, native_sr, sr, int(params["channels"]))
+    duration_s = x.shape[1] / sr
+    cuts = choose_cuts(analyse(x, sr), duration_s, float(params["max_clip_seconds"]), float(params["min_clip_seconds"]))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    k = 0
+    for i, (a_s, b_s) in enumerate(zip(cuts[:-1], cuts[1:])):
+        a, b = int(round(a_s * sr)), min(x.shape[1], int(round(b_s * sr)))
+        if (b - a) / sr < float(params["min_clip_seconds"]):
+            result["short_clips_dropped"] += 1
+            continue
+        clip_id = f"{tid}__{k:03d}"
+        clip = _fade_edges(x[:, a:b], sr, fade_in=i > 0, fade_out=i < len(cuts) - 2)
+        cm = quality.measure(clip, sr, native_sr, float(params["silence_db"]))
+        clip_problems = [p for p in quality.check(cm, params) if p[0] in ("silence", "too_quiet")]
+        if clip_problems:
+            quarantine(clip_problems, cm.as_dict(), clip_id)
+            k += 1
+            continue
+        norm = quality.normalise(clip, sr, float(params["target_lufs"]), float(params["true_peak_dbfs"]))
+        wav, mp3 = out_dir / "wav" / f"{clip_id}.wav", out_dir / "mp3" / f"{clip_id}.mp3"
+        audio_io.write(wav, norm.audio, sr, subtype="PCM_24")
+        audio_io.write(mp3, norm.audio, sr, bitrate_kbps=int(params["mp3_bitrate_kbps"]))
+        result["clips"].append({
+            "clip_id": clip_id, "track_id": tid, "wav": wav.name, "mp3": mp3.name,
+            "start_s": round(a / sr, 4), "end_s": round(b / sr, 4), "duration_s": round((b - a) / sr, 4),
+            "lufs": round(norm.lufs, 3), "true_peak_dbfs": round(norm.true_peak_dbfs, 3)})
+        result["scores"][clip_id] = {
+            **cm.as_dict(), "score": round(quality.score(cm, params), 4), "gain_db": round(norm.gain_db, 3),
+            "lufs_normalised": round(norm.lufs, 3), "true_peak_dbfs": round(norm.true_peak_dbfs, 3),
+            "scorer_version": quality.SCORER_VERSION, "scored_at": now}
+        k += 1
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- stage
+def merge_scores(existing: Any, automated: dict[str, dict[str, Any]], now: str) -> dict[str, Any]:
+    """New quality_scores.json content: automated scores replaced, every `human` entry kept (also of clips
+    that no longer exist, which are marked `current: false`)."""
+    old_clips = existing.get("clips", {}) if isinstance(existing, dict) else {}
+    clips: dict[str, Any] = {}
+    for clip_id in sorted(set(old_clips) | set(automated)):
+        entry: dict[str, Any] = {"current": clip_id in automated}
+        if clip_id in automated:
+            entry["automated"] = automated[clip_id]
+        human = (old_clips.get(clip_id) or {}).get("human")
+        if human is not None:
+            entry["human"] = human
+        if entry["current"] or "human" in entry:
+            clips[clip_id] = entry
+    return {"version": SCORES_VERSION, "scorer_version": quality.SCORER_VERSION, "updated_at": now, "clips": clips}
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp folders/files a killed earlier run left beside `path` (the atomic writers' naming)."""
+    if path.parent.is_dir():
+        for p in path.parent.glob(f".{path.name}.*"):
+            if p.name.endswith(".tmp") or p.name == f".{path.name}.old":
+                log.info("removing leftover %s of an interrupted run", p)
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_path: Path,
+               params: dict[str, Any]) -> dict[str, Any]:
+    """Run the stage on paths.interim's accepted tracks; returns the data metrics."""
+    t0 = time.perf_counter()
+    ingest_doc = read_json(interim_dir / "ingest.json")
+    ingest_q = read_json(interim_dir / "quarantine.json") if (interim_dir / "quarantine.json").exists() else {}
+    tracks = ingest_doc.get("accepted", [])
+    _remove_stale_temps(clips_dir)
+    with atomic_dir(clips_dir) as tmp:
+        (tmp / "wav").mkdir()
+        (tmp / "mp3").mkdir()
+        work = functools.partial(process_track, params=params, out_dir=tmp)
+        workers = min(int(params.get("workers", 1)), len(tracks))
+        if workers > 1:  # tracks are independent; each worker writes its own clip files
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                results = list(tqdm(pool.map(work, tracks), total=len(tracks), desc="preprocess", unit="track"))
+        else:
+            results = [work(t) for t in tqdm(tracks, desc="preprocess", unit="track")]
+        for r in results:
+            for c in r["clips"]:  # repo-relative paths where the clips will be once the folder is swapped in
+                c["wav"], c["mp3"] = (clips_dir / "wav" / c["wav"]).as_posix(), (clips_dir / "mp3" / c["mp3"]).as_posix()
+        clips = [c for r in results for c in r["clips"]]
+        quarantined = sorted((q for r in results for q in r["quarantine"]),
+                             key=lambda q: (q["path"], q.get("clip_id", "")))
+        atomic_write_json(tmp / "clips.json", {"version": 1, "sample_rate": int(params["sample_rate"]), "clips": clips})
+        atomic_write_json(tmp / "quarantine.json", {"quarantined": quarantined})
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    existing = read_json(scores_path) if scores_path.exists() else {}
+    atomic_write_json(scores_path, merge_scores(existing, {k: v for r in results for k, v in r["scores"].items()}, now))
+
+    ingest_reasons = Counter(q["reason"] for q in ingest_q.get("quarantined", []))
+    pre_reasons = Counter(q["reason"] for q in quarantined)
+    metrics = {
+        "tracks_in": len(tracks) + sum(ingest_reasons.values()),
+        "tracks_accepted_ingest": len(tracks),
+        "tracks_with_clips": len({c["track_id"] for c in clips}),
+        "duplicates": len(ingest_doc.get("duplicates", [])),
+        "quarantined": {"ingest": dict(sorted(ingest_reasons.items())), "preprocess": dict(sorted(pre_reasons.items())),
+                        "total": sum(ingest_reasons.values()) + sum(pre_reasons.values())},
+        "clips_out": len(clips),
+        "short_clips_dropped": sum(r["short_clips_dropped"] for r in results),
+        "hours_in": round(sum(t["duration_s"] for t in tracks) / 3600, 5),
+        "hours_out": round(sum(c["duration_s"] for c in clips) / 3600, 5),
+        "clip_lufs_mean": round(float(np.mean([c["lufs"] for c in clips])), 3) if clips else None,
+        "clip_true_peak_max_dbfs": round(max(c["true_peak_dbfs"] for c in clips), 3) if clips else None,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_json(metrics_path, metrics)
+    log.info("preprocess: %d tracks -> %d clips (%.3f h); quarantined %s", len(tracks), len(clips),
+             metrics["hours_out"], metrics["quarantined"])
+    return metrics
+
+
+def run_preprocess(cfg) -> dict[str, Any]:
+    """Stage entry: paths.interim -> paths.clips, audio.quality_scores, paths.metrics/data.json."""
+    params = to_plain(require(cfg, "audio"))
+    m = preprocess(Path(require(cfg, "paths.interim")), Path(require(cfg, "paths.clips")),
+                   Path(require(cfg, "audio.quality_scores")), Path(require(cfg, "paths.metrics")) / "data.json", params)
+    return {k: v for k, v in m.items() if not isinstance(v, dict)} | {"quarantined": m["quarantined"]["total"]}

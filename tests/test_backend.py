@@ -1,0 +1,176 @@
+"""Stage base_model and the backend API: tiny build, reload, generation, real-folder checks, inference parity."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lofi_lora import backend
+from lofi_lora.errors import ConfigError, ModelError
+from lofi_lora.params import REPO_ROOT
+
+
+def make_cfg(tmp: Path, model: str = "tiny", **model_over):
+    """params.yaml with every path under `tmp` (presets stay the repo's) and `model` from conf/model/."""
+    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
+    for k, v in cfg.paths.items():
+        cfg.paths[k] = str(REPO_ROOT / v) if k == "presets" else str(tmp / v)
+    if model != "tiny":
+        cfg.model = OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{model}.yaml")
+    else:
+        cfg.model.path = cfg.paths.base_model
+    for k, v in model_over.items():
+        cfg.model[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny base model written by the stage function, and the cfg that wrote it."""
+    torch.set_num_threads(2)
+    cfg = make_cfg(tmp_path_factory.mktemp("tiny"))
+    result = backend.write_base_model(cfg)
+    return cfg, result
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    cfg, _ = tiny
+    return backend.load_pipeline(cfg.model, cfg.paths.base_model)
+
+
+def test_tiny_build_is_complete_and_deterministic(tiny, tmp_path):
+    cfg, result = tiny
+    base = Path(cfg.paths.base_model)
+    manifest = json.loads((base / "manifest.json").read_text())
+    assert manifest["source"] == "build" and manifest["weights_dir"] is None
+    assert set(backend.COMPONENTS) <= set(manifest["components"])
+    assert result["mbytes"] < 20 and result["params"] > 0
+    again = backend.write_base_model(make_cfg(tmp_path))
+    assert again["fingerprint"] == result["fingerprint"], "same seed must give the same bytes (DVC)"
+
+
+def test_tokenizer_has_eos_pad_and_fits_vocab(tiny, pipe):
+    cfg, _ = tiny
+    tok = pipe.tokenizer
+    assert tok.eos_token == tok.pad_token == "<|endoftext|>"
+    ids = tok("# Caption\nlofi hip hop, dusty vinyl<|endoftext|>").input_ids
+    assert ids[-1] == tok.eos_token_id and max(ids) < pipe.text_encoder.config.vocab_size
+    assert len(tok) <= cfg.model.build.vocab_size
+
+
+def test_from_pretrained_generates_two_seconds(tiny):
+    from diffusers import AceStepPipeline
+
+    cfg, _ = tiny
+    pipe = AceStepPipeline.from_pretrained(cfg.paths.base_model)
+    assert pipe.latents_per_second == 25.0
+    out = pipe(prompt="lofi hip hop, mellow rhodes", lyrics="[Instrumental]", audio_duration=2.0,
+               num_inference_steps=2, generator=torch.Generator().manual_seed(0)).audios
+    assert out.shape == (1, 2, 96000) and torch.isfinite(out).all() and out.abs().max() > 0
+
+
+def test_silence_latent_is_vae_encoding_of_silence(pipe):
+    with torch.no_grad():
+        direct = pipe.vae.encode(torch.zeros(1, 2, 1920 * 150)).latent_dist.mean.transpose(1, 2)
+    stored = pipe.condition_encoder.silence_latent
+    assert stored.shape[1] == 15000
+    torch.testing.assert_close(stored[:, :60], direct[:, :60], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stored[:, 7000:7010], direct[:, 75:76].expand(-1, 10, -1), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(stored[:, :1], stored[:, 7000:7001])  # the edge differs: a real encoding
+
+
+def test_cached_tensors_equal_what_inference_feeds_the_dit(pipe):
+    """encode_conditions (batched, per-sample metas) + context_latents == the DiT inputs of pipe(...) at batch 1."""
+    seen = []
+    hook = pipe.transformer.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((kwargs["encoder_hidden_states"], kwargs["context_latents"])),
+        with_kwargs=True)
+    captions = ["lofi hip hop, dusty drums, warm rhodes", "jazzy night"]
+    lyrics = ["[Instrumental]", "[verse]\nrain on the window"]
+    metas = [dict(bpm=82, keyscale="A minor", timesignature="4"), dict(bpm=None, keyscale=None, timesignature="3")]
+    durations = [3.0, 2.0]
+    try:
+        for c, ly, m, d in zip(captions, lyrics, metas, durations):
+            pipe(prompt=c, lyrics=ly, audio_duration=d, num_inference_steps=1, max_lyric_length=512,
+                 output_type="latent", **m)
+    finally:
+        hook.remove()
+    states, mask = backend.encode_conditions(
+        pipe, captions, lyrics, bpm=[m["bpm"] for m in metas], keyscale=[m["keyscale"] for m in metas],
+        timesignature=[m["timesignature"] for m in metas], duration_s=durations, max_lyric_tokens=512)
+    for i, (ref_states, ref_context) in enumerate(seen):
+        n = int(mask[i].sum())
+        assert n == ref_states.shape[1]
+        torch.testing.assert_close(states[i, :n], ref_states[0], atol=1e-5, rtol=1e-4)
+        assert not states[i, n:].any()
+        frames = ref_context.shape[1]
+        torch.testing.assert_close(backend.context_latents(pipe, frames)[0], ref_context[0])
+    assert backend.null_condition(pipe).shape == (1, 1, pipe.transformer.config.hidden_size)
+
+
+def test_encode_audio_shapes_and_seeded_sampling(pipe):
+    audio = torch.randn(2, 2, 24000 + 7) * 0.1  # not a whole number of frames: padded up
+    gens = lambda: [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]  # noqa: E731
+    a, b = backend.encode_audio(pipe, audio, generator=gens()), backend.encode_audio(pipe, audio, generator=gens())
+    assert a.shape == (2, 13, pipe.transformer.config.audio_acoustic_hidden_dim)
+    torch.testing.assert_close(a, b)
+    mean = backend.encode_audio(pipe, audio, sample=False)
+    assert not torch.equal(a, mean)
+
+
+def test_local_folder_is_verified_and_referenced_not_copied(tiny, tmp_path):
+    cfg, _ = tiny
+    real = make_cfg(tmp_path, "ace_step_v15", path=cfg.paths.base_model)
+    backend.write_base_model(real)
+    base = Path(real.paths.base_model)
+    assert sorted(p.name for p in base.iterdir()) == ["manifest.json"]
+    assert backend.model_dir(real.model, base) == Path(cfg.paths.base_model).resolve()
+    transformer = backend.load_transformer(real.model, base)
+    assert transformer.config.is_turbo
+    with pytest.raises(ModelError, match="model.variant"):
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15_base", path=cfg.paths.base_model))
+    with pytest.raises(ModelError, match="written for model"):
+        backend.model_dir(cfg.model, base)
+
+
+@pytest.mark.parametrize("path", ["???", "/nonexistent/ace-step"])
+def test_missing_model_path_fails_fast_naming_the_key(tmp_path, path):
+    with pytest.raises(ConfigError, match="model.path"):
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=path))
+
+
+def test_wrong_model_folder_names_key_and_component(tiny, tmp_path):
+    cfg, _ = tiny
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="model.path.*model_index.json"):
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=str(empty)))
+    broken = tmp_path / "broken"
+    shutil.copytree(cfg.paths.base_model, broken)
+    shutil.rmtree(broken / "condition_encoder")
+    with pytest.raises(ModelError, match="model.path.*condition_encoder"):
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=str(broken)))
+    for f in (broken / "vae").glob("*.safetensors"):
+        f.unlink()
+    shutil.copytree(Path(cfg.paths.base_model) / "condition_encoder", broken / "condition_encoder")
+    with pytest.raises(ModelError, match="vae/ has no .safetensors"):
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=str(broken)))
+
+
+def test_hub_source_needs_a_pinned_revision(tmp_path):
+    cfg = make_cfg(tmp_path, "ace_step_v15", source="hub", hub_id="ACE-Step/acestep-v15-turbo-diffusers")
+    with pytest.raises(ConfigError, match="model.revision"):
+        backend.write_base_model(cfg)
+
+
+def test_changed_weights_are_detected_on_load(tiny, tmp_path):
+    cfg, _ = tiny
+    copy = tmp_path / "base"
+    shutil.copytree(cfg.paths.base_model, copy)
+    with open(copy / "transformer" / "config.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(ModelError, match="changed since stage base_model"):
+        backend.model_dir(cfg.model, copy)

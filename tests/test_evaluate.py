@@ -1,0 +1,161 @@
+"""Stage evaluate end to end on a tiny ACE-Step 1.5 pipeline built here (base model, dataset, cache, checkpoints)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lofi_lora import audio as audio_io
+from lofi_lora.errors import ConfigError
+from lofi_lora.evaluate import SAMPLING, ModelEval, pick_best, prompt_set, run_evaluate, sampling_settings
+from lofi_lora.fsutil import sha256_file
+from lofi_lora.params import REPO_ROOT
+
+CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, rain",
+            "mellow jazz guitar, tape hiss", "slow lofi, soft drums, night"]
+
+
+def _cfg(root: Path):
+    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
+    for k in ("clips", "dataset", "cache", "base_model", "lora", "metrics", "plots", "reports"):
+        cfg.paths[k] = str(root / k)
+    cfg.paths.presets = str(REPO_ROOT / "presets")
+    cfg.model.path = cfg.paths.base_model
+    cfg.eval.update({"num_prompts": 3, "seeds": [0, 1], "duration_s": 2.0, "last_n": 2, "fad_inf_points": 3,
+                     "embedding": "logmel", "vggish_path": None, "clap_path": None, "best_metric": "val_loss",
+                     "best_mode": "min"})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from lofi_lora.adapters import adapter_state_dict, save_diffusers_adapter
+    from lofi_lora.backend import load_pipeline, model_fingerprint, write_base_model
+    from lofi_lora.checkpoints import CheckpointStore
+    from lofi_lora.dataset import build_cache, build_dataset
+    from lofi_lora.train import add_lora
+
+    root = tmp_path_factory.mktemp("eval")
+    cfg = _cfg(root)
+    write_base_model(cfg)
+    sr, rng = 48000, np.random.default_rng(0)
+    records = []
+    for i in range(4):
+        t = np.arange(int(3.0 * sr)) / sr
+        y = 0.3 * np.sin(2 * np.pi * (110 * (i + 1)) * t) + 0.05 * rng.normal(size=t.size)
+        wav = root / "clips" / "wav" / f"t{i}__000.wav"
+        audio_io.write(wav, np.stack([y, y]).astype(np.float32), sr)
+        records.append({"clip_id": f"t{i}__000", "track_id": f"t{i}", "audio": {"path": str(wav), "sampling_rate": sr},
+                        "caption": CAPTIONS[i], "lyrics": "[Instrumental]", "style_id": "CORE-01",
+                        "style_ids": ["CORE-01"], "duration": 3.0, "bpm": 80.0 + i, "keyscale": "A minor",
+                        "timesignature": "4", "vocal_language": "en"})
+    build_dataset(records, {"t0", "t1", "t2"}, 1).save_to_disk(str(root / "dataset"))
+    pipe = load_pipeline(cfg.model, cfg.paths.base_model)
+    held = records[:3]
+    build_cache(pipe, held, root / "cache", model_fp=model_fingerprint(cfg.paths.base_model), batch_size=2,
+                latent_seed=0, max_text_tokens=256, max_lyric_tokens=512)
+    tr = pipe.transformer
+    add_lora(tr, cfg.lora)
+    store = CheckpointStore(root / "lora" / "checkpoints")
+    torch.manual_seed(0)
+    for step, scale in ((5, 0.02), (10, 0.05), (15, 0.2)):
+        for n, p in tr.named_parameters():
+            if "lora_B" in n:
+                p.data = scale * torch.randn_like(p)
+        state = adapter_state_dict(tr)
+
+        def write(d, state=state):
+            save_diffusers_adapter(state, d, r=int(cfg.lora.r), alpha=float(cfg.lora.alpha),
+                                   rslora=bool(cfg.lora.rslora), dropout=0.0,
+                                   target_modules=list(cfg.lora.target_modules), bake=False)
+            torch.save({"step": step}, d / "training_state.pt")
+
+        store.save(step, write, config_hash="test", scores={"train_loss": 1.0 / step}, keep_last=5)
+    ckpt_hashes = {p.relative_to(root): sha256_file(p) for p in (root / "lora" / "checkpoints").rglob("*") if p.is_file()}
+    result = run_evaluate(cfg)
+    return root, cfg, result, ckpt_hashes
+
+
+def test_evaluate_outputs(workspace):
+    root, cfg, result, ckpt_hashes = workspace
+    m = json.loads((root / "metrics" / "eval.json").read_text())
+    # flat sortable keys, base beside best, labelled nulls
+    for k in ("best_step", "val_loss_best", "val_loss_base", "fd_logmel128_v1_best", "fd_logmel128_v1_base",
+              "fd_logmel128_v1_inf_best", "fd_logmel128_v1_n_clips_best", "fd_logmel128_v1_n_vectors_best"):
+        assert isinstance(m[k], (int, float)), k
+    assert m["clap_score_best"] is None and "eval.clap_path is null" in m["clap_score_reason"]
+    assert m["best_step"] in (10, 15) and m["num_checkpoints"] == 2  # last_n = 2 of 3
+    assert m["fd_logmel128_v1_n_clips_best"] == 6  # 3 prompts x 2 seeds
+    assert result["best_step"] == m["best_step"]
+    # samples: base + 2 checkpoints, 6 each, 48 kHz stereo of the requested duration
+    for label in ("base", "000010", "000015"):
+        files = sorted((root / "lora" / "samples" / label).glob("*.wav"))
+        assert len(files) == 6, label
+        info = audio_io.info(files[0])
+        assert info.sample_rate == 48000 and info.channels == 2 and abs(info.duration_s - 2.0) < 0.1
+    assert not (root / "lora" / "samples" / "000005").exists()
+    # the adapter changes the model: checkpoint samples and losses differ from the base model's
+    a, _ = audio_io.read(root / "lora" / "samples" / "base" / "p00_s0.wav")
+    b, _ = audio_io.read(root / "lora" / "samples" / "000015" / "p00_s0.wav")
+    assert np.abs(a - b).max() > 1e-4
+    scores = json.loads((root / "lora" / "best" / "scores.json").read_text())
+    vl = {e["step"]: e["scores"].get("val_loss") for e in scores["checkpoints"]}
+    assert vl[5] is None and vl[10] != vl[15] and scores["base"]["scores"]["val_loss"] not in (vl[10], vl[15])
+    assert scores["checkpoints"][0]["scores"]["train_loss"] == pytest.approx(0.2)  # train's scores kept
+    best_step = min((10, 15), key=lambda s: (vl[s], -s))
+    assert scores["best_step"] == best_step
+    # best/ has the checkpoint's layout and bytes
+    src = root / "lora" / "checkpoints" / f"checkpoint-{best_step:06d}"
+    for f in src.iterdir():
+        assert sha256_file(root / "lora" / "best" / f.name) == sha256_file(f)
+    # train's output untouched
+    now = {p.relative_to(root): sha256_file(p) for p in (root / "lora" / "checkpoints").rglob("*") if p.is_file()}
+    assert now == ckpt_hashes
+    # plots and report
+    rows = json.loads((root / "plots" / "eval" / "metrics.json").read_text())
+    assert [r["step"] for r in rows] == [0, 10, 15]
+    assert (root / "plots" / "eval" / "metrics.csv").read_text().startswith("step,model,val_loss")
+    assert (root / "plots" / "eval" / "val_loss.png").stat().st_size > 1000
+    html = (root / "reports" / "index.html").read_text()
+    assert html.count("<audio") == 3 + 3 * 6 and "fd_logmel128_v1" in html
+
+
+def test_validation_loss_is_deterministic(workspace):
+    from lofi_lora.backend import load_pipeline
+    from lofi_lora.evaluate import load_cache, validation_loss
+
+    root, cfg, _, _ = workspace
+    pipe = load_pipeline(cfg.model, cfg.paths.base_model)
+    cache = load_cache(root / "cache", ["t0__000", "t1__000", "t2__000"])
+    a = validation_loss(pipe.transformer, cache, [0.3, 0.7], seed=1234, device="cpu")
+    b = validation_loss(pipe.transformer, cache, [0.3, 0.7], seed=1234, device="cpu")
+    assert a == b and a["n_clips"] == 3 and a["val_loss"] > 0
+    scores = json.loads((root / "lora" / "best" / "scores.json").read_text())
+    full = validation_loss(pipe.transformer, cache, list(cfg.eval.val_timesteps), seed=1234, device="cpu")
+    assert full["val_loss"] == pytest.approx(scores["base"]["scores"]["val_loss"], rel=1e-6)
+
+
+def test_sampling_table_and_prompt_set():
+    assert sampling_settings("turbo") == {"num_inference_steps": 8, "shift": 3.0, "guidance_scale": 1.0}
+    assert SAMPLING["base"]["guidance_scale"] == 7.0 and SAMPLING["sft"]["num_inference_steps"] == 50
+    with pytest.raises(ConfigError, match="model.variant"):
+        sampling_settings("xl")
+    rows = [{"clip_id": f"c{i}", "caption": f"cap {i}", "audio_path": f"/x/c{i}.wav"} for i in range(10)]
+    a, b = prompt_set(rows, 4, seed=1), prompt_set(rows, 4, seed=1)
+    assert [p.clip_id for p in a] == [p.clip_id for p in b] and len(a) == 4
+    assert len(prompt_set(rows, 50, seed=1)) == 10
+
+
+def test_pick_best_rules():
+    ms = [ModelEval("base", 0, None, scores={"val_loss": 0.1}),
+          ModelEval("000010", 10, "x", scores={"val_loss": 0.5, "fad_vggish_inf": None,
+                                               "fad_vggish_reason": "no VGGish weights configured"}),
+          ModelEval("000020", 20, "y", scores={"val_loss": 0.5, "fad_vggish_inf": None})]
+    assert pick_best(ms, "val_loss", "min").step == 20  # base never wins; ties -> later step
+    assert pick_best(ms, "val_loss", "max").step == 20
+    with pytest.raises(ConfigError, match="no value for any checkpoint"):
+        pick_best(ms, "fad_vggish_inf", "min")
+    with pytest.raises(ConfigError, match="best_mode"):
+        pick_best(ms, "val_loss", "lowest")
