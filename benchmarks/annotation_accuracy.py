@@ -55,7 +55,12 @@ def synth_specs(n: int, seconds: float, seed: int) -> list[dict]:
 def _render_synth(spec: dict, cache_dir: str | None) -> tuple[np.ndarray, int]:
     from lofi_lora.synth.render import TrackSpec, render_track
 
-    path = Path(cache_dir) / f"{spec['track_id']}_{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]}.npy" if cache_dir else None
+    import lofi_lora.synth as synth_pkg
+
+    # The key covers the synth's source too: a changed renderer must not be scored from stale audio.
+    src = b"".join(p.read_bytes() for p in sorted(Path(synth_pkg.__file__).parent.glob("*.py")))
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + src).hexdigest()[:12]
+    path = Path(cache_dir) / f"{spec['track_id']}_{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
         return np.load(path), 44100
     audio, _ = render_track(TrackSpec(**spec), sample_rate=44100)
@@ -206,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", action="store_true", help="FluidSynth renders of generated MIDI instead of the synth")
     ap.add_argument("--key-profile", default="temperley")
     ap.add_argument("--bass-weight", type=float, default=AnalysisOptions().bass_weight)
+    ap.add_argument("--start-weight", type=float, default=AnalysisOptions().start_weight)
     ap.add_argument("--cache", default=None, help="folder to keep rendered synth tracks between runs")
     ap.add_argument("--json", default=None, help="also write the rows and scores here")
     ap.add_argument("--verbose", action="store_true", help="one line per track")
     args = ap.parse_args(argv)
-    opts = AnalysisOptions(key_profile=args.key_profile, bass_weight=args.bass_weight)
+    opts = AnalysisOptions(key_profile=args.key_profile, bass_weight=args.bass_weight,
+                           start_weight=args.start_weight)
 
     if args.real:
         workdir = Path(tempfile.mkdtemp(prefix="annot_real_"))

@@ -1,12 +1,22 @@
 """CLAP from a local folder: tiny random ClapModel saved to tmp (no download), windowing, scores, nulls."""
 import numpy as np
 import pytest
+import torch
 
 from lofi_lora.metrics.clap import ClapModelLocal, clap_scores, cosine_score, cut_windows, shuffled_pairs
 from lofi_lora.metrics.embeddings import EmbeddingUnavailable, get_embedder
 
 WORDS = ("lofi hip hop chill mellow jazzy piano vinyl crackle rain beat drums bass warm tape dusty "
          "slow night study relax guitar synth pad soft kick snare hat ambient").split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small models: OpenMP threads only add contention on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def build_tiny_clap(path, vocab_size=400):

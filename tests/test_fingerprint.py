@@ -71,9 +71,9 @@ def test_all_pairs_on_hundreds_of_tracks_is_fast():
     prints = [Fingerprint(rng.integers(0, 2**24, n_hashes).astype(np.uint32),
                           np.sort(rng.integers(0, 8000, n_hashes)).astype(np.int32)) for _ in range(n_tracks)]
     prints.append(Fingerprint(prints[7].hashes.copy(), prints[7].frames + 40))  # an exact shifted copy
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: the box is shared
     found = match_all(prints, THRESHOLD)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert [(m.a, m.b) for m in found] == [(7, n_tracks)]
     assert found[0].similarity == pytest.approx(1.0)
-    assert elapsed < 10.0, f"all-pairs matching of {n_tracks} tracks took {elapsed:.1f} s"
+    assert elapsed < 10.0, f"all-pairs matching of {n_tracks} tracks took {elapsed:.1f} s of CPU"

@@ -154,3 +154,12 @@ def test_duplicate_group_keeps_lossless_then_name():
               Probe(44100, 2, 44100 * 10, "wav", "c", fp)]
     pairs = find_duplicates(["x_mp3", "y_flac", "a_wav"], probes, 0.2)
     assert {p["dropped"] for p in pairs} == {"x_mp3", "y_flac"} and {p["kept"] for p in pairs} == {"a_wav"}
+
+
+def test_m4a_without_ffmpeg_is_an_unsupported_format(tmp_path, monkeypatch):
+    from lofi_lora.ingest import probe
+
+    (tmp_path / "x.m4a").write_bytes(b"\x00" * 64)
+    monkeypatch.setattr(audio, "ffmpeg_exe", lambda: None)
+    p = probe(tmp_path / "x.m4a")
+    assert p.reason == "unsupported_format" and "imageio-ffmpeg" in p.error

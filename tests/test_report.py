@@ -89,6 +89,7 @@ def test_report_players_decode_in_chromium(tmp_path, embed_max_mb):
     assert f'data-decoded="{n_players}"' in dom and 'data-errors="0"' in dom
 
 
+@pytest.mark.slow
 def test_report_screenshot(tmp_path):
     prompts, models, flat = _fixture(tmp_path)
     index = write_report(tmp_path / "reports", models, prompts, models[1], ["val_loss", "clap_score"], flat)

@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 TINY_DIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=8, in_channels=192, patch_size=2, sliding_window=16)
 LATENT_C, CONTEXT_C, COND_H = 64, 128, 32
+# One thread: the tiny matmuls run ~3x faster on a busy 2-core machine, and child processes match it.
+torch.set_num_threads(1)
 
 
 def tiny_transformer(seed: int = 0):
@@ -41,7 +43,8 @@ def make_base_model(root: Path, variant: str = "turbo", seed: int = 0) -> Path:
     return base
 
 
-def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0) -> tuple[Path, Path]:
+def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0, latent_c: int = LATENT_C,
+               cond_h: int = COND_H) -> tuple[Path, Path]:
     """Seeded random cache entries of unequal lengths + a DatasetDict(train, holdout) with a clip_id column."""
     from datasets import Dataset, DatasetDict
     from safetensors.torch import save_file
@@ -60,17 +63,17 @@ def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0) -> 
         if i == 1:
             mask[-3:] = 0  # a clip whose cache itself carries padding
         # a structured target (smooth in time) that a LoRA can partly learn
-        base_curve = torch.sin(torch.linspace(0, 3.0, t_len)).unsqueeze(-1) * torch.linspace(-1, 1, LATENT_C)
-        t = {"target_latents": base_curve + 0.3 * torch.randn(t_len, LATENT_C, generator=g),
+        base_curve = torch.sin(torch.linspace(0, 3.0, t_len)).unsqueeze(-1) * torch.linspace(-1, 1, latent_c)
+        t = {"target_latents": base_curve + 0.3 * torch.randn(t_len, latent_c, generator=g),
              "attention_mask": mask,
-             "encoder_hidden_states": torch.randn(l_len, COND_H, generator=g),
+             "encoder_hidden_states": torch.randn(l_len, cond_h, generator=g),
              "encoder_attention_mask": torch.ones(l_len, dtype=torch.int64),
-             "context_latents": torch.cat([torch.zeros(t_len, LATENT_C), torch.ones(t_len, LATENT_C)], dim=-1)}
+             "context_latents": torch.cat([torch.zeros(t_len, latent_c), torch.ones(t_len, latent_c)], dim=-1)}
         path = cache / f"{cid}.safetensors"
         save_file(t, str(path))
         manifest[cid] = {"file": path.name, "sha256": sha256_file(path)}
         ids.append(cid)
-    atomic_write_json(cache / "manifest.json", manifest)
+    atomic_write_json(cache / "manifest.json", {"version": 1, "clips": manifest})  # stage dataset's layout
     DatasetDict({"train": Dataset.from_dict({"clip_id": ids[:-1] * repeat}),
                  "holdout": Dataset.from_dict({"clip_id": ids[-1:]})}).save_to_disk(str(dataset))
     return dataset, cache

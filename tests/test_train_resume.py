@@ -1,7 +1,6 @@
 """Exact resume: a CPU run killed (SIGKILL) or stopped (SIGTERM) and resumed ends bitwise equal to one that was not."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""LoRA adapter files: the diffusers file that `AceStepPipeline.load_lora_weights` reads, and upstream 1.5's PEFT folder.
+"""LoRA adapters: PEFT injection into the DiT, the diffusers file `AceStepPipeline.load_lora_weights` reads, and
+upstream 1.5's PEFT folder. All peft calls of training live here (diffusers model calls live in `backend`).
 
 Why two formats: diffusers names the DiT's attention projections `to_q/to_k/to_v/to_out.0`, upstream ACE-Step 1.5
 names them `q_proj/k_proj/v_proj/o_proj` under `base_model.model.` (PEFT on `model.decoder`).
@@ -53,6 +54,25 @@ def lora_config_dict(r: int, alpha: float, rslora: bool, dropout: float, target_
                      target_modules=list(target_modules), init_lora_weights=True)
     out = cfg.to_dict()
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in out.items()}
+
+
+def inject_lora(model: torch.nn.Module, *, r: int, alpha: float, rslora: bool, dropout: float,
+                target_modules: list[str]) -> int:
+    """Add a PEFT LoRA to a diffusers model, freeze everything else, keep the LoRA params in fp32 (also under a
+    bf16 base); returns the number of trainable parameters."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=int(r), lora_alpha=alpha, use_rslora=bool(rslora), lora_dropout=float(dropout),
+                        target_modules=list(target_modules), init_lora_weights=True)
+    model.add_adapter(config, adapter_name=ADAPTER_NAME)
+    n = 0
+    for name, p in model.named_parameters():
+        is_lora = ".lora_" in name
+        p.requires_grad_(is_lora)
+        if is_lora:
+            p.data = p.data.float()
+            n += p.numel()
+    return n
 
 
 def adapter_state_dict(model: torch.nn.Module, adapter_name: str = ADAPTER_NAME) -> dict[str, torch.Tensor]:

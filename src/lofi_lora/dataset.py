@@ -86,13 +86,12 @@ def load_records(clips_dir: str | Path, annotations_dir: str | Path) -> list[dic
         wav = Path(clip["wav"])
         if not wav.is_file():
             raise DataError(f"{clips_f}: clip {cid}: audio file {wav} is missing")
+        header = audio_io.info(wav)
         duration = _opt_float(clip.get("duration_s"), f"{clips_f}: clip {cid} duration_s") \
-            or _opt_float(side.get("duration"), f"{side_f}: duration")
-        if not duration:
-            duration = audio_io.info(wav).duration_s
+            or _opt_float(side.get("duration"), f"{side_f}: duration") or header.duration_s
         records.append({
             "clip_id": cid, "track_id": str(clip["track_id"]),
-            "audio": {"path": wav.as_posix(), "sampling_rate": audio_io.info(wav).sample_rate},
+            "audio": {"path": wav.as_posix(), "sampling_rate": header.sample_rate},
             "caption": side["caption"], "lyrics": str(side.get("lyrics") or ""),
             "style_id": str(styles[0]) if styles else "", "style_ids": [str(s) for s in styles],
             "duration": float(duration), "bpm": _opt_float(side.get("bpm"), f"{side_f}: bpm"),
@@ -124,11 +123,10 @@ def holdout_tracks(track_ids: list[str], fraction: float, seed: int) -> set[str]
         raise ConfigError(f"`dataset.holdout_fraction` = {fraction}: must be in [0, 1)")
     scores = {t: _track_score(t, seed) for t in tracks}
     holdout = {t for t in tracks if scores[t] < fraction}
-    if len(tracks) >= 2 and fraction > 0:
-        if not holdout:
-            holdout = {min(tracks, key=scores.get)}
-        if len(holdout) == len(tracks):
-            holdout.discard(max(tracks, key=scores.get))
+    if len(tracks) >= 2 and fraction > 0 and not holdout:
+        holdout = {min(tracks, key=scores.get)}
+    if holdout and len(holdout) == len(tracks):  # training needs a track
+        holdout.discard(max(tracks, key=scores.get))
     return holdout
 
 
@@ -218,11 +216,12 @@ def clip_generator(clip_id: str, latent_seed: int, device: str | torch.device = 
 def read_cache_manifest(cache_dir: str | Path) -> dict:
     f = Path(cache_dir) / CACHE_MANIFEST
     if not f.is_file():
-        return {"version": CACHE_VERSION, "entries": {}}
+        return {"version": CACHE_VERSION, "clips": {}}
     m = read_json(f)
     if m.get("version") != CACHE_VERSION:
         log.warning("%s: cache version %s != %s, recomputing everything", f, m.get("version"), CACHE_VERSION)
-        return {"version": CACHE_VERSION, "entries": {}}
+        return {"version": CACHE_VERSION, "clips": {}}
+    m.setdefault("clips", {})
     return m
 
 
@@ -230,7 +229,7 @@ def load_cache_entry(cache_dir: str | Path, clip_id: str) -> dict[str, torch.Ten
     """The cached tensors of one clip (keys CACHE_KEYS), looked up by clip id through the manifest."""
     from safetensors.torch import load_file
 
-    entry = read_cache_manifest(cache_dir)["entries"].get(clip_id)
+    entry = read_cache_manifest(cache_dir)["clips"].get(clip_id)
     if entry is None:
         raise DataError(f"{Path(cache_dir) / CACHE_MANIFEST}: no cache entry for clip {clip_id!r} "
                         "(run stage dataset)")
@@ -240,16 +239,23 @@ def load_cache_entry(cache_dir: str | Path, clip_id: str) -> dict[str, torch.Ten
 def compute_entries(pipe, records: list[dict], *, latent_seed: int, max_text_tokens: int,
                     max_lyric_tokens: int) -> list[dict[str, torch.Tensor]]:
     """Cache tensors for clips of equal length, in one batch (each sample equals a batch-of-one computation)."""
-    from lofi_lora import backend
-
     sr = pipe.vae.config.sampling_rate
     waves = [audio_io.load(r["audio"]["path"], sr, pipe.vae.config.audio_channels) for r in records]
     if len({w.shape[1] for w in waves}) != 1:
         raise ValueError("compute_entries needs clips of equal length (zero padding would change the latents)")
+    return encode_batch(pipe, torch.from_numpy(np.stack(waves)), records, latent_seed=latent_seed,
+                        max_text_tokens=max_text_tokens, max_lyric_tokens=max_lyric_tokens)
+
+
+@torch.no_grad()
+def encode_batch(pipe, waves: torch.Tensor, records: list[dict], *, latent_seed: int, max_text_tokens: int,
+                 max_lyric_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """The cache step proper on decoded audio `[B, 2, N]` (what benchmarks/cache_throughput.py times)."""
+    from lofi_lora import backend
+
     device = pipe._execution_device
-    batch = torch.from_numpy(np.stack(waves)).to(device)
     gens = [clip_generator(r["clip_id"], latent_seed, device) for r in records]
-    target = backend.encode_audio(pipe, batch, generator=gens)
+    target = backend.encode_audio(pipe, waves.to(device), generator=gens)
     states, mask = backend.encode_conditions(
         pipe, [r["caption"] for r in records], [r["lyrics"] for r in records],
         vocal_language=[r["vocal_language"] for r in records], bpm=[r["bpm"] for r in records],
@@ -280,7 +286,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: s
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_cache_manifest(cache_dir)
-    entries: dict[str, dict] = manifest["entries"]
+    entries: dict[str, dict] = manifest["clips"]
     settings = {"max_text_tokens": max_text_tokens, "max_lyric_tokens": max_lyric_tokens,
                 "latent_seed": latent_seed, "dtype": str(pipe.transformer.dtype)}
     wanted = {r["clip_id"] for r in records}
@@ -295,6 +301,9 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: s
         if e and e.get("input_hash") == h and f.is_file() and sha256_file(f) == e.get("sha256"):
             continue
         todo.append((r, h))
+        if e:  # outdated: drop it now, so the manifest never lists an entry that does not match its inputs
+            entries.pop(r["clip_id"])
+            f.unlink(missing_ok=True)
     manifest.update(version=CACHE_VERSION, model_fingerprint=model_fp, settings=settings)
     atomic_write_json(cache_dir / CACHE_MANIFEST, manifest)
 
@@ -315,7 +324,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: s
                                      "latent_frames": int(t["target_latents"].shape[0]),
                                      "condition_tokens": int(t["encoder_hidden_states"].shape[0])}
             seconds += r["duration"]
-        manifest["entries"] = dict(sorted(entries.items()))
+        manifest["clips"] = dict(sorted(entries.items()))
         atomic_write_json(cache_dir / CACHE_MANIFEST, manifest)
     elapsed = time.perf_counter() - t0
     return {"computed": len(todo), "reused": len(records) - len(todo), "computed_seconds": round(seconds, 2),

@@ -24,7 +24,7 @@ import numpy as np
 from lofi_lora import audio as audio_io
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import CheckpointError, ConfigError, DataError
-from lofi_lora.fsutil import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from lofi_lora.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,29 @@ def fd_scores(embedder, gen: list[np.ndarray], ref_stats, num_points: int, seed:
     return res
 
 
+def check_weight_paths(ev) -> None:
+    """`eval.vggish_path` / `eval.clap_path` left at `???` is a config error (null means "not available")."""
+    from omegaconf import OmegaConf
+
+    for key in ("vggish_path", "clap_path"):
+        if OmegaConf.is_config(ev) and key in ev and OmegaConf.is_missing(ev, key):
+            raise ConfigError(f"`eval.{key}` is required by this eval config (???): set a local path, or null to "
+                              "report the metric as unavailable")
+
+
+def load_clap(ev, device: str):
+    """(CLAP model, None) when `eval.clap_path` loads, else (None, the reason clap_score is null)."""
+    from lofi_lora.metrics.clap import ClapModelLocal
+    from lofi_lora.metrics.embeddings import EmbeddingUnavailable
+
+    try:
+        return ClapModelLocal(ev.get("clap_path"), device=device,
+                              min_vocab=int(ev.get("clap_min_vocab") or 1000), metric_id="clap_score"), None
+    except EmbeddingUnavailable as e:
+        log.warning("%s", e)
+        return None, e.reason
+
+
 def pick_best(models: list[ModelEval], metric: str, mode: str) -> ModelEval:
     """Best checkpoint (the base model is a reference, never a candidate) by `metric` (min|max)."""
     if mode not in ("min", "max"):
@@ -270,8 +293,13 @@ def pick_best(models: list[ModelEval], metric: str, mode: str) -> ModelEval:
 # ------------------------------------------------------------------------------------------------- outputs
 
 
-def write_plots(models: list[ModelEval], plots_dir: Path, metric_keys: list[str]) -> None:
-    """metric vs step as JSON and CSV (dvc plots) plus PNGs; the base model is step 0."""
+def write_plots(models: list[ModelEval], plots_dir: Path, metric_keys: list[str], best_metric: str | None = None) -> None:
+    """metric vs step as JSON and CSV (dvc plots) plus PNGs; the base model is step 0.
+
+    The selection metric is the last column, so `dvc plots show` (y = last field by default) plots it.
+    """
+    if best_metric in metric_keys:
+        metric_keys = [k for k in metric_keys if k != best_metric] + [best_metric]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +359,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
 
     from lofi_lora.adapters import load_into_pipeline
     from lofi_lora.backend import load_pipeline
-    from lofi_lora.metrics.embeddings import EmbeddingUnavailable, LogMel128, get_embedder
+    from lofi_lora.metrics.embeddings import EmbeddingUnavailable, get_embedder
     from lofi_lora.metrics.fad import gaussian_stats
     from lofi_lora.report import write_report
     from lofi_lora.runtime import pick_device
@@ -354,6 +382,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     best_metric, best_mode = str(require(ev, "best_metric")), str(require(ev, "best_mode"))
     timesteps = [float(t) for t in (ev.get("val_timesteps") or [0.1, 0.3, 0.5, 0.7, 0.9])]
 
+    check_weight_paths(ev)
     entries, manifest = select_checkpoints(lora_dir, ev.get("last_n"))
     rows = holdout_rows(dataset_dir, clips_dir)
     prompts = prompt_set(rows, int(require(ev, "num_prompts")), seed)
@@ -381,16 +410,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
         ref[emb.metric_id] = gaussian_stats(np.concatenate(vecs), len(vecs))
         log.info("reference %s: %d holdout clips, %d vectors", emb.metric_id, len(vecs), ref[emb.metric_id].n_vectors)
 
-    clap, clap_reason = None, None
-    if ev.get("clap_path"):
-        from lofi_lora.metrics.clap import ClapModelLocal
-
-        try:
-            clap = ClapModelLocal(ev.get("clap_path"), device=device, min_vocab=int(ev.get("clap_min_vocab") or 1000))
-        except EmbeddingUnavailable as e:
-            clap_reason = e.reason
-    else:
-        clap_reason = "no CLAP weights configured (eval.clap_path is null)"
+    clap, clap_reason = load_clap(ev, device)
     clap_holdout = None
 
     pipe = load_pipeline(cfg.model, base_path, device=device, dtype=dtype)
@@ -475,12 +495,14 @@ def run_evaluate(cfg) -> dict[str, Any]:
     extra = {"best_metric": best_metric, "best_mode": best_mode, "variant": variant,
              "num_prompts": len(prompts), "seeds": len(seeds), "duration_s": duration_s,
              "holdout_clips": len(rows), "sampling_steps": settings["num_inference_steps"],
+             **{f"{mid}_reference_clips": st.n_clips for mid, st in ref.items()},
+             **{f"{mid}_reference_vectors": st.n_vectors for mid, st in ref.items()},
              "seconds": round(time.perf_counter() - t_start, 2)}
     flat = flat_metrics(models, best, metric_keys, extra)
     if clap is None:
         flat["clap_score_reason"] = clap_reason
     atomic_write_json(metrics_dir / "eval.json", flat)
-    write_plots(models, plots_dir, metric_keys)
+    write_plots(models, plots_dir, metric_keys, best_metric)
     write_report(reports_dir, models, prompts, best, metric_keys, flat,
                  embed_max_mb=float(ev.get("report_embed_max_mb") or 16.0))
     log.info("evaluate: best step %d by %s (%s) in %.1f s", best.step, best_metric, best_mode, flat["seconds"])

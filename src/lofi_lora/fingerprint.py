@@ -101,7 +101,7 @@ class Match:
     a: int            # index of the first track (a < b)
     b: int
     similarity: float  # aligned hashes / hashes of the shorter fingerprint
-    offset_s: float    # where b's first second lies in a (0.7: b is a with its first 0.7 s trimmed)
+    offset_s: float    # time in a where b's start lies (0.7: b is a with its first 0.7 s trimmed)
 
 
 def match_all(prints: list[Fingerprint], min_similarity: float) -> list[Match]:

@@ -49,6 +49,7 @@ class Probe:
     sha256: str = ""
     fingerprint: Fingerprint | None = None
     error: str | None = None
+    reason: str = "undecodable"  # quarantine reason when `error` is set
 
     @property
     def duration_s(self) -> float:
@@ -57,6 +58,9 @@ class Probe:
 
 def probe(path: Path) -> Probe:
     """Decode one raw file (read-only), hash its bytes and fingerprint its audio."""
+    if path.suffix.lower() in audio.FFMPEG_EXTS and audio.ffmpeg_exe() is None:
+        return Probe(error=f"{path}: {path.suffix} needs the ffmpeg of the imageio-ffmpeg wheel, which is not installed",
+                     reason="unsupported_format")
     try:
         cut = audio.truncation(path)
         if cut:
@@ -185,7 +189,7 @@ def ingest(raw_dir: Path, sources_path: Path, extensions: Iterable[str], allowed
     usable: list[tuple[Path, dict[str, Any], Probe]] = []
     for (f, entry), p in zip(candidates, probes):
         if p.error:
-            quarantined.append(_q(f, entry["track_id"], "undecodable", p.error))
+            quarantined.append(_q(f, entry["track_id"], p.reason, p.error))
         elif p.duration_s < min_seconds:
             quarantined.append(_q(f, entry["track_id"], "too_short",
                                   f"{p.duration_s:.2f} s < ingest.min_seconds={min_seconds}"))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lofi_lora import audio as audio_io
 from lofi_lora import quality
 from lofi_lora.config import require, to_plain
-from lofi_lora.errors import DataError
+from lofi_lora.errors import ConfigError, DataError
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,26 @@ SCORES_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------- segmenting
-def analyse(audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
-    """Beat, onset and energy curves (frames of HOP samples at ANALYSIS_SR) that choose the cut points."""
+def analyse(audio: np.ndarray, sample_rate: int, start_bpm: float = 85.0, beats_per_bar: int = 4) -> dict[str, np.ndarray]:
+    """Beat, onset and energy curves (frames of HOP samples at ANALYSIS_SR) that choose the cut points.
+
+    `start_bpm` is the beat tracker's tempo prior (librosa's default of 120 doubles many lofi tempi). Downbeats
+    are the beat phase with the strongest accents, bass-band hits and harmony changes (accent, kick, chord change).
+    """
     import librosa
 
     mono = audio_io.resample(audio_io.to_channels(audio, 1), sample_rate, ANALYSIS_SR)[0].astype(np.float32)
-    env = librosa.onset.onset_strength(y=mono, sr=ANALYSIS_SR, hop_length=HOP)
+    power = np.abs(librosa.stft(mono, n_fft=2048, hop_length=HOP)) ** 2
+    mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=ANALYSIS_SR, n_mels=64))
+    env = librosa.onset.onset_strength(S=mel_db, sr=ANALYSIS_SR)
+    bass = librosa.onset.onset_strength(S=mel_db[:6], sr=ANALYSIS_SR)  # < ~200 Hz: kick and bass
+    chroma = librosa.feature.chroma_stft(S=power, sr=ANALYSIS_SR)
+    flux = np.r_[0.0, np.sqrt((np.clip(np.diff(chroma, axis=1), 0, None) ** 2).sum(axis=0))]
     rms = librosa.feature.rms(y=mono, frame_length=2 * HOP, hop_length=HOP)[0]  # short: sharp before attacks
-    n = min(env.size, rms.size)
-    env, rms = env[:n], rms[:n]
-    _, beats = librosa.beat.beat_track(onset_envelope=env, sr=ANALYSIS_SR, hop_length=HOP, units="frames")
+    n = min(env.size, rms.size, bass.size, flux.size)
+    env, rms, bass, flux = env[:n], rms[:n], bass[:n], flux[:n]
+    _, beats = librosa.beat.beat_track(onset_envelope=env, sr=ANALYSIS_SR, hop_length=HOP, start_bpm=start_bpm,
+                                       units="frames")
     peaks = librosa.onset.onset_detect(onset_envelope=env, sr=ANALYSIS_SR, hop_length=HOP, units="frames")
     starts = librosa.onset.onset_backtrack(peaks, rms) if peaks.size else peaks
     forbidden = np.zeros(n, bool)
@@ -52,10 +62,13 @@ def analyse(audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
         forbidden[max(0, s - 1): min(n, p + 3)] = True
     beats = np.asarray(beats, int)
     bars = beats
-    if beats.size >= 8:  # downbeats: the beat phase (of 4) with the strongest onsets
-        phase = int(np.argmax([env[beats[k::4]].mean() for k in range(4)]))
-        bars = beats[phase::4]
-    return {"env": env, "rms": rms, "forbidden": forbidden, "bars": bars, "onsets": peaks, "onset_starts": starts}
+    if beats.size >= 2 * beats_per_bar:
+        downbeat = sum(c / (np.percentile(c, 99) + 1e-9) for c in (env, bass, flux))
+        near = np.array([downbeat[max(0, b - 2): b + 3].max() for b in beats])
+        phase = int(np.argmax([near[k::beats_per_bar].mean() for k in range(beats_per_bar)]))
+        bars = beats[phase::beats_per_bar]
+    return {"env": env, "rms": rms, "forbidden": forbidden, "bars": bars, "beats": beats, "onsets": peaks,
+            "onset_starts": starts}
 
 
 def choose_cuts(curves: dict[str, np.ndarray], duration_s: float, max_clip_s: float, min_clip_s: float) -> list[float]:
@@ -71,14 +84,16 @@ def choose_cuts(curves: dict[str, np.ndarray], duration_s: float, max_clip_s: fl
     env, rms, forbidden, bars = curves["env"], curves["rms"], curves["forbidden"], curves["bars"]
     n = env.size
     cost = rms / (np.percentile(rms, 95) + 1e-9) + env / (np.percentile(env, 95) + 1e-9)
-    beat_frames = np.median(np.diff(bars)) / 4 if bars.size > 1 else fps / 2
+    beats = curves.get("beats", bars)
+    beat_frames = float(np.median(np.diff(beats))) if beats.size > 1 else fps / 2
     cuts, start = [0.0], 0.0
     while duration_s - start > max_clip_s:
         hi_s = start + max_clip_s
         if duration_s - hi_s < min_clip_s and duration_s - start - min_clip_s >= max(min_clip_s, 0.5 * max_clip_s):
             hi_s = duration_s - min_clip_s  # leave a usable last clip
         lo_s = max(start + min_clip_s, start + 0.5 * max_clip_s)
-        lo, hi = int(np.ceil(lo_s * fps)), min(n - 1, int(np.floor(hi_s * fps)))
+        hi = min(n - 1, int(np.floor(hi_s * fps)))
+        lo = min(int(np.ceil(lo_s * fps)), hi)
         best: tuple[float, int] | None = None
         w = max(1, int(beat_frames / 2))
         for b in bars[(bars >= lo - w) & (bars <= hi + w)]:
@@ -145,7 +160,8 @@ def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) 
     sr = int(params["sample_rate"])
     x = audio_io.conform(native, native_sr, sr, int(params["channels"]))
     duration_s = x.shape[1] / sr
-    cuts = choose_cuts(analyse(x, sr), duration_s, float(params["max_clip_seconds"]), float(params["min_clip_seconds"]))
+    curves = analyse(x, sr, float(params.get("beat_start_bpm", 85.0)), int(params.get("beats_per_bar", 4)))
+    cuts = choose_cuts(curves, duration_s, float(params["max_clip_seconds"]), float(params["min_clip_seconds"]))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     k = 0
     for i, (a_s, b_s) in enumerate(zip(cuts[:-1], cuts[1:])):
@@ -208,6 +224,11 @@ def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_pa
                params: dict[str, Any]) -> dict[str, Any]:
     """Run the stage on paths.interim's accepted tracks; returns the data metrics."""
     t0 = time.perf_counter()
+    if not 0 < float(params["min_clip_seconds"]) <= float(params["max_clip_seconds"]):
+        raise ConfigError(f"audio.min_clip_seconds={params['min_clip_seconds']} must be > 0 and <= "
+                          f"audio.max_clip_seconds={params['max_clip_seconds']}")
+    if not (interim_dir / "ingest.json").is_file():
+        raise DataError(f"{interim_dir / 'ingest.json'} not found: run stage ingest first (python stages/ingest.py)")
     ingest_doc = read_json(interim_dir / "ingest.json")
     ingest_q = read_json(interim_dir / "quarantine.json") if (interim_dir / "quarantine.json").exists() else {}
     tracks = ingest_doc.get("accepted", [])

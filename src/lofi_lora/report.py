@@ -160,6 +160,10 @@ def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequen
             parts.append("</tr>")
         parts.append("</table><ul>")
         parts += [f"<li><code>{html.escape(k)}</code>: {html.escape(METRIC_LABELS.get(k, k))}</li>" for k in metric_keys]
+        sizes = [f"<code>{html.escape(k)}</code> = {_fmt(v)}" for k, v in flat.items()
+                 if k.endswith(("_n_clips_best", "_n_vectors_best", "_reference_clips", "_reference_vectors"))]
+        if sizes:
+            parts.append("<li>sample sizes behind the distances: " + ", ".join(sizes) + "</li>")
         parts.append("</ul><h2>Samples</h2>")
         for p in prompts:
             parts.append(f'<div class="prompt"><h3>Prompt {p.index}</h3><p class="cap">{html.escape(p.caption)}</p>'

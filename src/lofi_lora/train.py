@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # Upstream's turbo inference schedule (8 steps, shift 3): t_i = 3s/(1+2s) for s = 1, 7/8, ..., 1/8.
 TURBO_SHIFT3_TIMESTEPS = tuple(3 * s / (1 + 2 * s) for s in (8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8))
 # train keys that may change between a run and its resume without changing what is learned step by step
-RESUME_SAFE_KEYS = ("max_steps", "checkpoint_every", "keep_last", "resume_from", "log_every")
+RESUME_SAFE_KEYS = ("max_steps", "checkpoint_every", "keep_last", "resume_from", "log_every", "cpu_threads")
 CACHE_KEYS = ("target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
               "context_latents")
 SCHEMES = ("discrete_turbo", "logit_normal", "uniform")
@@ -214,25 +214,14 @@ def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], g
 # --------------------------------------------------------------------------------------------------------------
 
 def add_lora(model: torch.nn.Module, lora_cfg) -> int:
-    """Inject a PEFT LoRA (diffusers module names), freeze everything else, keep LoRA params in fp32."""
-    from peft import LoraConfig
-
+    """Inject the LoRA of `lora_cfg` (diffusers module names), freeze the rest; returns the trainable count."""
     targets = list(require(lora_cfg, "target_modules"))
-    config = LoraConfig(r=int(require(lora_cfg, "r")), lora_alpha=float(require(lora_cfg, "alpha")),
-                        use_rslora=bool(lora_cfg.get("rslora", False)), lora_dropout=float(lora_cfg.get("dropout", 0.0)),
-                        target_modules=targets, init_lora_weights=True)
     try:
-        model.add_adapter(config, adapter_name=adapters.ADAPTER_NAME)
+        return adapters.inject_lora(model, r=int(require(lora_cfg, "r")), alpha=float(require(lora_cfg, "alpha")),
+                                    rslora=bool(lora_cfg.get("rslora", False)),
+                                    dropout=float(lora_cfg.get("dropout", 0.0)), target_modules=targets)
     except ValueError as e:
         raise ConfigError(f"lora.target_modules={targets}: {e}") from e
-    n = 0
-    for name, p in model.named_parameters():
-        is_lora = ".lora_" in name
-        p.requires_grad_(is_lora)
-        if is_lora:
-            p.data = p.data.float()
-            n += p.numel()
-    return n
 
 
 def _lora_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -246,6 +235,8 @@ def load_lora_weights_exact(model: torch.nn.Module, adapter_file: Path) -> None:
     """Copy an unbaked checkpoint adapter file into the training model bit for bit."""
     from safetensors.torch import load_file
 
+    if adapters.read_info(adapter_file.parent).get("baked", False):
+        raise CheckpointError(f"{adapter_file}: holds scale-baked weights (a final/best adapter), not a checkpoint")
     state = {k.removeprefix("transformer."): v for k, v in load_file(str(adapter_file)).items()}
     params = _lora_params(model)
     if set(state) != set(params):
@@ -381,7 +372,7 @@ def _open_live(live_dir: Path, resumed_step: int | None):
 def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train the LoRA of `cfg.lora` with `cfg.train` on the cached train split; write adapters and metrics."""
     from lofi_lora import backend
-    from lofi_lora.runtime import compute_dtype, pick_device, set_deterministic
+    from lofi_lora.runtime import compute_dtype, pick_device, seed_everything, set_deterministic
 
     tcfg, lcfg, mcfg = cfg.train, cfg.lora, cfg.model
     paths = cfg.paths
@@ -398,6 +389,8 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     device = torch.device(pick_device())
     dtype = compute_dtype(str(tcfg.get("precision", "auto")), device.type)
     set_deterministic(device.type)
+    if device.type == "cpu" and tcfg.get("cpu_threads"):
+        torch.set_num_threads(int(tcfg.cpu_threads))  # toy matmuls: extra threads only add contention
     weights_dtype = torch.float32 if dtype == torch.float32 else getattr(torch, str(mcfg.get("dtype", "bfloat16")))
 
     clip_ids, clips, data_hash = load_corpus(paths.dataset, paths.cache)
@@ -406,6 +399,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
              len(clips), len(set(clip_ids)), variant, scheme, cfg_ratio, device, dtype, chash)
 
     model = backend.load_transformer(mcfg, paths.base_model, device=device, dtype=weights_dtype)
+    seed_everything(seed)  # LoRA init draws from the global RNG: same adapter init whoever calls us
     n_trainable = add_lora(model, lcfg)
     if tcfg.get("grad_checkpointing", False):
         model.enable_gradient_checkpointing()
@@ -436,7 +430,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     if entry is not None:
         ckdir = store.root / Path(entry["path"]).name
         load_lora_weights_exact(model, ckdir / adapters.DIFFUSERS_WEIGHT_NAME)
-        state = torch.load(ckdir / STATE_FILE, map_location=device, weights_only=True)
+        state = torch.load(ckdir / STATE_FILE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], gen)
@@ -542,6 +536,8 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
         "timesteps": scheme, "cfg_dropout": cfg_ratio,
     }
     atomic_write_json(metrics_root / "train.json", result)
+    headline = ("final_loss", "train_loss_smoothed", "steps", "steps_run", "resumed_from", "trainable_params",
+                "steps_per_s", "tokens_per_s")
     log.info("train done: step %d, loss %.4f (smoothed %.4f), %.2f steps/s", step, last.get("loss", float("nan")),
              ema_loss or float("nan"), result["steps_per_s"] or 0.0)
-    return result
+    return {k: result[k] for k in headline}

@@ -17,6 +17,7 @@ from lofi_lora.annotate.tempo import TempoEstimate, estimate_beats_per_bar, esti
 class AnalysisOptions:
     key_profile: str = "temperley"
     bass_weight: float = 0.5
+    start_weight: float = 0.5
     min_event_s: float = 4.0
     novelty_threshold: float = 0.3
 
@@ -55,7 +56,8 @@ def analyze(audio: np.ndarray, sr: int, tempo_range: tuple[float, float],
     y = to_analysis_mono(audio, sr)
     feats = compute_features(y, ANALYSIS_SR)
     tempo = estimate_tempo(feats, tempo_range)
-    key = estimate_key(feats, opts.key_profile, opts.bass_weight)
     bpb, meter_conf = estimate_beats_per_bar(feats, tempo.beat_period_s)  # cheap; used if annotate asks
+    key = estimate_key(feats, opts.key_profile, opts.bass_weight, start_s=bpb * tempo.beat_period_s,
+                       start_weight=opts.start_weight)
     events = segment(feats, tempo.beat_period_s, opts.min_event_s, opts.novelty_threshold)
     return ClipAnalysis(feats.duration_s, tempo, key, bpb, meter_conf, events, time.perf_counter() - t0)

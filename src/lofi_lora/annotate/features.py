@@ -17,12 +17,11 @@ N_MELS = 64
 PITCH_SR = 11025                   # pitch analysis band: up to 5.5 kHz is plenty for harmony
 PITCH_NFFT, PITCH_HOP = 16384, 1024  # 0.67 Hz bins resolve semitones down to C1; ~93 ms hop
 MIDI_LO, N_SEMITONES = 24, 84        # C1 .. B7
-BASS_SEMITONES = 24                  # C1 .. B2: the register where bass lines sit
 
 
 @dataclass(frozen=True)
 class Features:
-    """Per-clip features. Shapes: onset_env [T_o], chroma/bass_chroma [12, T_c], mfcc [13, T_o], rms_db [T_o]."""
+    """Per-clip features. Shapes: onset_env [T_o], chroma/bass_chroma (lowest-note pitch class) [12, T_c], mfcc [13, T_o], rms_db [T_o]."""
 
     sr: int
     duration_s: float
@@ -73,6 +72,25 @@ def _semitone_basis(sr: int):
     return scipy.sparse.csr_matrix(basis)  # each bin feeds one semitone: sparse product is ~100x cheaper
 
 
+def lowest_note_chroma(semis: np.ndarray, rel_db: float = -18.0) -> np.ndarray:
+    """[12, T] one-hot pitch class of each frame's lowest prominent note (a local peak within `rel_db` of
+    the frame's strongest semitone), weighted by the frame's level: the bass note, or the chord root."""
+    T = semis.shape[1]
+    out = np.zeros((12, T), dtype=np.float32)
+    if T == 0:
+        return out
+    peak = semis.max(axis=0)
+    level = peak / (peak.max() + 1e-20)
+    local = np.zeros_like(semis, dtype=bool)
+    local[1:-1] = (semis[1:-1] >= semis[:-2]) & (semis[1:-1] >= semis[2:])
+    strong = local & (semis >= peak[None] * 10 ** (rel_db / 10))
+    has = strong.any(axis=0)
+    lowest = np.argmax(strong, axis=0)
+    cols = np.nonzero(has)[0]
+    out[(MIDI_LO + lowest[cols]) % 12, cols] = np.sqrt(level[cols])
+    return out
+
+
 def compute_features(y: np.ndarray, sr: int = ANALYSIS_SR) -> Features:
     """Features of a mono signal at ANALYSIS_SR."""
     duration_s = len(y) / sr
@@ -87,6 +105,6 @@ def compute_features(y: np.ndarray, sr: int = ANALYSIS_SR) -> Features:
     y_pitch = librosa.resample(y, orig_sr=sr, target_sr=PITCH_SR, res_type="soxr_hq")
     spec = np.abs(librosa.stft(y_pitch, n_fft=PITCH_NFFT, hop_length=PITCH_HOP, center=True)) ** 2
     semis = np.asarray(_semitone_basis(PITCH_SR) @ spec)                     # [84, T_c], semitone k = MIDI 24 + k
-    bass = semis[:BASS_SEMITONES].reshape(2, 12, -1).sum(axis=0)
+    bass = lowest_note_chroma(semis)
     full = semis.reshape(N_SEMITONES // 12, 12, -1).sum(axis=0)
     return Features(sr, duration_s, onset_env, onset_low, full, bass, mfcc, rms_db)

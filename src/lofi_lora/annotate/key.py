@@ -67,20 +67,32 @@ def _profile_matrix(profile: str) -> np.ndarray:
 
 
 def key_from_chroma(chroma: np.ndarray, bass_chroma: np.ndarray | None = None, profile: str = "temperley",
-                    bass_weight: float = 0.5) -> KeyEstimate:
-    """Key of a `[12, T]` chroma (and optional bass chroma of the same shape)."""
+                    bass_weight: float = 0.5, start_frames: int = 0, start_weight: float = 0.5,
+                    candidate_margin: float = 0.35) -> KeyEstimate:
+    """Key of a `[12, T]` chroma (and optional bass chroma of the same shape).
+
+    Profile correlation ranks the 24 keys. Keys within `candidate_margin` of the best (typically the
+    relative and fifth-related keys, which share most pitches) are then told apart by tonic evidence in the
+    bass: how much of the bass sits on each candidate's tonic overall, and in the first `start_frames`
+    frames (a phrase, and so a clip cut at a phrase start, usually opens on the tonic chord).
+    """
     if profile != "combined" and profile not in PROFILES:
         raise ValueError(f"unknown key profile {profile!r} (one of {', '.join([*PROFILES, 'combined'])})")
     vec = _summarise(chroma)
-    if bass_chroma is not None and bass_weight > 0:
-        vec = vec + bass_weight * _summarise(bass_chroma)
     if not np.any(vec > 0):
         return KeyEstimate("C", "major", 0.0, 0.0)
     z = (vec - vec.mean()) / (vec.std() + 1e-12)
     corr = _profile_matrix(profile) @ z / 12.0
-    order = np.argsort(corr)[::-1]
+    score = corr.copy()
+    if bass_chroma is not None and bass_chroma.size and bass_weight > 0:
+        bass_all = _summarise(bass_chroma)
+        bass_start = _summarise(bass_chroma[:, :start_frames]) if start_frames > 0 else np.zeros(12)
+        tonic_evidence = bass_weight * bass_all + start_weight * bass_start  # [12] per pitch class
+        near = corr >= corr.max() - candidate_margin
+        score = np.where(near, corr + np.tile(tonic_evidence, 2), -np.inf)
+    order = np.argsort(score)[::-1]
     best, second = int(order[0]), int(order[1])
-    margin = float(corr[best] - corr[second])
+    margin = float(score[best] - score[second]) if np.isfinite(score[second]) else 0.2
     return KeyEstimate(PITCHES[best % 12], "major" if best < 12 else "minor",
                        float(np.clip(margin / 0.2, 0.0, 1.0)), float(corr[best]))
 
@@ -98,5 +110,8 @@ def _summarise(chroma: np.ndarray) -> np.ndarray:
     return v / (v.sum() + 1e-12)
 
 
-def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 0.5) -> KeyEstimate:
-    return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight)
+def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 0.5, start_s: float = 0.0,
+                 start_weight: float = 0.5) -> KeyEstimate:
+    """Key of a clip; `start_s` (about one bar) is the opening span used as tonic evidence."""
+    start_frames = int(round(start_s / feats.chroma_hop_s))
+    return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight, start_frames, start_weight)

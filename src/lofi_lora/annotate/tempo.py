@@ -16,7 +16,7 @@ import numpy as np
 from lofi_lora.annotate.features import Features
 
 MIN_BPM, MAX_BPM = 30.0, 240.0
-PRIOR_SIGMA_OCT = 0.12   # log2 width of the fall-off outside the tempo range (5 % outside -> 0.95)
+PRIOR_SIGMA_OCT = 0.25  # log2 width of the fall-off outside the tempo range (5 % outside -> 0.95)
 
 
 @dataclass(frozen=True)
@@ -41,45 +41,50 @@ def _parabolic(ac: np.ndarray, i: int) -> float:
     return float(i)
 
 
+def _autocorr(env: np.ndarray, max_lag: int) -> np.ndarray:
+    e = env - env.mean()
+    ac = librosa.autocorrelate(e, max_size=max_lag + 1)
+    return ac / ac[0] if ac[0] > 0 else np.zeros_like(ac)
+
+
 def estimate_tempo(feats: Features, tempo_range: tuple[float, float]) -> TempoEstimate:
-    """BPM of a clip whose style allows `tempo_range` (lo, hi)."""
-    env = feats.onset_env - feats.onset_env.mean()
+    """BPM of a clip whose style allows `tempo_range` (lo, hi).
+
+    Salience of a beat period L is the onset autocorrelation summed at L, 2L and 4L (beat, half bar, bar),
+    from the full-band and the low-band (kick, bass) envelopes: sparse ambient drums show their period at
+    the bar lag even when single beats drown in rain and crackle.
+    """
     hop_s = feats.onset_hop_s
-    max_lag = min(len(env) - 1, int(round(4 * 60.0 / MIN_BPM / hop_s)) + 2)
-    ac = librosa.autocorrelate(env, max_size=max_lag + 1)
-    if ac[0] <= 0:
+    max_lag = min(len(feats.onset_env) - 1, int(np.ceil(4 * 60.0 / MIN_BPM / hop_s)) + 2)
+    ac = 0.5 * (_autocorr(feats.onset_env, max_lag) + _autocorr(feats.onset_env_low, max_lag))
+    if not np.any(ac[1:] > 0):
         lo, hi = tempo_range
         mid = float(np.sqrt(lo * hi))
         return TempoEstimate(mid, 0.0, mid, 60.0 / mid)
-    ac = ac / ac[0]
-    lags = np.arange(1, len(ac))
-    bpm = 60.0 / (lags * hop_s)
-    valid = (bpm >= MIN_BPM) & (bpm <= MAX_BPM)
-    salience = np.where(valid, ac[1:], -np.inf)
-    # Sum the salience at the beat and the bar (4 beats) lags: a true beat period repeats at its multiples.
-    bar = np.full_like(salience, -np.inf)
-    idx4 = lags * 4
-    ok = idx4 < len(ac)
-    bar[ok] = ac[idx4[ok]]
-    score = salience + 0.5 * np.where(np.isfinite(bar), bar, 0.0)
-    unweighted = int(np.argmax(score))
-    weighted = score + np.log(np.maximum(_prior(bpm, *tempo_range), 1e-12))
+    bpm = np.arange(MIN_BPM, MAX_BPM, 0.1)
+    lag = 60.0 / (bpm * hop_s)
+    idx = np.arange(len(ac))
+    beat = np.interp(lag, idx, ac)
+    salience = beat.copy()
+    for k in (2, 4):
+        reach = k * lag <= len(ac) - 1
+        salience += np.where(reach, np.interp(k * lag, idx, ac), beat)
+    unweighted = int(np.argmax(salience))
+    weighted = salience + np.log(np.maximum(_prior(bpm, *tempo_range), 1e-12))
     best = int(np.argmax(weighted))
-    lag = lags[best]
-    period_frames = _parabolic(ac, lag)
+    period_frames = float(lag[best])
     # Refine on the longest multiple of the beat that fits (bar lag): the relative error shrinks by k.
-    for k in (4, 2):
-        if k * lag + 2 < len(ac):
-            window = slice(k * lag - 2, k * lag + 3)
-            j = k * lag - 2 + int(np.argmax(ac[window]))
+    for k in (4, 2, 1):
+        centre = int(round(k * period_frames))
+        if centre + 3 < len(ac):
+            j = centre - 2 + int(np.argmax(ac[centre - 2: centre + 3]))
             cand = _parabolic(ac, j) / k
-            if abs(cand - period_frames) / period_frames < 0.03:
+            if abs(cand - period_frames) / period_frames < 0.02:
                 period_frames = cand
                 break
-    period_s = float(period_frames * hop_s)
-    peak = float(salience[best])
-    top = float(np.max(salience[np.isfinite(salience)]))
-    conf = float(np.clip(peak / top, 0.0, 1.0)) if top > 0 else 0.0
+    period_s = period_frames * hop_s
+    top = float(salience.max())
+    conf = float(np.clip(salience[best] / top, 0.0, 1.0)) if top > 0 else 0.0
     return TempoEstimate(60.0 / period_s, conf, float(bpm[unweighted]), period_s)
 
 

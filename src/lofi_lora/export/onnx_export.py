@@ -91,6 +91,17 @@ def _strip_initializer_value_info(proto) -> int:
     return dropped
 
 
+KEEP_NODE_METADATA = ("pkg.torch.onnx.name_scopes",)  # module path of each node: how quantizers find exclusions
+
+
+def _trim_metadata(proto) -> None:
+    """Drop per-node stack traces and FX dumps (larger than a tiny model's weights); keep the module scopes."""
+    for node in proto.graph.node:
+        keep = [p for p in node.metadata_props if p.key in KEEP_NODE_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+
+
 def initializer_bytes(proto) -> int:
     """Bytes of all initializers (raw or external), counted without serialising the proto."""
     total = 0
@@ -146,6 +157,7 @@ def _export(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names, o
     onnxscript.optimizer.remove_unused_nodes(model)
     proto = onnx_ir.serde.serialize_model(model)
     dropped = _strip_initializer_value_info(proto)
+    _trim_metadata(proto)
     log.info("exported %s in %.1f s (%d nodes, %d initializer value_info dropped)", type(module).__name__,
              time.perf_counter() - t0, len(proto.graph.node), dropped)
     return proto

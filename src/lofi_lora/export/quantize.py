@@ -42,10 +42,10 @@ def nodes_in_modules(proto, modules: Iterable[str], op_types: Sequence[str] = ("
     return found
 
 
-def _load(path: Path):
+def _load(path: Path, weights: bool = True):
     import onnx
 
-    return onnx.load(str(path), load_external_data=True)
+    return onnx.load(str(path), load_external_data=weights)
 
 
 def to_fp16(src: Path, dst: Path, op_block_list: Sequence[str] = ()) -> list[Path]:
@@ -172,7 +172,7 @@ def to_int8(src: Path, dst: Path, exclude_modules: Sequence[str] = (), per_chann
     """Weight-only dynamic INT8 of MatMul/Gemm weights (activations quantised on the fly): the CPU-fast format."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    proto = _load(src)
+    proto = _load(src, weights=False)  # graph only: node names and initializer sizes
     exclude = nodes_in_modules(proto, exclude_modules)
     big = initializer_bytes(proto) > (1 << 30)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -190,9 +190,9 @@ def to_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accuracy_lev
     """Weight-only block INT4 (`MatMulNBits`, com.microsoft) of MatMul weights; Gemm/Conv stay FP32."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    proto = _load(src)
-    exclude = nodes_in_modules(proto, exclude_modules)
-    q = MatMulNBitsQuantizer(proto, bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
+    exclude = nodes_in_modules(_load(src, weights=False), exclude_modules)
+    # a path, not a proto: the quantizer then handles > 2 GB models with external data itself
+    q = MatMulNBitsQuantizer(str(src), bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
                              accuracy_level=accuracy_level, nodes_to_exclude=exclude)
     q.process()
     out = q.model.model

@@ -8,8 +8,9 @@ and `metrics/export.json` (size, parity, latency per precision).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,45 +68,53 @@ def export_pipeline(pipe, ecfg, out_dir: Path, metrics_path: Path) -> dict:
              for i, n in enumerate(e["parity_lengths"])]
     threads = e.get("ort_threads")
 
+    timing: dict[str, float] = {}
+
     # 1. conditions + PyTorch reference audio, with the adapter as trained (not merged)
-    prompts = _pipeline_references(pipe, e["sampler"])
+    with _timed(timing, "pipeline_reference"):
+        prompts = _pipeline_references(pipe, e["sampler"])
 
     # 2. merge and check against the adapter model
     lora_layers = merge_mod.count_lora_layers(transformer)
-    transformer, merge_figs = merge_mod.merge_and_verify(transformer, ox.run_torch, cases, e["tolerance"]["merge"])
+    with _timed(timing, "merge"):
+        transformer, merge_figs = merge_mod.merge_and_verify(transformer, ox.run_torch, cases, e["tolerance"]["merge"])
     pipe.transformer = transformer
     refs = [ox.run_torch(transformer, c) for c in cases]
     lat = e["latency"]
     lat_inputs = ox.denoiser_inputs(dims, int(lat["batch"]), int(lat["frames"]), int(lat["encoder_len"]), seed=7)
-    torch_latency = ortx.median_latency_ms(lambda: ox.run_torch(transformer, lat_inputs), int(lat["repeats"]),
-                                           int(lat["warmup"]))
+    with _timed(timing, "latency_torch"):
+        torch_latency = ortx.median_latency_ms(lambda: ox.run_torch(transformer, lat_inputs), int(lat["repeats"]),
+                                               int(lat["warmup"]))
 
     metrics: dict[str, Any] = {
         "opset": int(e["opset"]), "providers": ortx.providers(), "lora_layers_merged": lora_layers,
         "merge": merge_figs, "parity_shapes": [list(c["hidden_states"].shape) for c in cases],
         "latency_shape": {k: lat[k] for k in ("batch", "frames", "encoder_len")},
-        "torch_fp32_latency_ms": torch_latency["median_ms"], "precisions": {},
+        "torch_fp32_latency_ms": torch_latency["median_ms"], "precisions": {}, "timing_s": timing,
     }
     with atomic_dir(out_dir) as tmp:
         # 3. FP32 denoiser, VAE decoder, conditions for the sampler
         example = ox.denoiser_inputs(dims, 2, _even(int(e["parity_lengths"][0]), dims["patch_size"]),
                                      int(e["parity_encoder_len"]), seed=1)
         fp32 = tmp / "fp32" / "denoiser.onnx"
-        ox.export_denoiser(transformer, fp32, int(e["opset"]), example)
-        metrics["vae_decoder"] = _export_vae(pipe.vae, tmp / "vae" / "vae_decoder.onnx", e, threads)
+        with _timed(timing, "export_fp32"):
+            ox.export_denoiser(transformer, fp32, int(e["opset"]), example)
+        with _timed(timing, "export_vae"):
+            metrics["vae_decoder"] = _export_vae(pipe.vae, tmp / "vae" / "vae_decoder.onnx", e, threads)
         _write_sampler_inputs(tmp, pipe, prompts, e["sampler"], dims)
 
         # 4. each precision: convert, parity per call, end-to-end sampler, size, latency
         fp32_bytes = None
         for precision in e["precisions"]:
             path = tmp / precision / "denoiser.onnx"
-            if precision == "fp16":
-                quantize.to_fp16(fp32, path, e["fp16_op_block_list"])
-            elif precision == "int8":
-                quantize.to_int8(fp32, path, e["exclude_modules"])
-            elif precision == "int4":
-                quantize.to_int4(fp32, path, int(e["int4_block_size"]), bool(e["int4_symmetric"]),
-                                 e.get("int4_accuracy_level"), e["exclude_modules"])
+            with _timed(timing, f"convert_{precision}"):
+                if precision == "fp16":
+                    quantize.to_fp16(fp32, path, e["fp16_op_block_list"])
+                elif precision == "int8":
+                    quantize.to_int8(fp32, path, e["exclude_modules"])
+                elif precision == "int4":
+                    quantize.to_int4(fp32, path, int(e["int4_block_size"]), bool(e["int4_symmetric"]),
+                                     e.get("int4_accuracy_level"), e["exclude_modules"])
             size = ortx.file_bytes(sorted(path.parent.glob("denoiser.onnx*")))
             fp32_bytes = fp32_bytes or size
             sess = ortx.session(path, threads)
@@ -114,7 +123,8 @@ def export_pipeline(pipe, ecfg, out_dir: Path, metrics_path: Path) -> dict:
             worst = parity.worst(per_case)
             latency = ortx.median_latency_ms(lambda: ortx.run_denoiser(sess, lat_inputs, dims["patch_size"]),
                                              int(lat["repeats"]), int(lat["warmup"]))
-            e2e = _sampler_parity(tmp, precision, prompts, threads)
+            with _timed(timing, f"sampler_{precision}"):
+                e2e = _sampler_parity(tmp, precision, prompts, threads)
             metrics["precisions"][precision] = {
                 "bytes": size, "mb": round(size / 1e6, 3), "ratio_to_fp32": round(size / fp32_bytes, 4),
                 "parity": worst, "parity_cases": per_case, "latency_ms": latency["median_ms"], "latency": latency,
@@ -137,6 +147,14 @@ def export_pipeline(pipe, ecfg, out_dir: Path, metrics_path: Path) -> dict:
         summary[f"{p}_rel_l2"] = m["parity"]["rel_l2"]
         summary[f"{p}_ms"] = round(m["latency_ms"], 3)
     return summary
+
+
+@contextlib.contextmanager
+def _timed(timing: dict, name: str):
+    t0 = time.perf_counter()
+    yield
+    timing[name] = round(timing.get(name, 0.0) + time.perf_counter() - t0, 3)
+    log.info("export: %s took %.1f s", name, timing[name])
 
 
 def _even(n: int, patch: int) -> int:

@@ -1,0 +1,1 @@
+"""Evaluation metrics: Fréchet distances (fad), embedding back-ends (embeddings) and the CLAP score (clap)."""

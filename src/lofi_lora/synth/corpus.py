@@ -24,8 +24,7 @@ from lofi_lora.config import require
 from lofi_lora.errors import ConfigError
 from lofi_lora.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
 from lofi_lora.synth.render import TrackSpec, render_track
-from lofi_lora.synth.styles import CATEGORY_SIZES, STYLES
-from lofi_lora.synth.theory import NOTE_NAMES
+from lofi_lora.synth.styles import RENDERABLE, renderable_ids
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +64,23 @@ def plan_corpus(cfg: Any) -> list[Job]:
     rng = np.random.default_rng([seed, 0x5EED])
     jobs: list[Job] = []
     waltz_left = bool(s.get("waltz", True))
+    offsets = {cat: int(rng.integers(len(renderable_ids(cat)))) for cat in CATEGORIES}
 
     def spec(track_id: str, index: int, seconds: float, bpb: int = 4) -> tuple[TrackSpec, tuple[str, ...]]:
+        """A preset the voices can play, then tempo and key from that preset's own range and preferences."""
         cat = CATEGORIES[index % len(CATEGORIES)]
-        style = STYLES[cat]
-        k = CATEGORY_SIZES[cat]
-        first = int(rng.integers(1, k + 1))
-        ids = [f"{cat}-{first:02d}"]
-        if rng.random() < 0.5:
-            ids.append(f"{cat}-{(first % k) + 1:02d}")  # a neighbouring preset of the same family
-        bpm = float(rng.integers(style.bpm_range[0], style.bpm_range[1] + 1))
-        mode = "minor" if rng.random() < style.minor_prob else "major"
-        tonic = NOTE_NAMES[int(rng.integers(12))]
+        options = renderable_ids(cat)
+        first = options[(index // len(CATEGORIES) + offsets[cat]) % len(options)]  # rotate through the family
+        fit = RENDERABLE[first]
+        bpm = float(rng.integers(fit.tempo_range[0], fit.tempo_range[1] + 1))
+        tonic, mode = fit.keys[int(rng.integers(len(fit.keys)))].split()
+        ids = [first]
+        second = [p for p in options
+                  if p != first and RENDERABLE[p].tempo_range[0] <= bpm <= RENDERABLE[p].tempo_range[1]]
+        if second and rng.random() < 0.5:
+            ids.append(second[int(rng.integers(len(second)))])
         track_seed = int(rng.integers(2**31 - 1))
-        return TrackSpec(track_id, ids[0], bpm, tonic, mode, seconds, track_seed, bpb), tuple(ids)
+        return TrackSpec(track_id, first, bpm, tonic, mode, seconds, track_seed, bpb), tuple(ids)
 
     for i in range(int(s.n_tracks)):
         cat = CATEGORIES[i % len(CATEGORIES)]
@@ -136,7 +138,8 @@ def _truth(job: Job, sections: list[dict], duration_s: float) -> dict:
             "kind": job.kind, "duration_s": round(duration_s, 4)}
 
 
-def _duplicate(source: Job, source_truth: dict, out_dir: Path, sr: int, gain_db: float, trim_s: float) -> tuple[Job, dict]:
+def _duplicate(source: Job, source_truth: dict, out_dir: Path, gain_db: float,
+               trim_s: float) -> tuple[Job, dict]:
     """Re-encode a written good track to MP3 with a gain change and its start trimmed (a near-duplicate)."""
     x, file_sr = audio.read(out_dir / source.file)
     k = int(round(trim_s * file_sr))
@@ -166,14 +169,15 @@ def generate_corpus(cfg: Any) -> dict:
             if source is None:
                 log.warning("synth.duplicates: no good non-mp3 track to duplicate (n_tracks=%s)", s.n_tracks)
             else:
-                job, truth = _duplicate(source, truths[source.spec.track_id], out_dir, sr,
+                job, truth = _duplicate(source, truths[source.spec.track_id], out_dir,
                                         float(s.get("duplicate_gain_db", -4.0)), float(s.get("duplicate_trim_s", 0.7)))
                 jobs.append(job)
                 truths[job.spec.track_id] = truth
         _write_metadata(jobs, truths, meta_dir, int(require(cfg, "seed")))
         n_bytes = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file())
     seconds = sum(t["duration_s"] for t in truths.values())
-    result = {"files": len(jobs), "good": sum(j.kind in ("good", "long") for j in jobs), "audio_seconds": round(seconds, 1),
+    result = {"files": len(jobs), "good": sum(j.kind in ("good", "long") for j in jobs),
+              "audio_seconds": round(seconds, 1),
               "bytes": n_bytes, "elapsed_s": round(time.perf_counter() - t0, 2)}
     log.info("synth corpus: %s", result)
     return result
@@ -195,13 +199,33 @@ def _render_all(jobs: list[Job], out_dir: Path, sr: int, workers: int) -> dict[s
     return {j.spec.track_id: truths[j.spec.track_id] for j in jobs}
 
 
+NOTES = {
+    "long": "longer than one training clip (exercises segmentation)",
+    "clipped": "deliberately hard-clipped (test data for the quality gate)",
+    "silent": "deliberately near-silent (test data for the quality gate)",
+    "mono_22k": "deliberately mono at 22.05 kHz (test data for conversion)",
+    "truncated": "deliberately truncated inside the FLAC header: cannot be decoded",
+}
+
+
 def _write_metadata(jobs: list[Job], truths: dict[str, dict], meta_dir: Path, seed: int) -> None:
-    sources = {j.spec.track_id: {"file": j.file, "licence": "generated",
-                                 "provenance": (f"procedurally synthesised by lofi_lora.synth (seed {seed}, track seed "
-                                                f"{j.spec.seed}, style {j.spec.style_id}); no samples used"),
-                                 "attribution": ATTRIBUTION, "kind": j.kind}
-               for j in jobs if j.licensed}
+    """sources.json (licensed files only), style_mapping.json (the same tracks) and truth.json (every file)."""
+    sources = {}
+    for j in jobs:
+        if not j.licensed:
+            continue
+        entry = {"file": j.file, "licence": "generated",
+                 "provenance": (f"procedurally synthesised by lofi_lora.synth (seed {seed}, track seed {j.spec.seed}, "
+                                f"style {j.spec.style_id}); no samples or recordings used"),
+                 "attribution": ATTRIBUTION}
+        if j.kind == "duplicate":
+            entry["notes"] = f"near-duplicate of {truths[j.spec.track_id]['duplicate_of']} (re-encoded, gain, trimmed)"
+        elif j.kind in NOTES:
+            entry["notes"] = NOTES[j.kind]
+        sources[j.spec.track_id] = entry
     atomic_write_json(meta_dir / "sources.json", {"version": 1, "tracks": sources})
+    # A style for a track without a licence entry is an inconsistency metadata.load_style_mapping rejects.
     atomic_write_json(meta_dir / "style_mapping.json",
-                      {"version": 1, "tracks": {j.spec.track_id: list(j.style_ids) for j in jobs}})
-    atomic_write_json(meta_dir / "truth.json", {"version": 1, "tracks": {j.spec.track_id: truths[j.spec.track_id] for j in jobs}})
+                      {"version": 1, "tracks": {j.spec.track_id: list(j.style_ids) for j in jobs if j.licensed}})
+    atomic_write_json(meta_dir / "truth.json",
+                      {"version": 1, "tracks": {j.spec.track_id: truths[j.spec.track_id] for j in jobs}})

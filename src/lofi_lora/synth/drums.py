@@ -1,4 +1,4 @@
-"""Synthesised drum sounds and swung boom-bap / brush / chill patterns on a 16th (or triplet-free) grid.
+"""Synthesised drum sounds and swung boom-bap / brush / chill patterns on a 16th-note grid.
 
 Hits land on the beat grid at exactly the track's BPM; swing delays only the off-beat subdivisions and the
 humanising jitter is zero-mean, so a beat tracker finds the true tempo.
@@ -57,7 +57,7 @@ def hat(rng: np.random.Generator, sr: int, open_: bool = False) -> np.ndarray:
     n = int((0.5 if open_ else 0.12) * sr)
     t = np.arange(n) / sr
     y = _band(_noise(rng, n), 4500, None, sr, order=4)
-    return y * np.exp(-t / (0.22 if open_ else rng.uniform(0.022, 0.035))) * 0.9
+    return y * np.exp(-t / (0.22 if open_ else rng.uniform(0.022, 0.035))) * 1.4
 
 
 def ride(rng: np.random.Generator, sr: int) -> np.ndarray:
@@ -138,21 +138,29 @@ PATTERNS: dict[str, list[dict[str, dict[int, float]]]] = {
 }
 
 
-def bar_hits(kit_style: str, bar_start_s: float, beat_s: float, beats_per_bar: int, swing: float,
+def swing_delay_s(pos_beats: float, swing: float, unit: int, beat_s: float) -> float:
+    """MPC-style swing: the off-beat 8th (unit 8) or the off-beat 16ths (unit 16) land late.
+
+    `swing` is the share of the pair's length taken by its first note (0.5 straight, 0.67 triplet feel).
+    """
+    frac = pos_beats % 1.0
+    if unit == 8 and abs(frac - 0.5) < 1e-6:
+        return (swing - 0.5) * beat_s
+    if unit == 16 and min(abs(frac - 0.25), abs(frac - 0.75)) < 1e-6:
+        return (swing - 0.5) * beat_s / 2
+    return 0.0
+
+
+def bar_hits(kit_style: str, bar_start_s: float, beat_s: float, beats_per_bar: int, swing: float, swing_unit: int,
              rng: np.random.Generator, variation: int) -> list[Hit]:
     """Hits of one bar: pattern `variation`, hats/ride/shakers with swing and velocity accents."""
     steps = 4 * beats_per_bar
-    step_s = beat_s / 4
 
-    def t_of(step: int, swing_amt: float) -> float:
-        # MPC-style swing: every second 16th (or 8th for brushes) is delayed by (swing - 0.5) * 2 * 16th.
-        t = bar_start_s + step * step_s
-        if step % 2 == 1:
-            t += (swing_amt - 0.5) * 2 * step_s
-        return t
+    def t_of(step: int) -> float:
+        return bar_start_s + step * beat_s / 4 + swing_delay_s(step / 4, swing, swing_unit, beat_s)
 
     def jitter(scale_s: float) -> float:
-        return float(rng.normal(0.0, scale_s))
+        return float(rng.normal(0.0, scale_s))  # zero-mean: humanises without moving the tempo
 
     name = "waltz" if beats_per_bar == 3 else kit_style
     pats = PATTERNS[name]
@@ -160,9 +168,8 @@ def bar_hits(kit_style: str, bar_start_s: float, beat_s: float, beats_per_bar: i
     hits: list[Hit] = []
     for sound, steps_vel in pat.items():
         for step, v in steps_vel.items():
-            if step >= steps:
-                continue
-            hits.append(Hit(t_of(step, swing) + jitter(0.003), sound, float(np.clip(v * rng.uniform(0.88, 1.0), 0, 1))))
+            if step < steps:
+                hits.append(Hit(t_of(step) + jitter(0.003), sound, float(np.clip(v * rng.uniform(0.88, 1.0), 0, 1))))
     if kit_style in ("boombap", "heavy", "chill"):
         every = 1 if kit_style == "chill" else 2
         for step in range(0, steps, every):
@@ -170,19 +177,18 @@ def bar_hits(kit_style: str, bar_start_s: float, beat_s: float, beats_per_bar: i
             if kit_style == "heavy" and step % 4 != 0 and rng.random() < 0.25:
                 continue
             sound = "open_hat" if (step == steps - 2 and rng.random() < 0.3) else "hat"
-            hits.append(Hit(t_of(step, swing) + jitter(0.004), sound, accent * rng.uniform(0.55, 0.8), 0.3))
+            hits.append(Hit(t_of(step) + jitter(0.004), sound, accent * rng.uniform(0.55, 0.8), 0.3))
     elif kit_style == "brushes" or name == "waltz":
-        # Ride "ding, ding-a ding" on a swung 8th grid plus a brush sweep on every beat.
+        # Ride "ding, ding-a ding" on the swung 8th grid plus a brush sweep into every beat.
         for beat in range(beats_per_bar):
-            hits.append(Hit(bar_start_s + beat * beat_s + jitter(0.004), "ride", 0.55 + 0.15 * (beat % 2), 0.35))
-            hits.append(Hit(bar_start_s + beat * beat_s - 0.05, "brush", rng.uniform(0.5, 0.7), -0.3))
+            hits.append(Hit(t_of(4 * beat) + jitter(0.004), "ride", 0.55 + 0.15 * (beat % 2), 0.35))
+            hits.append(Hit(t_of(4 * beat) - 0.05, "brush", rng.uniform(0.5, 0.7), -0.3))
             if beat % 2 == 1:
-                hits.append(Hit(bar_start_s + (beat + 0.5) * beat_s + (swing - 0.5) * beat_s + jitter(0.004),
-                                "ride", 0.4, 0.35))
+                hits.append(Hit(t_of(4 * beat + 2) + jitter(0.004), "ride", 0.4, 0.35))
     elif kit_style == "sparse":
         for step in range(0, steps, 2):
-            hits.append(Hit(t_of(step, swing) + jitter(0.005), "shaker", rng.uniform(0.25, 0.45) *
-                            (1.0 if step % 4 == 0 else 0.7), 0.4))
+            hits.append(Hit(t_of(step) + jitter(0.005), "shaker",
+                            rng.uniform(0.25, 0.45) * (1.0 if step % 4 == 0 else 0.7), 0.4))
     return hits
 
 

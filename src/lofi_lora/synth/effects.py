@@ -26,6 +26,15 @@ def autopan_tremolo(x: np.ndarray, sr: int, rate_hz: float, depth: float) -> np.
     return np.stack([x[0] * (1 - depth * lfo), x[1] * (1 - depth * (1 - lfo))])
 
 
+def duck_envelope(hit_times_s: list[float], n: int, sr: int, depth: float, release_s: float = 0.18) -> np.ndarray:
+    """Side-chain 'pump': a gain that dips by `depth` at every kick and recovers over `release_s`."""
+    imp = np.zeros(n)
+    idx = np.round(np.asarray(hit_times_s) * sr).astype(np.int64)
+    np.add.at(imp, idx[(idx >= 0) & (idx < n)], 1.0)
+    env = signal.lfilter([1.0], [1.0, -np.exp(-1.0 / (release_s * sr))], imp)
+    return 1.0 - depth * np.minimum(env, 1.0)
+
+
 def saturate(x: np.ndarray, drive: float) -> np.ndarray:
     """Soft tape saturation; unity gain for small signals."""
     return np.tanh(drive * x) / drive
@@ -87,7 +96,8 @@ def rain(n: int, sr: int, rng: np.random.Generator, level: float) -> np.ndarray:
     drops = np.zeros((2, n))
     k = rng.poisson(25 * n / sr)
     drops[rng.integers(0, 2, size=k), rng.integers(0, n, size=k)] = rng.exponential(1.0, size=k)
-    drops = signal.sosfilt(signal.butter(2, [2000, min(6000, 0.45 * sr)], btype="bandpass", fs=sr, output="sos"), drops, axis=-1)
+    sos = signal.butter(2, [2000, min(6000, 0.45 * sr)], btype="bandpass", fs=sr, output="sos")
+    drops = signal.sosfilt(sos, drops, axis=-1)
     return (bed * 0.25 + drops * 0.6) * level
 
 

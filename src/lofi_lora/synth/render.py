@@ -24,7 +24,7 @@ MIN_BARS = 4
 
 @dataclass(frozen=True)
 class TrackSpec:
-    """What to render; `seconds` is a target, the track is a whole number of bars near it."""
+    """What to render; the track is the whole number of bars that fits in `seconds` (at least 4)."""
 
     track_id: str
     style_id: str
@@ -49,7 +49,8 @@ def bar_seconds(spec: TrackSpec) -> float:
 
 
 def n_bars_for(spec: TrackSpec) -> int:
-    return max(MIN_BARS, int(round(spec.seconds / bar_seconds(spec))))
+    """Whole bars that fit in `spec.seconds` (at least MIN_BARS): a track never outgrows its target length."""
+    return max(MIN_BARS, int(spec.seconds / bar_seconds(spec) + 1e-9))
 
 
 def section_plan(n_bars: int) -> list[tuple[str, int, int]]:
@@ -104,9 +105,14 @@ def render_track(spec: TrackSpec, sample_rate: int = 44100) -> tuple[np.ndarray,
     if style.tremolo:
         keys_st = effects.autopan_tremolo(keys_st, sr, rate_hz=4.5 * spec.bpm / 80.0, depth=style.tremolo)
     lead_st = np.stack([lead * 0.85, lead])
+    if style.duck:
+        kicks = [h.time_s for h in score.drums if h.sound == "kick"]
+        duck = effects.duck_envelope(kicks, pad_n, sr, style.duck)
+        keys_st, lead_st = keys_st * duck, lead_st * duck
     drum_gain = 0.45 if style.drums == "sparse" else 0.9
     dry = 0.55 * keys_st + 0.3 * lead_st + 0.75 * bass[None] + drum_gain * drum_bus
-    wet = effects.reverb(0.6 * keys_st + 0.8 * lead_st + 0.25 * drum_bus, effects.room_ir(sr, rng(4), 1.4 + style.reverb_mix * 3))
+    ir = effects.room_ir(sr, rng(4), rt60_s=1.4 + style.reverb_mix * 3)
+    wet = effects.reverb(0.6 * keys_st + 0.8 * lead_st + 0.25 * drum_bus, ir)
     mix = (dry + style.reverb_mix * wet)[:, :n]
 
     mix = effects.highpass(mix, 30.0, sr)
@@ -128,7 +134,8 @@ def render_track(spec: TrackSpec, sample_rate: int = 44100) -> tuple[np.ndarray,
     return mix.astype(np.float32), sections
 
 
-def _filtered_intro(mix: np.ndarray, plan: list[tuple[str, int, int]], bar_s: float, beat_s: float, sr: int) -> np.ndarray:
+def _filtered_intro(mix: np.ndarray, plan: list[tuple[str, int, int]], bar_s: float, beat_s: float,
+                    sr: int) -> np.ndarray:
     """The intro sounds through a closed low-pass that opens over its last beat."""
     kind, _, end = plan[0]
     if kind != "intro":
@@ -182,8 +189,8 @@ class _Score:
     def _t(self, bar: int, beat: float, swing: bool = True) -> float:
         """Time of `beat` (in beats, may be fractional) in `bar`; off-beat 16ths are swung."""
         t = bar * self.bar_s + beat * self.beat_s
-        if swing and abs((beat * 4) % 2 - 1) < 1e-6:
-            t += (self.style.swing - 0.5) * 2 * self.beat_s / 4
+        if swing:
+            t += drums.swing_delay_s(beat, self.style.swing, self.style.swing_unit, self.beat_s)
         return t
 
     def _comp(self, bar_kind: list[str]) -> None:
@@ -197,7 +204,8 @@ class _Score:
             if self.style.comp == "pad":
                 hits = [(0.0, self.bpb * 1.0, 0.8)]
             elif self.style.comp == "charleston":
-                hits = [(0.0, 1.2, 0.85), (1.5, 0.5, 0.6)] if self.bpb == 4 else [(0.0, 0.9, 0.85), (1.0, 0.7, 0.5), (2.0, 0.7, 0.5)]
+                hits = ([(0.0, 1.2, 0.85), (1.5, 0.5, 0.6)] if self.bpb == 4
+                        else [(0.0, 0.9, 0.85), (1.0, 0.7, 0.5), (2.0, 0.7, 0.5)])  # waltz: oom-pah-pah
             elif self.style.comp == "stabs":
                 hits = [(0.0, 0.9, 0.9), (1.5, 0.4, 0.65), (2.5, 1.2, 0.8)]
             else:
@@ -269,7 +277,8 @@ class _Score:
                 dur = min((nxt - slot) / 2, 2.0) * 0.9
                 pcs = self.chords[b].pcs
                 target = int(contour[i])
-                midi = min((m for m in range(target - 6, target + 7) if m % 12 in pcs), key=lambda m: (abs(m - target), m))
+                midi = min((m for m in range(target - 6, target + 7) if m % 12 in pcs),
+                           key=lambda m: (abs(m - target), m))
                 self.lead.append(Note(self._t(b, beat), dur * self.beat_s, midi, float(self.rng.uniform(0.5, 0.8))))
 
     def _beats(self, bar_kind: list[str]) -> None:
@@ -281,4 +290,4 @@ class _Score:
                 continue
             variation = main + (1 if bar % 4 == 3 else 0)
             self.drums += drums.bar_hits(self.style.drums, bar * self.bar_s, self.beat_s, self.bpb, self.style.swing,
-                                         self.rng, variation)
+                                         self.style.swing_unit, self.rng, variation)

@@ -83,7 +83,8 @@ def _stack(pcs: list[int], lowest: int) -> list[int]:
     return notes
 
 
-def voice_lead(pcs: list[int], prev: list[int] | None, low: int = 50, high: int = 79, center: float = 62.0) -> list[int]:
+def voice_lead(pcs: list[int], prev: list[int] | None, low: int = 50, high: int = 79,
+               center: float = 62.0) -> list[int]:
     """Pick the inversion and octave of `pcs` that moves least from `prev` (sum of semitones), within range."""
     best, best_cost = None, float("inf")
     for r in range(len(pcs)):

@@ -1,6 +1,6 @@
 """Pitched instruments: FM electric piano, additive piano, wavetable pad and detuned synth keys, bass, bell.
 
-Every voice returns a mono note `[n]` float64 at unit-ish level. Notes repeat across a loop, so renders are
+Every voice returns a mono note `[n]` float32 at unit-ish level. Notes repeat across a loop, so renders are
 cached per track by (voice, midi, duration, velocity step).
 """
 from __future__ import annotations
@@ -14,18 +14,24 @@ from lofi_lora.synth.theory import midi_to_hz
 TABLE_SIZE = 4096
 
 
+def _time(n: int, sr: int) -> np.ndarray:
+    """Sample times in float32: voices are rendered at single precision (twice as fast, inaudible)."""
+    return np.arange(n, dtype=np.float32) / np.float32(sr)
+
+
 def _env_ad(n: int, sr: int, attack_s: float, decay_s: float) -> np.ndarray:
-    t = np.arange(n) / sr
+    t = _time(n, sr)
     return (1.0 - np.exp(-t / max(attack_s, 1e-4))) * np.exp(-t / decay_s)
 
 
 def _release(env: np.ndarray, sr: int, hold_s: float, release_s: float) -> np.ndarray:
     """Damp the note after `hold_s` (key up) with an exponential release."""
     k = int(hold_s * sr)
+    env = env.copy()
     if k < env.size:
-        tail = np.exp(-np.arange(env.size - k) / (release_s * sr))
-        env = env.copy()
-        env[k:] *= tail
+        env[k:] *= np.exp(-np.arange(env.size - k, dtype=np.float32) / np.float32(release_s * sr))
+    m = min(env.size, int(0.02 * sr))  # renders are cut short once inaudible: end without a click
+    env[env.size - m:] *= np.linspace(1, 0, m, dtype=np.float32)
     return env
 
 
@@ -33,13 +39,13 @@ def _wavetable(amps: np.ndarray) -> np.ndarray:
     """One period of a band-limited waveform with harmonic amplitudes `amps` (index 0 = fundamental)."""
     ph = np.arange(TABLE_SIZE) / TABLE_SIZE
     k = np.arange(1, amps.size + 1)[:, None]
-    return (amps[:, None] * np.sin(2 * np.pi * k * ph)).sum(axis=0)
+    return (amps[:, None] * np.sin(2 * np.pi * k * ph)).sum(axis=0).astype(np.float32)
 
 
 def _osc(table: np.ndarray, freq_hz: float, n: int, sr: int, phase0: float = 0.0) -> np.ndarray:
     pos = ((phase0 + freq_hz * np.arange(n) / sr) % 1.0) * TABLE_SIZE
     i = pos.astype(np.int64)
-    frac = pos - i
+    frac = (pos - i).astype(np.float32)
     return table[i] * (1 - frac) + table[(i + 1) % TABLE_SIZE] * frac
 
 
@@ -53,7 +59,7 @@ def rhodes(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
     f = midi_to_hz(midi)
     decay = float(np.clip(2.8 * (261.6 / f) ** 0.5, 0.7, 5.0))
     n = int(min(dur_s + 0.4, 5 * decay) * sr)  # past 5 time constants the note is below -40 dB
-    t = np.arange(n) / sr
+    t = _time(n, sr)
     env = _release(_env_ad(n, sr, 0.002, decay), sr, dur_s, 0.09)
     index = vel * (0.35 + 1.8 * np.exp(-t / 0.06))
     carrier = 2 * np.pi * f * t
@@ -69,12 +75,12 @@ def rhodes(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
 def piano(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
     """Additive felt piano: inharmonic partials, two-stage decay, detuned unison string and a hammer thump."""
     f = midi_to_hz(midi)
-    n = int((dur_s + 0.5) * sr)
-    t = np.arange(n) / sr
     base = float(np.clip(3.5 * (261.6 / f) ** 0.6, 0.6, 7.0))
+    n = int(min(dur_s + 0.5, 4 * base) * sr)
+    t = _time(n, sr)
     bright = 0.35 + 0.35 * vel
-    y = np.zeros(n)
-    for k in range(1, 11):
+    y = np.zeros(n, dtype=np.float32)
+    for k in range(1, 9):
         fk = k * f * np.sqrt(1 + 0.0004 * k * k)
         if fk > sr / 2.3:
             break
@@ -90,7 +96,7 @@ def pad(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
     """Three detuned band-limited saws (dark), slow attack and long release: an ambient string pad."""
     f = midi_to_hz(midi)
     n = int((dur_s + 1.5) * sr)
-    y = np.zeros(n)
+    y = np.zeros(n, dtype=np.float32)
     for i, cents in enumerate((-9.0, 0.0, 7.0)):
         fi = f * 2 ** (cents / 1200)
         y += _osc(_wavetable(_saw_amps(fi, 2200.0, 1.6)), fi, n, sr, phase0=0.31 * i)
@@ -102,9 +108,9 @@ def synth_keys(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
     """Detuned two-saw synth with a closing 'filter' (bright table fading into a dark one)."""
     f = midi_to_hz(midi)
     n = int((dur_s + 0.6) * sr)
-    t = np.arange(n) / sr
-    y_bright = np.zeros(n)
-    y_dark = np.zeros(n)
+    t = _time(n, sr)
+    y_bright = np.zeros(n, dtype=np.float32)
+    y_dark = np.zeros(n, dtype=np.float32)
     for i, cents in enumerate((-14.0, 12.0)):
         fi = f * 2 ** (cents / 1200)
         y_bright += _osc(_wavetable(_saw_amps(fi, 5000.0, 1.0)), fi, n, sr, 0.2 * i)
@@ -119,7 +125,7 @@ def bell(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
     """Soft FM bell / vibraphone for sparse ambient melodies."""
     f = midi_to_hz(midi)
     n = int((dur_s + 1.2) * sr)
-    t = np.arange(n) / sr
+    t = _time(n, sr)
     env = _release(_env_ad(n, sr, 0.003, 1.6), sr, dur_s, 0.6)
     y = np.sin(2 * np.pi * f * t + 0.8 * np.exp(-t / 0.3) * np.sin(2 * np.pi * 4.0 * f * t))
     return env * y * (0.5 + 0.5 * vel)
@@ -129,8 +135,8 @@ def bass(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
     """Round electric bass: a few decaying harmonics (upper ones faster), finger attack, damped at note off."""
     f = midi_to_hz(midi)
     n = int((dur_s + 0.15) * sr)
-    t = np.arange(n) / sr
-    y = np.zeros(n)
+    t = _time(n, sr)
+    y = np.zeros(n, dtype=np.float32)
     for k, a in enumerate((1.0, 0.55, 0.3, 0.16, 0.08, 0.04), start=1):
         y += a * np.exp(-t * (0.6 + 3.0 * (k - 1) * (0.5 + vel))) * np.sin(2 * np.pi * k * f * t)
     env = (1 - np.exp(-t / 0.004)) * (0.6 + 0.4 * np.exp(-t / 0.35))
@@ -141,7 +147,7 @@ def upright(midi: int, dur_s: float, vel: float, sr: int) -> np.ndarray:
     """Upright-ish bass for jazz: fast decay, slight pitch drop on the pluck."""
     f = midi_to_hz(midi)
     n = int((dur_s + 0.12) * sr)
-    t = np.arange(n) / sr
+    t = _time(n, sr)
     inst_f = f * (1 + 0.012 * np.exp(-t / 0.02))
     ph = 2 * np.pi * np.cumsum(inst_f) / sr
     y = np.sin(ph) + 0.45 * np.exp(-t * 6) * np.sin(2 * ph) + 0.2 * np.exp(-t * 12) * np.sin(3 * ph)

@@ -1,0 +1,152 @@
+"""Stage export on the tiny pipeline: merge check, four ONNX precisions with parity, and the torch-free sampler."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lofi_lora import adapters, backend
+from lofi_lora import audio as audio_io
+from lofi_lora.errors import ExportParityError
+from lofi_lora.export import parity, quantize
+from lofi_lora.export.sampler import timestep_schedule
+from lofi_lora.export.stage import run_export
+from lofi_lora.params import REPO_ROOT
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def add_trained_like_lora(transformer, rel_delta: float = 0.1, seed: int = 0):
+    """PEFT LoRA with random A and B, B rescaled so ||scale * B A|| = rel_delta * ||W|| (a trained magnitude)."""
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=LORA_TARGETS))
+    with torch.no_grad():
+        for m in transformer.modules():
+            if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {}):
+                a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+                delta = m.scaling["default"] * (b @ a)
+                b.mul_(rel_delta * m.get_base_layer().weight.norm() / delta.norm())
+    return transformer
+
+
+def make_cfg(tmp: Path):
+    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
+    for k, v in cfg.paths.items():
+        cfg.paths[k] = str(REPO_ROOT / v) if k == "presets" else str(tmp / v)
+    cfg.model.path = cfg.paths.base_model
+    cfg.export.latency.update(frames=50, repeats=3, warmup=1)
+    cfg.export.sampler.duration_s = 2.0
+    cfg.export.sampler.prompts = cfg.export.sampler.prompts[:1]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Tiny base model + a trained-magnitude LoRA saved as models/lora/best, a PyTorch reference run of the
+    adapter pipeline, then the stage function (which loads both from disk like `python stages/export.py`)."""
+    torch.set_num_threads(2)
+    tmp = tmp_path_factory.mktemp("export")
+    cfg = make_cfg(tmp)
+    backend.write_base_model(cfg)
+    pipe = backend.load_pipeline(cfg.model, cfg.paths.base_model)
+    add_trained_like_lora(pipe.transformer)
+    adapters.save_diffusers_adapter(adapters.adapter_state_dict(pipe.transformer), Path(cfg.paths.lora) / "best",
+                                    r=4, alpha=8, rslora=False, dropout=0.0, target_modules=LORA_TARGETS)
+    frames = int(np.ceil(cfg.export.sampler.duration_s * pipe.latents_per_second))
+    noise = np.random.default_rng(42).standard_normal((1, frames, pipe.transformer.config.audio_acoustic_hidden_dim),
+                                                       dtype=np.float32)
+    ref = pipe(prompt=cfg.export.sampler.prompts[0], lyrics=cfg.export.sampler.lyrics, audio_duration=2.0,
+               latents=torch.from_numpy(noise), output_type="np").audios
+    out_dir, metrics_path = Path(cfg.paths.onnx), Path(cfg.paths.metrics) / "export.json"
+    sample_rate = pipe.sample_rate
+    del pipe
+    summary = run_export(cfg)
+    return {"cfg": cfg, "summary": summary, "dir": out_dir, "metrics": json.loads(metrics_path.read_text()),
+            "noise": noise, "ref_audio": np.asarray(ref), "sample_rate": sample_rate, "tmp": tmp}
+
+
+def test_all_precisions_exported_and_within_tolerance(exported):
+    m, tol = exported["metrics"], exported["cfg"].export.tolerance
+    assert set(m["precisions"]) == {"fp32", "fp16", "int8", "int4"}
+    assert m["merge"]["max_abs_err"] <= tol.merge.max_abs_err and m["lora_layers_merged"] == 16
+    for p, figs in m["precisions"].items():
+        assert (exported["dir"] / p / "denoiser.onnx").is_file()
+        assert figs["parity"]["rel_l2"] <= tol[p].rel_l2, (p, figs["parity"])
+        assert figs["bytes"] > 0 and figs["latency_ms"] > 0
+    fp32 = m["precisions"]["fp32"]
+    assert fp32["parity"]["max_abs_err"] < 1e-4 and fp32["ratio_to_fp32"] == 1.0
+    # quantised formats are smaller and less exact than fp32
+    for p in ("fp16", "int8", "int4"):
+        assert m["precisions"][p]["bytes"] < fp32["bytes"], p
+        assert m["precisions"][p]["parity"]["rel_l2"] > fp32["parity"]["rel_l2"], p
+    assert m["precisions"]["fp32"]["sampler_audio"]["rel_l2"] <= tol.sampler.rel_l2
+    assert m["vae_decoder"]["parity"]["rel_l2"] <= tol.vae.rel_l2
+    assert exported["summary"]["int4_mb"] == m["precisions"]["int4"]["mb"]
+
+
+def test_quantised_graphs_use_the_intended_ops(exported):
+    import onnx
+
+    ops = {p: {n.op_type for n in onnx.load(str(exported["dir"] / p / "denoiser.onnx"), load_external_data=False).graph.node}
+           for p in ("fp32", "int8", "int4")}
+    assert "MatMulNBits" in ops["int4"] and "MatMulNBits" not in ops["fp32"]
+    assert "DynamicQuantizeLinear" in ops["int8"] or "MatMulIntegerToFloat" in ops["int8"]
+    fp32 = onnx.load(str(exported["dir"] / "fp32" / "denoiser.onnx"))
+    kept = quantize.nodes_in_modules(fp32, ["condition_embedder"])
+    assert kept, "the excluded projection must be found by its name scope"
+    int4 = onnx.load(str(exported["dir"] / "int4" / "denoiser.onnx"), load_external_data=False)
+    assert set(kept) <= {n.name for n in int4.graph.node}, "excluded MatMul stays a plain MatMul"
+
+
+def test_onnx_sampler_runs_without_torch_and_matches_the_pipeline(exported, tmp_path):
+    noise_path, wav = tmp_path / "noise.npy", tmp_path / "x.wav"
+    np.save(noise_path, exported["noise"])
+    code = (
+        "import sys\n"
+        "from lofi_lora.export import sampler\n"
+        f"sampler.main(['--onnx-dir', {str(exported['dir'])!r}, '--precision', 'fp32', '--prompt', '0', "
+        f"'--noise', {str(noise_path)!r}, '--out', {str(wav)!r}, '--threads', '2'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audio, sr = audio_io.read(wav)
+    ref = exported["ref_audio"][0]
+    assert sr == exported["sample_rate"] and audio.shape == ref.shape
+    figs = parity.compare(ref, audio)
+    # PCM_24 in the WAV adds ~1e-7; the gate is the fp32 sampler tolerance
+    assert figs["rel_l2"] <= exported["cfg"].export.tolerance.sampler.rel_l2, figs
+
+
+def test_int8_sampler_writes_audio_close_to_fp32(exported, tmp_path):
+    from lofi_lora.export.sampler import OnnxSampler
+
+    fp32 = OnnxSampler(exported["dir"], "fp32", threads=2).generate(0, noise=exported["noise"])
+    int8 = OnnxSampler(exported["dir"], "int8", threads=2).generate(0, noise=exported["noise"])
+    assert np.all(np.isfinite(int8)) and int8.shape == fp32.shape
+    assert parity.compare(fp32, int8)["cosine"] > 0.9
+
+
+def test_schedule_matches_the_pipeline():
+    from diffusers import AceStepPipeline
+
+    ref = AceStepPipeline._get_timestep_schedule(None, num_inference_steps=8, shift=3.0, dtype=torch.float32)
+    np.testing.assert_allclose(timestep_schedule(8, 3.0), ref.numpy(), rtol=0, atol=1e-7)
+    assert len(timestep_schedule(8, 1.0)) == 8 and timestep_schedule(8, 3.0)[0] == 1.0
+
+
+def test_parity_gate_fails_with_figures():
+    ref = np.linspace(-1, 1, 100, dtype=np.float32)
+    figs = parity.compare(ref, ref * 1.1)
+    assert figs["rel_l2"] == pytest.approx(0.1, rel=1e-5)
+    with pytest.raises(ExportParityError, match=r"int4 .*rel_l2 1\.000e-01 > 1\.0e-02"):
+        parity.check("int4 denoiser", figs, {"rel_l2": 1e-2, "cosine": None})
+    nan = parity.compare(ref, np.full_like(ref, np.nan))
+    with pytest.raises(ExportParityError, match="non-finite"):
+        parity.check("fp16", nan, {"rel_l2": 1.0})

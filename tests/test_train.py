@@ -1,0 +1,199 @@
+"""Training objective, schedule, batching and one end-to-end run on the toy model."""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lofi_lora import train
+from lofi_lora.errors import ConfigError
+from test_train_fixtures import COND_H, LATENT_C, tiny_transformer, workspace
+
+# ace-step/ACE-Step-1.5 acestep/training/trainer.py (f30aee4): the turbo model's 8 shift-3 inference timesteps
+UPSTREAM_TURBO = [1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3]
+
+
+def test_turbo_timesteps_match_upstream():
+    assert list(train.TURBO_SHIFT3_TIMESTEPS) == pytest.approx(UPSTREAM_TURBO, abs=1e-15)
+    g = torch.Generator().manual_seed(0)
+    t = train.sample_timesteps("discrete_turbo", 4000, g, torch.device("cpu"))
+    assert sorted(set(t.tolist())) == pytest.approx(sorted(UPSTREAM_TURBO))
+
+
+def test_logit_normal_timesteps():
+    g = torch.Generator().manual_seed(0)
+    t = train.sample_timesteps("logit_normal", 20000, g, torch.device("cpu"), -0.4, 1.0)
+    logit = torch.log(t / (1 - t))
+    assert logit.mean().item() == pytest.approx(-0.4, abs=0.03)
+    assert logit.std().item() == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize("variant,scheme,ratio", [("turbo", "discrete_turbo", 0.0), ("base", "logit_normal", 0.15),
+                                                  ("sft", "logit_normal", 0.15)])
+def test_auto_settings_follow_the_variant(variant, scheme, ratio):
+    cfg = OmegaConf.create({"timesteps": "auto", "cfg_dropout": "auto"})
+    assert train.timestep_scheme(cfg, variant) == scheme
+    assert train.cfg_dropout_ratio(cfg, variant) == ratio
+    with pytest.raises(ConfigError, match="train.timesteps"):
+        train.timestep_scheme(OmegaConf.create({"timesteps": "cosine"}), variant)
+
+
+def _batch(lengths=(10, 7), enc=(4, 6)):
+    g = torch.Generator().manual_seed(1)
+    items = [{"target_latents": torch.randn(n, LATENT_C, generator=g), "attention_mask": torch.ones(n),
+              "encoder_hidden_states": torch.randn(l, COND_H, generator=g), "encoder_attention_mask": torch.ones(l),
+              "context_latents": torch.randn(n, 128, generator=g)} for n, l in zip(lengths, enc)]
+    return items
+
+
+def test_collate_pads_and_masks():
+    batch = train.collate(_batch())
+    assert batch["target_latents"].shape == (2, 10, LATENT_C) and batch["encoder_hidden_states"].shape == (2, 6, COND_H)
+    assert batch["attention_mask"].tolist()[1] == [1.0] * 7 + [0.0] * 3
+    assert batch["encoder_attention_mask"].tolist()[0] == [1.0] * 4 + [0.0] * 2
+    assert torch.all(batch["target_latents"][1, 7:] == 0)
+
+
+def test_loss_ignores_padded_frames():
+    """The masked loss of a padded clip equals the loss of the clip alone when nothing else is padded."""
+    model = tiny_transformer(0)
+    items = _batch((8, 8), (5, 5))
+    items[1]["attention_mask"][6:] = 0  # last two frames are padding in the cache itself
+    full = train.collate(items)
+    kw = dict(scheme="discrete_turbo", logit_mean=-0.4, logit_std=1.0, cfg_ratio=0.0, null_condition=None,
+              autocast=contextlib.nullcontext())
+    with torch.no_grad():
+        loss, frames = train.flow_matching_loss(model, full, torch.Generator().manual_seed(5), **kw)
+    assert frames == 8 + 6
+    # recompute by hand: same draws, squared error over valid frames only
+    g = torch.Generator().manual_seed(5)
+    t = train.sample_timesteps("discrete_turbo", 2, g, torch.device("cpu"))
+    x0 = full["target_latents"]
+    x1 = torch.randn(x0.shape, generator=g)
+    xt = t.view(-1, 1, 1) * x1 + (1 - t.view(-1, 1, 1)) * x0
+    with torch.no_grad():
+        pred = model(hidden_states=xt, timestep=t, timestep_r=t, encoder_hidden_states=full["encoder_hidden_states"],
+                     context_latents=full["context_latents"], return_dict=False)[0]
+    err = (pred - (x1 - x0)).pow(2)
+    manual = (err[0].sum() + err[1, :6].sum()) / ((8 + 6) * LATENT_C)
+    torch.testing.assert_close(loss, manual)
+
+
+def test_cfg_dropout_uses_the_null_condition():
+    model = tiny_transformer(0)
+    batch = train.collate(_batch((8, 8), (5, 5)))
+    null = torch.randn(1, 1, COND_H, generator=torch.Generator().manual_seed(9))
+    kw = dict(scheme="logit_normal", logit_mean=-0.4, logit_std=1.0, autocast=contextlib.nullcontext())
+    with torch.no_grad():
+        dropped, _ = train.flow_matching_loss(model, batch, torch.Generator().manual_seed(5), cfg_ratio=0.999999,
+                                              null_condition=null, **kw)
+        g = torch.Generator().manual_seed(5)
+        torch.rand(2, generator=g)  # the dropout draw
+        nulled = dict(batch, encoder_hidden_states=null.expand_as(batch["encoder_hidden_states"]))
+        by_hand, _ = train.flow_matching_loss(model, nulled, g, cfg_ratio=0.0, null_condition=None, **kw)
+        kept, _ = train.flow_matching_loss(model, batch, torch.Generator().manual_seed(5), cfg_ratio=1e-9,
+                                           null_condition=null, **kw)
+    torch.testing.assert_close(dropped, by_hand)
+    assert not torch.isclose(dropped, kept)
+
+
+def test_schedule_warmup_then_cosine_to_floor():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = train.build_scheduler(opt, OmegaConf.create({"warmup_steps": 4, "max_steps": 20, "schedule": "cosine",
+                                                         "min_lr_ratio": 0.1}))
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_batch_order_is_a_function_of_seed_and_position():
+    lengths = [10, 12, 14, 16, 18, 11, 13]
+    a = train.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
+    seq = [a.next() for _ in range(9)]
+    assert sorted(i for b in seq[:4] for i in b) == list(range(7))  # one epoch covers every clip once
+    b = train.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
+    for _ in range(5):
+        b.next()
+    c = train.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
+    c.load_state_dict(b.state_dict())
+    assert [c.next() for _ in range(4)] == seq[5:]
+
+
+def test_config_hash_ignores_resume_safe_keys():
+    base = OmegaConf.create({"seed": 1, "model": {"name": "tiny"}, "lora": {"r": 4},
+                             "train": {"lr": 1e-3, "max_steps": 10, "checkpoint_every": 5, "keep_last": 2,
+                                       "resume_from": None, "log_every": 1}})
+    h = train.config_hash(base, "data")
+    for key, value in [("max_steps", 99), ("checkpoint_every", 7), ("keep_last", 9), ("resume_from", 5),
+                       ("log_every", 3)]:
+        other = base.copy()
+        other.train[key] = value
+        assert train.config_hash(other, "data") == h, key
+    other = base.copy()
+    other.lora.r = 8
+    assert train.config_hash(other, "data") != h
+    assert train.config_hash(base, "other data") != h
+
+
+def test_end_to_end_run_writes_everything(tmp_path):
+    cfg = workspace(tmp_path, max_steps=6, checkpoint_every=3, lr=1e-2)
+    result = train.run_train(cfg)
+    # per attention block, r=4, hidden 32, kv width 16: q 4*(32+32) + k,v 4*(32+16) each + out 4*(32+32) = 896;
+    # self + cross attention in 2 layers
+    assert result["steps"] == 6 and result["trainable_params"] == 896 * 2 * 2
+    lora = Path(cfg.paths.lora)
+    assert (lora / "final" / "pytorch_lora_weights.safetensors").is_file()
+    assert {p.name for p in (lora / "peft").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    metrics = json.loads((Path(cfg.paths.metrics) / "train.json").read_text())
+    for key in ("final_loss", "steps", "trainable_params", "tokens_per_s", "steps_per_s", "grad_norm", "config_hash"):
+        assert metrics[key] is not None, key
+    curves = Path(cfg.paths.metrics) / "train" / "plots" / "metrics"
+    for name in ("loss", "lr", "grad_norm"):
+        rows = (curves / f"{name}.tsv").read_text().splitlines()
+        assert rows[0].split("\t") == ["step", name] and len(rows) == 7
+    assert not (Path(cfg.paths.metrics) / "train" / "dvc.yaml").exists()  # dvcyaml=False: dvc.yaml is ours
+
+
+def test_loss_goes_down_on_a_fixed_batch(tmp_path):
+    """Overfitting check: the LoRA learns the structured toy latents (same clips every step, fixed timesteps)."""
+    cfg = workspace(tmp_path, n_clips=3, max_steps=60, checkpoint_every=1000, lr=2e-2, warmup_steps=0,
+                    schedule="constant", batch_size=2, timesteps="uniform")
+    train.run_train(cfg)
+    rows = (Path(cfg.paths.metrics) / "train" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
+    losses = [float(r.split("\t")[1]) for r in rows]
+    first, last = sum(losses[:15]) / 15, sum(losses[-15:]) / 15
+    assert last < 0.95 * first, (first, last)
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_transformer(0)
+        torch.manual_seed(0)
+        train.add_lora(model, OmegaConf.create({"r": 4, "alpha": 8, "rslora": False, "dropout": 0.0,
+                                                "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}))
+        with torch.no_grad():
+            for name, p in train._lora_params(model).items():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        loss, _ = train.flow_matching_loss(model, train.collate(_batch((8, 8), (5, 5))), torch.Generator().manual_seed(1),
+                                           scheme="uniform", logit_mean=0.0, logit_std=1.0, cfg_ratio=0.0,
+                                           null_condition=None, autocast=contextlib.nullcontext())
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in train._lora_params(model).items()})
+    assert all(g.abs().max() > 0 for g in grads[1].values())
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)

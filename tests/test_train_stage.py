@@ -1,0 +1,30 @@
+"""The stage script under Hydra multirun: one output folder per job and a summary table (slow: two processes' work)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_train_fixtures import make_base_model, make_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_multirun_writes_each_job_to_its_own_folder(tmp_path):
+    base = make_base_model(tmp_path)
+    dataset, cache = make_cache(tmp_path)
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py"), "-m", "lora.r=4,8", f"paths.dataset={dataset}",
+         f"paths.cache={cache}", f"paths.base_model={base}", "train.max_steps=3", "train.checkpoint_every=2",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "multirun summary" in proc.stdout and "trainable_params" in proc.stdout
+    for job in ("0", "1"):
+        assert (sweep / job / "models" / "lora" / "final" / "pytorch_lora_weights.safetensors").is_file()
+        assert (sweep / job / "models" / "lora" / "peft" / "adapter_config.json").is_file()
+        assert (sweep / job / "metrics" / "train.json").is_file()
