@@ -6,6 +6,7 @@ same call. Reference for parity is PyTorch FP32 (TF32 off); PyTorch bf16 is repo
 
     python benchmarks/export_full.py                 # full size, CUDA if available (GPU machine)
     python benchmarks/export_full.py --tiny          # toy size, runs on a laptop CPU in under a minute
+    python benchmarks/export_full.py --small         # 5 M parameters: sizes are weight-dominated, still CPU-quick
 
 onnxruntime's CUDA EP is used when the installed build has it (onnxruntime-gpu); otherwise the ONNX models run
 on the CPU EP, once per shape (`--ort-repeats` defaults to 1 there).
@@ -32,15 +33,18 @@ log = logging.getLogger("export_full")
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=8, in_channels=192, audio_acoustic_hidden_dim=64, patch_size=2, sliding_window=16)
+# research note onnx-export.md's "exp7" size: big enough that weights, not graph overhead, decide file sizes
+SMALL = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+             head_dim=32, in_channels=192, audio_acoustic_hidden_dim=64, patch_size=2, sliding_window=16)
 
 
-def build(tiny: bool, device: str, seed: int):
+def build(size: str, device: str, seed: int):
     """AceStepTransformer1DModel with the diffusers default (= released 1.5 turbo) config, seeded random weights."""
     from diffusers import AceStepTransformer1DModel
 
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AceStepTransformer1DModel(**TINY) if tiny else AceStepTransformer1DModel()
+        model = AceStepTransformer1DModel(**{"tiny": TINY, "small": SMALL, "full": {}}[size])
     # default init leaves weights at nn.Linear's uniform(±1/sqrt(fan_in)); keep it (realistic activation scale)
     return model.eval().to(torch.float32)
 
@@ -57,6 +61,7 @@ def torch_call(model, inputs, dtype):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="toy-size transformer (CPU smoke run)")
+    ap.add_argument("--small", action="store_true", help="5 M-parameter transformer (CPU size/latency check)")
     ap.add_argument("--out-dir", default="outputs/export_full", help="gitignored scratch folder")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--opset", type=int, default=20)
@@ -83,7 +88,7 @@ def main(argv=None) -> dict:
         report["gpu"] = torch.cuda.get_device_name(0)
 
     t0 = time.perf_counter()
-    model = build(args.tiny, device, args.seed)
+    model = build("tiny" if args.tiny else "small" if args.small else "full", device, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     report["params"] = n_params
     log.info("built %.1f M-parameter transformer on %s in %.1f s", n_params / 1e6, device, time.perf_counter() - t0)

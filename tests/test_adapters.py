@@ -120,3 +120,24 @@ def test_unmappable_module_is_a_clear_error():
 def test_load_into_pipeline_names_missing_file(tmp_path):
     with pytest.raises(Exception, match="pytorch_lora_weights.safetensors"):
         adapters.load_into_pipeline(_pipeline(), tmp_path)
+
+
+def test_adapter_file_bytes_are_reproducible_across_processes(tmp_path):
+    """safetensors orders its metadata randomly per process; our writer must not (DVC hashes bytes)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, sys; from lofi_lora.adapters import save_diffusers_adapter; "
+            "g = torch.Generator().manual_seed(0); "
+            "s = {f'layers.{i}.attn.to_q.lora_{ab}.weight': torch.randn(4, 4, generator=g) "
+            "for i in range(3) for ab in 'AB'}; "
+            "save_diffusers_adapter(s, sys.argv[1], r=4, alpha=8, rslora=True, dropout=0.0, target_modules=['to_q'])")
+    digests = set()
+    for i in range(3):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True, timeout=120)
+        digests.add((tmp_path / str(i) / adapters.DIFFUSERS_WEIGHT_NAME).read_bytes())
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0" / adapters.DIFFUSERS_WEIGHT_NAME), "pt") as f:
+        assert f.metadata()["format"] == "pt" and len(list(f.keys())) == 6

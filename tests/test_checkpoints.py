@@ -115,12 +115,12 @@ def test_resume_from_picks_one_and_errors_clearly(trained, tmp_path):
 
 
 def test_other_config_is_never_resumed(trained, tmp_path, caplog):
-    cfg = _copy(trained, tmp_path, max_steps=2)
+    cfg = _copy(trained, tmp_path, max_steps=6)
     cfg.lora.r = 8
     cfg.train.resume_from = 4
     with pytest.raises(CheckpointError, match="config hash"):
         run_train(cfg)
-    cfg.train.resume_from = None
+    cfg.train.resume_from, cfg.train.max_steps = None, 2
     with caplog.at_level(logging.WARNING):
         result = run_train(cfg)
     assert result["resumed_from"] is None and result["steps_run"] == 2
@@ -133,3 +133,10 @@ def test_resume_safe_keys_keep_the_hash(trained, tmp_path):
     cfg = _copy(trained, tmp_path, max_steps=8, checkpoint_every=3, keep_last=4, log_every=2)
     result = run_train(cfg)
     assert result["resumed_from"] == 6 and result["steps"] == 8
+
+
+def test_lower_max_steps_resumes_below_it(tmp_path):
+    store = _store_with(tmp_path, {10: 0.5, 20: 0.4, 30: 0.3}, keep_last=5)
+    assert store.select("h1", max_step=25)["step"] == 20
+    with pytest.raises(CheckpointError, match="beyond train.max_steps"):
+        store.select("h1", resume_from=30, max_step=25)

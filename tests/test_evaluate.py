@@ -96,10 +96,10 @@ def test_evaluate_outputs(workspace):
     # flat sortable keys, base beside best, labelled nulls
     for k in ("best_step", "val_loss_best", "val_loss_base", "fd_logmel128_v1_best", "fd_logmel128_v1_base",
               "fd_logmel128_v1_inf_best", "fd_logmel128_v1_n_clips_best", "fd_logmel128_v1_n_vectors_best",
-              "fd_logmel128_v1_reference_clips", "fd_logmel128_v1_reference_vectors"):
+              "fd_logmel128_v1_reference_clips", "fd_logmel128_v1_reference_vectors", "kad_logmel128_v1_best"):
         assert isinstance(m[k], (int, float)), k
     # VGGish configured without weights: a labelled null, never a number; log-mel FD is still there
-    assert m["fad_vggish_best"] is None and m["fad_vggish_inf_best"] is None
+    assert m["fad_vggish_best"] is None and m["fad_vggish_inf_best"] is None and m["kad_vggish_best"] is None
     assert "eval.vggish_path is null" in m["fad_vggish_reason"]
     # CLAP (tiny random model from a local folder) with both baselines beside it
     for k in ("clap_score_best", "clap_score_base", "clap_score_shuffled_best", "clap_score_holdout_best"):

@@ -150,3 +150,17 @@ def test_parity_gate_fails_with_figures():
     nan = parity.compare(ref, np.full_like(ref, np.nan))
     with pytest.raises(ExportParityError, match="non-finite"):
         parity.check("fp16", nan, {"rel_l2": 1.0})
+
+
+@pytest.mark.slow
+def test_stage_fails_with_figures_when_a_precision_misses_its_tolerance(exported, tmp_path):
+    cfg = exported["cfg"].copy()
+    cfg.paths.onnx = str(tmp_path / "onnx")
+    cfg.paths.metrics = str(tmp_path / "metrics")
+    cfg.export.precisions = ["fp32", "int4"]
+    cfg.export.tolerance.int4.rel_l2 = 1e-6
+    with pytest.raises(ExportParityError, match=r"int4 denoiser vs PyTorch fp32: parity failed \(rel_l2 .* > 1\.0e-06"):
+        run_export(cfg)
+    assert not Path(cfg.paths.onnx).exists(), "a failed export leaves no half-written output folder"
+    failed = json.loads((tmp_path / "metrics" / "export.json").read_text())
+    assert failed["failed"] == "int4" and failed["precisions"]["int4"]["parity"]["rel_l2"] > 1e-6

@@ -29,7 +29,7 @@ def small_cfg(tmp: Path, **synth) -> OmegaConf:
     cfg = OmegaConf.create(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
     cfg.paths.synth = str(tmp / "raw" / "synth")
     cfg.paths.synth_metadata = str(tmp / "metadata" / "synth")
-    cfg.synth.update({"n_tracks": 2, "n_long": 1, "long_seconds": 31, "track_seconds": [6, 8], "bad_seconds": 4,
+    cfg.synth.update({"n_tracks": 2, "n_long": 1, "long_seconds": 36, "track_seconds": [6, 8], "bad_seconds": 4,
                       "sample_rate": SR, "workers": 1, **synth})
     return cfg
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from lofi_lora.errors import ModelError
-from lofi_lora.fsutil import atomic_dir, atomic_path, atomic_write_json
+from lofi_lora.fsutil import atomic_dir, atomic_write_json, safetensors_bytes, save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ def adapter_state_dict(model: torch.nn.Module, adapter_name: str = ADAPTER_NAME)
 
 
 def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file(dict(tensors), str(tmp), metadata=metadata)
+    save_safetensors(path, tensors, metadata)
 
 
 def save_diffusers_adapter(state: Mapping[str, torch.Tensor], out_dir: str | Path, *, r: int, alpha: float,
@@ -155,9 +152,7 @@ def save_peft_adapter(state: Mapping[str, torch.Tensor], out_dir: str | Path, *,
     config = lora_config_dict(r, alpha, rslora, dropout, upstream_target_modules(target_modules))
     config["base_model_name_or_path"] = base_model
     with atomic_dir(out_dir) as tmp:
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(tmp / PEFT_WEIGHT_NAME), metadata={"format": "pt"})
+        (tmp / PEFT_WEIGHT_NAME).write_bytes(safetensors_bytes(tensors, {"format": "pt"}))
         atomic_write_json(tmp / PEFT_CONFIG_NAME, config)
     return out_dir
 

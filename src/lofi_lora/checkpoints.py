@@ -115,9 +115,17 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: {STATE_FILE} is not listed in {MANIFEST}")
         return path
 
-    def select(self, config_hash: str, resume_from: int | None = None) -> dict[str, Any] | None:
-        """The entry to resume from: `resume_from` exactly (error if unusable), else the newest one that verifies."""
+    def select(self, config_hash: str, resume_from: int | None = None,
+               max_step: int | None = None) -> dict[str, Any] | None:
+        """The entry to resume from: `resume_from` exactly (error if unusable), else the newest one that verifies.
+
+        `max_step` (train.max_steps) excludes later checkpoints: lowering max_steps resumes below it.
+        """
         entries = self.entries()
+        if resume_from is not None and max_step is not None and int(resume_from) > max_step:
+            raise CheckpointError(f"train.resume_from={resume_from} is beyond train.max_steps={max_step}")
+        if max_step is not None:
+            entries = [e for e in entries if int(e["step"]) <= max_step]
         if resume_from is not None:
             match = [e for e in entries if int(e["step"]) == int(resume_from)]
             if not match:

@@ -23,7 +23,7 @@ import torch
 from lofi_lora import audio as audio_io
 from lofi_lora.config import require
 from lofi_lora.errors import DataError
-from lofi_lora.fsutil import atomic_path, atomic_write_json, read_json, sha256_file
+from lofi_lora.fsutil import atomic_write_json, read_json, save_safetensors, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,6 @@ def encode_batch(pipe, waves: torch.Tensor, records: list[dict], *, latent_seed:
 def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: str, batch_size: int,
                 latent_seed: int, max_text_tokens: int, max_lyric_tokens: int) -> dict:
     """Bring `cache_dir` up to date for `records`: reuse unchanged entries, compute the rest, drop stale ones."""
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     cache_dir = Path(cache_dir)
@@ -318,8 +317,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: s
                                   max_text_tokens=max_text_tokens, max_lyric_tokens=max_lyric_tokens)
         for (r, h), t in zip(batch, tensors):
             name = f"{r['clip_id']}.safetensors"
-            with atomic_path(cache_dir / name) as tmp:
-                save_file(t, str(tmp), metadata={"clip_id": r["clip_id"], "input_hash": h, "model": model_fp})
+            save_safetensors(cache_dir / name, t, {"clip_id": r["clip_id"], "input_hash": h, "model": model_fp})
             entries[r["clip_id"]] = {"file": name, "sha256": sha256_file(cache_dir / name), "input_hash": h,
                                      "latent_frames": int(t["target_latents"].shape[0]),
                                      "condition_tokens": int(t["encoder_hidden_states"].shape[0])}

@@ -235,13 +235,22 @@ def embed_files(embedder, files: list[str]) -> list[np.ndarray]:
     return out
 
 
-def fd_scores(embedder, gen: list[np.ndarray], ref_stats, num_points: int, seed: int) -> dict[str, Any]:
-    from lofi_lora.metrics.fad import fd_inf, frechet_distance, gaussian_stats
+def kad_id(metric_id: str) -> str:
+    """KAD key beside an FD key: fd_logmel128_v1 -> kad_logmel128_v1, fad_vggish -> kad_vggish."""
+    return "kad_" + metric_id.split("_", 1)[1]
+
+
+def fd_scores(embedder, gen: list[np.ndarray], ref_stats, num_points: int, seed: int,
+              ref_vectors: np.ndarray | None = None, kad_bandwidth: float | None = None) -> dict[str, Any]:
+    """FD at this N, FD-inf (clips subsampled without replacement) and KAD, with the sample sizes."""
+    from lofi_lora.metrics.fad import fd_inf, frechet_distance, gaussian_stats, kad
 
     x = np.concatenate(gen)
     mid = embedder.metric_id
     res: dict[str, Any] = {mid: frechet_distance(gaussian_stats(x, len(gen)), ref_stats),
                            f"{mid}_n_clips": len(gen), f"{mid}_n_vectors": int(x.shape[0])}
+    if ref_vectors is not None:
+        res[kad_id(mid)] = kad(x, ref_vectors, kad_bandwidth)[0]
     if len(gen) >= 3:
         inf = fd_inf(gen, ref_stats, num_points=num_points, seed=seed)
         res.update({f"{mid}_inf": inf.fd_inf, f"{mid}_inf_slope": inf.slope, f"{mid}_inf_r2": inf.r2})
@@ -256,7 +265,7 @@ def check_weight_paths(ev) -> None:
     from omegaconf import OmegaConf
 
     for key in ("vggish_path", "clap_path"):
-        if OmegaConf.is_config(ev) and key in ev and OmegaConf.is_missing(ev, key):
+        if OmegaConf.is_config(ev) and key in list(ev.keys()) and OmegaConf.is_missing(ev, key):
             raise ConfigError(f"`eval.{key}` is required by this eval config (???): set a local path, or null to "
                               "report the metric as unavailable")
 
@@ -360,7 +369,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     from lofi_lora.adapters import load_into_pipeline
     from lofi_lora.backend import load_pipeline
     from lofi_lora.metrics.embeddings import EmbeddingUnavailable, get_embedder
-    from lofi_lora.metrics.fad import gaussian_stats
+    from lofi_lora.metrics.fad import gaussian_stats, kad
     from lofi_lora.report import write_report
     from lofi_lora.runtime import pick_device
 
@@ -404,10 +413,12 @@ def run_evaluate(cfg) -> dict[str, Any]:
             log.warning("%s", e)
             unavailable[e.metric_id] = e.reason
     ref_files = [r["audio_path"] for r in rows]
-    ref = {}
+    ref, ref_vecs, ref_bw = {}, {}, {}
     for emb in embedders:
         vecs = embed_files(emb, ref_files)
-        ref[emb.metric_id] = gaussian_stats(np.concatenate(vecs), len(vecs))
+        ref_vecs[emb.metric_id] = np.concatenate(vecs)
+        ref[emb.metric_id] = gaussian_stats(ref_vecs[emb.metric_id], len(vecs))
+        ref_bw[emb.metric_id] = kad(ref_vecs[emb.metric_id], ref_vecs[emb.metric_id])[1]  # fixed from the reference
         log.info("reference %s: %d holdout clips, %d vectors", emb.metric_id, len(vecs), ref[emb.metric_id].n_vectors)
 
     clap, clap_reason = load_clap(ev, device)
@@ -434,13 +445,16 @@ def run_evaluate(cfg) -> dict[str, Any]:
             m.details["val_loss"] = vl
             files = [str(out_dir / s["file"]) for s in m.samples]
             for emb in embedders:
-                r = fd_scores(emb, embed_files(emb, files), ref[emb.metric_id], int(ev.get("fad_inf_points") or 5), seed)
+                r = fd_scores(emb, embed_files(emb, files), ref[emb.metric_id], int(ev.get("fad_inf_points") or 5),
+                              seed, ref_vecs[emb.metric_id], ref_bw[emb.metric_id])
                 m.details[emb.metric_id] = {"fd_inf_points": r.pop("_fd_inf_points", None), **emb.describe(),
+                                            "kad_bandwidth": ref_bw[emb.metric_id],
                                             "reference_clips": ref[emb.metric_id].n_clips,
                                             "reference_vectors": ref[emb.metric_id].n_vectors}
                 m.scores.update(r)
             for mid, reason in unavailable.items():
-                m.scores[mid], m.scores[f"{mid}_inf"], m.scores[f"{mid}_reason"] = None, None, reason
+                m.scores.update({mid: None, f"{mid}_inf": None, kad_id(mid): None, f"{mid}_reason": reason,
+                                 f"{kad_id(mid)}_reason": reason})
             if clap is not None:
                 from lofi_lora.metrics.clap import clap_scores
 
@@ -467,8 +481,8 @@ def run_evaluate(cfg) -> dict[str, Any]:
             s["path"] = str(samples_root / m.label / s["file"])
 
     best = pick_best(models, best_metric, best_mode)
-    metric_keys = ["val_loss", *[e.metric_id for e in embedders], *[f"{e.metric_id}_inf" for e in embedders],
-                   *[k for mid in unavailable for k in (mid, f"{mid}_inf")], "clap_score"]
+    metric_keys = ["val_loss", *[k for e in embedders for k in (e.metric_id, f"{e.metric_id}_inf", kad_id(e.metric_id))],
+                   *[k for mid in unavailable for k in (mid, f"{mid}_inf", kad_id(mid))], "clap_score"]
     if clap is not None:
         metric_keys += ["clap_score_shuffled", "clap_score_holdout"]
 

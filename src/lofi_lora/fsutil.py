@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 
 @contextlib.contextmanager
@@ -84,3 +84,25 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+def safetensors_bytes(tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file whose bytes depend only on its content.
+
+    safetensors keeps `__metadata__` in a hash map, so the header's key order (and the file's sha256) changes from
+    one process to the next; DVC would see a new output on every run. We re-serialise the header with sorted keys;
+    the data offsets are relative to the end of the header, so the tensor bytes stay valid.
+    """
+    from safetensors.torch import save
+
+    raw = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Write a reproducible safetensors file atomically."""
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))

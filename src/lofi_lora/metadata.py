@@ -3,11 +3,10 @@
 Each file has a JSON schema; a malformed or inconsistent file raises DataError naming the file, the key
 and the reason (e.g. `style_mapping.json: tracks.t003[1]: unknown preset CORE-99`). Formats are in
 docs/ARCHITECTURE.md. quality_scores.json is written by stage preprocess; this module owns its schema,
-validator and the merge that keeps human scores across runs.
+validator (the merge that keeps human scores across runs lives in preprocess).
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,40 +61,41 @@ STYLE_MAPPING_SCHEMA: dict[str, Any] = {
     },
 }
 
-_score_value = {"type": ["number", "boolean", "null"]}
+_score_value = {"type": ["number", "boolean", "string", "null"]}
+# The shape stage preprocess writes (preprocess.merge_scores): automated scores replaced on every run,
+# human scores carried over, clips that no longer exist kept (current: false) while they hold human scores.
 QUALITY_SCORES_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["version", "updated", "clips"],
-    "additionalProperties": False,
+    "required": ["version", "scorer_version", "updated_at", "clips"],
     "properties": {
         "version": {"const": QUALITY_SCORES_VERSION},
-        "updated": _timestamp,
+        "scorer_version": _nonempty,
+        "updated_at": _timestamp,
         "clips": {
             "type": "object",
             "additionalProperties": {
                 "type": "object",
-                "required": ["track_id"],
-                "additionalProperties": False,
+                "required": ["current"],
                 "properties": {
-                    "track_id": _nonempty,
+                    "current": {"type": "boolean"},
                     "automated": {
                         "type": "object",
-                        "required": ["scores", "timestamp", "scorer_version"],
-                        "additionalProperties": False,
-                        "properties": {"scores": {"type": "object", "additionalProperties": _score_value},
-                                       "timestamp": _timestamp, "scorer_version": _nonempty},
+                        "required": ["score", "scorer_version", "scored_at"],
+                        "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1},
+                                       "scorer_version": _nonempty, "scored_at": _timestamp},
+                        "additionalProperties": _score_value,
                     },
                     "human": {
                         "type": "array",
                         "items": {
                             "type": "object",
                             "required": ["rater", "score", "timestamp"],
-                            "additionalProperties": False,
                             "properties": {"rater": _nonempty, "score": {"type": "number", "minimum": 1, "maximum": 5},
                                            "note": {"type": "string"}, "timestamp": _timestamp},
                         },
                     },
                 },
+                "anyOf": [{"required": ["automated"]}, {"required": ["human"]}],
             },
         },
     },
@@ -146,34 +146,12 @@ def load_style_mapping(path: str | Path, preset_ids: Any = None,
 
 
 def load_quality_scores(path: str | Path) -> dict[str, Any]:
-    """The whole quality_scores.json document, validated (human scores are kept by `merge_quality_scores`)."""
+    """The whole quality_scores.json document, validated; a clip marked current must have automated scores."""
     doc = read_json(_exists(path))
     validate(doc, QUALITY_SCORES_SCHEMA, path)
-    return doc
-
-
-def merge_quality_scores(previous: Mapping[str, Any] | None, automated: Mapping[str, Mapping[str, Any]],
-                         track_ids: Mapping[str, str], scorer_version: str,
-                         now: dt.datetime | None = None) -> dict[str, Any]:
-    """New quality_scores.json content: fresh automated scores, human scores carried over unchanged.
-
-    Args:
-        previous: the last document (or None); its human scores survive even for clips not rescored.
-        automated: clip_id -> {score name: value} from this run.
-        track_ids: clip_id -> track_id for the clips in `automated`.
-        scorer_version: version string of the scoring code (stored per clip).
-    """
-    stamp = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
-    clips: dict[str, Any] = {}
-    for cid, entry in ((previous or {}).get("clips") or {}).items():
-        if entry.get("human"):
-            clips[cid] = {"track_id": entry["track_id"], "human": list(entry["human"])}
-    for cid, scores in automated.items():
-        clips.setdefault(cid, {"track_id": track_ids[cid]})
-        clips[cid]["track_id"] = track_ids[cid]
-        clips[cid]["automated"] = {"scores": dict(scores), "timestamp": stamp, "scorer_version": scorer_version}
-    doc = {"version": QUALITY_SCORES_VERSION, "updated": stamp, "clips": dict(sorted(clips.items()))}
-    validate(doc, QUALITY_SCORES_SCHEMA, QUALITY_SCORES_FILE)
+    for cid, entry in doc["clips"].items():
+        if entry["current"] and "automated" not in entry:
+            raise DataError(f"{path}: clips.{cid}: marked current but has no automated scores")
     return doc
 
 

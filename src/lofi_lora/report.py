@@ -27,6 +27,8 @@ METRIC_LABELS = {
     "fd_logmel128_v1_inf": "the same, extrapolated to infinitely many clips (FD-inf)",
     "fad_vggish": "FAD, VGGish embedding", "fad_vggish_inf": "FAD-inf, VGGish embedding",
     "fad_clap": "FAD, CLAP audio embedding", "fad_clap_inf": "FAD-inf, CLAP audio embedding",
+    "kad_logmel128_v1": "KAD (unbiased kernel MMD^2, RBF bandwidth fixed from the reference) on the log-mel statistics",
+    "kad_vggish": "KAD on VGGish embeddings", "kad_clap": "KAD on CLAP audio embeddings",
     "clap_score": "CLAP score: mean cosine(prompt, sample)",
     "clap_score_shuffled": "CLAP score with shuffled prompts (floor)",
     "clap_score_holdout": "CLAP score of holdout clips vs their captions (ceiling)",

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 # Upstream's turbo inference schedule (8 steps, shift 3): t_i = 3s/(1+2s) for s = 1, 7/8, ..., 1/8.
 TURBO_SHIFT3_TIMESTEPS = tuple(3 * s / (1 + 2 * s) for s in (8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8))
 # train keys that may change between a run and its resume without changing what is learned step by step
-RESUME_SAFE_KEYS = ("max_steps", "checkpoint_every", "keep_last", "resume_from", "log_every", "cpu_threads")
+RESUME_SAFE_KEYS = ("max_steps", "checkpoint_every", "keep_last", "resume_from", "log_every", "cpu_threads",
+                    "data_on_device", "distributed")
 CACHE_KEYS = ("target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
               "context_latents")
 SCHEMES = ("discrete_turbo", "logit_normal", "uniform")
@@ -187,6 +188,17 @@ def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], g
                        scheme: str, logit_mean: float, logit_std: float, cfg_ratio: float,
                        null_condition: torch.Tensor | None, autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, int]:
     """Masked flow-matching MSE of one batch; returns (loss, number of valid latent frames)."""
+    loss, frames = flow_matching_loss_async(model, batch, gen, scheme=scheme, logit_mean=logit_mean,
+                                            logit_std=logit_std, cfg_ratio=cfg_ratio, null_condition=null_condition,
+                                            autocast=autocast)
+    return loss, int(frames.item())
+
+
+def flow_matching_loss_async(model: torch.nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator, *,
+                             scheme: str, logit_mean: float, logit_std: float, cfg_ratio: float,
+                             null_condition: torch.Tensor | None,
+                             autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
+    """`flow_matching_loss` with the frame count left on the device: no host sync inside the train step."""
     x0 = batch["target_latents"]
     device, bsz = x0.device, x0.shape[0]
     cond = batch["encoder_hidden_states"]
@@ -204,8 +216,8 @@ def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], g
                      context_latents=batch["context_latents"], return_dict=False)[0]
     mask = batch["attention_mask"].to(torch.float32).unsqueeze(-1)
     sq = (pred.float() - (x1 - x0).float()).pow(2) * mask
-    frames = int(mask.sum().item())
-    loss = sq.sum() / (mask.sum() * x0.shape[-1]).clamp(min=1.0)
+    frames = mask.sum()
+    loss = sq.sum() / (frames * x0.shape[-1]).clamp(min=1.0)
     return loss, frames
 
 
@@ -272,9 +284,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg) -> torch.optim.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def config_hash(cfg, data_hash: str) -> str:
-    """Fingerprint of what one step learns: seed, model, lora, train minus resume-safe keys, and the data."""
+def config_hash(cfg, data_hash: str, world_size: int = 1) -> str:
+    """Fingerprint of what one step learns: seed, model, lora, train minus resume-safe keys, the data, and the
+    number of data-parallel ranks when more than one (each rank draws its own noise)."""
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in RESUME_SAFE_KEYS}
+    if world_size > 1:
+        train["world_size"] = world_size
     return fingerprint({"seed": cfg.get("seed"), "model": to_plain(cfg.model), "lora": to_plain(cfg.lora),
                         "train": train, "data": data_hash})
 
@@ -370,8 +385,14 @@ def _open_live(live_dir: Path, resumed_step: int | None):
 
 
 def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Train the LoRA of `cfg.lora` with `cfg.train` on the cached train split; write adapters and metrics."""
-    from lofi_lora import backend
+    """Train the LoRA of `cfg.lora` with `cfg.train` on the cached train split; write adapters and metrics.
+
+    Optimizer step = batch_size x grad_accum x world_size clips (world_size = torchrun ranks, 1 without it); lr
+    applies to that step as configured (no automatic scaling). On CUDA the step makes no host sync: losses and grad
+    norms stay on the device and are read every `log_every` steps (and at checkpoints), in step order, so the
+    smoothed loss and the logged values are the same as reading them every step.
+    """
+    from lofi_lora import backend, distributed, train_speed
     from lofi_lora.runtime import compute_dtype, pick_device, seed_everything, set_deterministic
 
     tcfg, lcfg, mcfg = cfg.train, cfg.lora, cfg.model
@@ -385,8 +406,10 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     ckpt_every = int(tcfg.get("checkpoint_every", 0)) or max_steps
     variant = str(mcfg.get("variant", "turbo"))
     scheme, cfg_ratio = timestep_scheme(tcfg, variant), cfg_dropout_ratio(tcfg, variant)
+    ckpt_share = train_speed.checkpoint_share(tcfg.get("grad_checkpointing", False))
 
-    device = torch.device(pick_device())
+    world = distributed.setup(tcfg.get("distributed", "auto"))
+    device = distributed.device_for(world) if world.active else torch.device(pick_device())
     dtype = compute_dtype(str(tcfg.get("precision", "auto")), device.type)
     set_deterministic(device.type)
     if device.type == "cpu" and tcfg.get("cpu_threads"):
@@ -394,21 +417,28 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     weights_dtype = torch.float32 if dtype == torch.float32 else getattr(torch, str(mcfg.get("dtype", "bfloat16")))
 
     clip_ids, clips, data_hash = load_corpus(paths.dataset, paths.cache)
-    chash = config_hash(cfg, data_hash)
-    log.info("train: %d clips (%d unique), variant %s, timesteps %s, cfg_dropout %.2f, device %s/%s, hash %s",
-             len(clips), len(set(clip_ids)), variant, scheme, cfg_ratio, device, dtype, chash)
+    chash = config_hash(cfg, data_hash, world.size)
+    log.info("train: %d clips (%d unique), variant %s, timesteps %s, cfg_dropout %.2f, device %s/%s, ranks %d, "
+             "hash %s", len(clips), len(set(clip_ids)), variant, scheme, cfg_ratio, device, dtype, world.size, chash)
+    on_device = tcfg.get("data_on_device", "auto")
+    if (on_device == "auto" and device.type == "cuda") or on_device is True:
+        clips = [{k: v.to(device) for k, v in c.items()} for c in clips]  # the cache is small next to the model
 
     model = backend.load_transformer(mcfg, paths.base_model, device=device, dtype=weights_dtype)
     seed_everything(seed)  # LoRA init draws from the global RNG: same adapter init whoever calls us
     n_trainable = add_lora(model, lcfg)
-    if tcfg.get("grad_checkpointing", False):
-        model.enable_gradient_checkpointing()
+    n_ckpt = train_speed.enable_selective_checkpointing(model, ckpt_share) if ckpt_share > 0 else 0
+    if tcfg.get("compile", False):
+        train_speed.compile_blocks(model, tcfg.get("compile_mode"))
     model.train()
     null_cond = load_null_condition(mcfg, paths.base_model) if cfg_ratio > 0 else None
     if cfg_ratio > 0 and null_cond is None:
         raise ModelError(f"train.cfg_dropout={cfg_ratio}: the base model's condition encoder has no "
                          "null_condition_emb; set train.cfg_dropout=0")
     null_cond = null_cond.to(device) if null_cond is not None else None
+    forward_model = distributed.wrap(model, world)
+    if n_ckpt:
+        log.info("activation checkpointing on %d of %d DiT blocks", n_ckpt, len(model.layers))
 
     params = list(_lora_params(model).values())
     betas = tuple(float(b) for b in tcfg.get("betas", (0.9, 0.999)))
@@ -416,8 +446,8 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
                                   weight_decay=float(tcfg.get("weight_decay", 0.0)),
                                   fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, tcfg)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    order = BatchOrder([c["target_latents"].shape[0] for c in clips], batch_size, seed,
+    gen = torch.Generator(device=device).manual_seed(seed + 7919 * world.rank)
+    order = BatchOrder([c["target_latents"].shape[0] for c in clips], batch_size * world.size, seed,
                        bool(tcfg.get("bucket_by_length", True)))
     lora_info = dict(r=int(lcfg.r), alpha=float(lcfg.alpha), rslora=bool(lcfg.get("rslora", False)),
                      dropout=float(lcfg.get("dropout", 0.0)), target_modules=list(lcfg.target_modules))
@@ -425,7 +455,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     # -- resume -------------------------------------------------------------------------------------------------
     store = CheckpointStore(lora_root / "checkpoints")
     resume_from = tcfg.get("resume_from")
-    entry = store.select(chash, None if resume_from is None else int(resume_from))
+    entry = store.select(chash, None if resume_from is None else int(resume_from), max_step=max_steps)
     step, ema_loss, resumed_from = 0, None, None
     if entry is not None:
         ckdir = store.root / Path(entry["path"]).name
@@ -433,97 +463,129 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
         state = torch.load(ckdir / STATE_FILE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], gen)
+        set_rng_state(state["rng_ranks"][world.rank] if world.active else state["rng"], gen)
         order.load_state_dict(state["data"])
         step, ema_loss, resumed_from = int(state["step"]), state.get("ema_loss"), int(state["step"])
         log.info("resuming from %s (step %d)", ckdir.name, step)
     else:
         log.info("fresh start (no resumable checkpoint for config %s)", chash)
-    dropped = store.discard(chash, after_step=step)
-    if dropped:
-        log.warning("deleted %d checkpoint(s) of another config or after step %d", dropped, step)
+    distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may delete any
+    if world.is_main:
+        dropped = store.discard(chash, after_step=step)
+        if dropped:
+            log.warning("deleted %d checkpoint(s) of another config or after step %d", dropped, step)
 
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
     max_grad_norm = float(tcfg.get("max_grad_norm") or 0.0)
     log_every = max(1, int(tcfg.get("log_every", 1)))
     keep_last = int(tcfg.get("keep_last", 2))
+    logit_mean, logit_std = float(tcfg.get("logit_mean", -0.4)), float(tcfg.get("logit_std", 1.0))
 
     def save_checkpoint() -> None:
+        rng_ranks = distributed.gather_objects(rng_state(gen), world)  # collective: every rank calls it
+
         def write(tmp: Path) -> None:
             adapters.save_diffusers_adapter(adapter_state(), tmp, bake=False, **lora_info,
                                             extra_info={"step": step, "config_hash": chash})
-            torch.save({"step": step, "ema_loss": ema_loss, "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": rng_state(gen), "data": order.state_dict(),
-                        "config_hash": chash}, tmp / STATE_FILE)
+            state = {"step": step, "ema_loss": ema_loss, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": rng_ranks[0], "data": order.state_dict(),
+                     "config_hash": chash}
+            if world.active:
+                state["rng_ranks"] = rng_ranks
+            torch.save(state, tmp / STATE_FILE)
 
-        scores = {"train_loss": ema_loss} if ema_loss is not None else {}
-        store.save(step, write, chash, scores, keep_last)
+        if world.is_main:
+            scores = {"train_loss": ema_loss} if ema_loss is not None else {}
+            store.save(step, write, chash, scores, keep_last)
+        distributed.barrier(world)
 
     def adapter_state() -> dict[str, torch.Tensor]:
         return {k: p.detach().to("cpu", torch.float32).clone() for k, p in _lora_params(model).items()}
 
-    live = _open_live(metrics_root / "train", resumed_from)
-    frames_total, t0, last = 0, time.perf_counter(), {}
+    live = _open_live(metrics_root / "train", resumed_from) if world.is_main else None
+    frames_total = torch.zeros((), device=device)
+    t0, last = time.perf_counter(), {}
     start_step = step
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []  # (step, loss, grad norm, lr) not yet read
     from tqdm import tqdm
 
+    def flush(bar) -> None:
+        """Read the pending step values (one host sync), in step order: ema, finiteness check, metrics."""
+        nonlocal ema_loss, last
+        if not pending:
+            return
+        values = torch.stack([torch.stack([l.float(), g.float()]) for _, l, g, _ in pending]).tolist()
+        for (s, _, _, lr), (step_loss, grad_norm) in zip(pending, values):
+            if not math.isfinite(step_loss):
+                raise ModelError(f"train loss is {step_loss} at step {s}; lower train.lr")
+            ema_loss = step_loss if ema_loss is None else EMA_BETA * ema_loss + (1 - EMA_BETA) * step_loss
+            last = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm}
+            if live is not None and (s % log_every == 0 or s == max_steps):
+                live.step = s
+                for k, v in last.items():
+                    live.log_metric(k, v)
+                live.log_metric("loss_smoothed", ema_loss)
+                live.next_step()
+        pending.clear()
+        bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+
+    sync_every_step = device.type != "cuda" or step_callback is not None
     try:
         with _StopFlag() as stop, tqdm(total=max_steps, initial=step, desc="train", unit="step",
-                                       disable=None) as bar:
+                                       disable=None if world.is_main else True) as bar:
             while step < max_steps:
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
-                for _ in range(grad_accum):
+                loss_sum = torch.zeros((), device=device)
+                for micro in range(grad_accum):
                     idx = order.next()
-                    batch = {k: v.to(device) for k, v in collate([clips[i] for i in idx]).items()}
-                    loss, frames = flow_matching_loss(
-                        model, batch, gen, scheme=scheme, logit_mean=float(tcfg.get("logit_mean", -0.4)),
-                        logit_std=float(tcfg.get("logit_std", 1.0)), cfg_ratio=cfg_ratio,
-                        null_condition=null_cond, autocast=autocast)
-                    (loss / grad_accum).backward()
-                    loss_sum += float(loss.detach())
+                    idx = idx[world.rank::world.size] or [idx[world.rank % len(idx)]]
+                    batch = {k: v.to(device, non_blocking=True) for k, v in collate([clips[i] for i in idx]).items()}
+                    sync_grads = micro == grad_accum - 1 or not world.active
+                    with contextlib.nullcontext() if sync_grads else forward_model.no_sync():
+                        loss, frames = flow_matching_loss_async(
+                            forward_model, batch, gen, scheme=scheme, logit_mean=logit_mean, logit_std=logit_std,
+                            cfg_ratio=cfg_ratio, null_condition=null_cond, autocast=autocast)
+                        (loss / grad_accum).backward()
+                    loss_sum += loss.detach()
                     frames_total += frames
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0
-                                                                 else float("inf")))
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0
+                                                           else float("inf"))
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                step_loss = loss_sum / grad_accum
-                if not math.isfinite(step_loss):
-                    raise ModelError(f"train loss is {step_loss} at step {step}; lower train.lr")
-                ema_loss = step_loss if ema_loss is None else EMA_BETA * ema_loss + (1 - EMA_BETA) * step_loss
-                last = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm}
+                pending.append((step, loss_sum / grad_accum, grad_norm, lr))
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-                if step % log_every == 0 or step == max_steps:
-                    live.step = step
-                    for k, v in last.items():
-                        live.log_metric(k, v)
-                    live.log_metric("loss_smoothed", ema_loss)
-                    live.next_step()
+                stopping = stop.signum is not None and step < max_steps
+                if (sync_every_step or step % log_every == 0 or step % ckpt_every == 0 or step == max_steps
+                        or stopping):
+                    flush(bar)
                 if step % ckpt_every == 0 or step == max_steps:
                     save_checkpoint()
                 if step_callback is not None:
                     step_callback(step)
                 if stop.signum is not None and step < max_steps:
+                    flush(bar)
                     if step % ckpt_every != 0:
                         save_checkpoint()
                     log.warning("stopped by signal %d at step %d; checkpoint saved, resume by running again",
                                 stop.signum, step)
                     raise SystemExit(128 + stop.signum)
     finally:
-        live.end()
+        if live is not None:
+            live.end()
 
     wall_s = time.perf_counter() - t0
+    frames_total = float(frames_total) * world.size  # every rank trains on about the same number of frames
     final_state = adapter_state()
-    with atomic_dir(lora_root / "final") as tmp:
-        adapters.save_diffusers_adapter(final_state, tmp, bake=True, **lora_info,
-                                        extra_info={"step": step, "config_hash": chash, "variant": variant,
-                                                    "timesteps": scheme})
-    base_ref = str(mcfg.get("hub_id") or mcfg.get("path") or mcfg.get("name"))
-    adapters.save_peft_adapter(final_state, lora_root / "peft", base_model=base_ref, **lora_info)
+    if world.is_main:
+        with atomic_dir(lora_root / "final") as tmp:
+            adapters.save_diffusers_adapter(final_state, tmp, bake=True, **lora_info,
+                                            extra_info={"step": step, "config_hash": chash, "variant": variant,
+                                                        "timesteps": scheme})
+        base_ref = str(mcfg.get("hub_id") or mcfg.get("path") or mcfg.get("name"))
+        adapters.save_peft_adapter(final_state, lora_root / "peft", base_model=base_ref, **lora_info)
 
     steps_run = step - start_step
     result = {
@@ -533,9 +595,12 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
         "steps_per_s": steps_run / wall_s if steps_run else None,
         "tokens_per_s": frames_total / wall_s if steps_run else None,  # latent frames (25 Hz) per second
         "wall_s": wall_s, "config_hash": chash, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "timesteps": scheme, "cfg_dropout": cfg_ratio,
+        "timesteps": scheme, "cfg_dropout": cfg_ratio, "world_size": world.size,
     }
-    atomic_write_json(metrics_root / "train.json", result)
+    if world.is_main:
+        atomic_write_json(metrics_root / "train.json", result)
+    distributed.barrier(world)
+    distributed.shutdown(world)
     headline = ("final_loss", "train_loss_smoothed", "steps", "steps_run", "resumed_from", "trainable_params",
                 "steps_per_s", "tokens_per_s")
     log.info("train done: step %d, loss %.4f (smoothed %.4f), %.2f steps/s", step, last.get("loss", float("nan")),

@@ -18,6 +18,7 @@ class AnalysisOptions:
     key_profile: str = "temperley"
     bass_weight: float = 0.5
     start_weight: float = 0.5
+    candidate_margin: float = 0.35
     min_event_s: float = 4.0
     novelty_threshold: float = 0.3
 
@@ -40,12 +41,12 @@ class ClipAnalysis:
     def rich_details(self) -> dict[str, Any]:
         """Confidences and raw estimates kept in the sidecar's source.rich_details."""
         return {
-            "bpm_confidence": round(self.tempo.confidence, 3),
-            "bpm_unweighted": round(self.tempo.unweighted_bpm, 2),
-            "key_confidence": round(self.key.confidence, 3),
-            "key_correlation": round(self.key.correlation, 3),
-            "beats_per_bar_estimate": self.beats_per_bar,
-            "meter_confidence": round(self.meter_confidence, 3),
+            "bpm_confidence": round(float(self.tempo.confidence), 3),
+            "bpm_unweighted": round(float(self.tempo.unweighted_bpm), 2),
+            "key_confidence": round(float(self.key.confidence), 3),
+            "key_correlation": round(float(self.key.correlation), 3),
+            "beats_per_bar_estimate": int(self.beats_per_bar),
+            "meter_confidence": round(float(self.meter_confidence), 3),
         }
 
 
@@ -58,6 +59,6 @@ def analyze(audio: np.ndarray, sr: int, tempo_range: tuple[float, float],
     tempo = estimate_tempo(feats, tempo_range)
     bpb, meter_conf = estimate_beats_per_bar(feats, tempo.beat_period_s)  # cheap; used if annotate asks
     key = estimate_key(feats, opts.key_profile, opts.bass_weight, start_s=bpb * tempo.beat_period_s,
-                       start_weight=opts.start_weight)
+                       start_weight=opts.start_weight, candidate_margin=opts.candidate_margin)
     events = segment(feats, tempo.beat_period_s, opts.min_event_s, opts.novelty_threshold)
     return ClipAnalysis(feats.duration_s, tempo, key, bpb, meter_conf, events, time.perf_counter() - t0)

@@ -56,7 +56,8 @@ def compose_caption(clip_id: str, presets: Sequence[dict[str, Any]], bpm: int | 
     """The ACE-Step caption of one clip."""
     rng = _rng(clip_id)
     m = merge_presets(presets)
-    genre = _pick(rng, m["base_tags"], 2, 3)
+    tags = m["base_tags"]
+    genre = [tags[-1], *_pick(rng, tags[:-1], 1, 2)]  # the most specific tag (listed last) leads
     mood = _pick(rng, m["mood"], 1, 3)
     instruments = _pick(rng, m["instruments"], 2, 4)
     production = _pick(rng, m["production"], 2, 4)
@@ -91,13 +92,14 @@ def compose_tags(presets: Sequence[dict[str, Any]], bpm: int | None, keyscale: s
 
 
 def cap_length(text: str, max_chars: int) -> str:
-    """Cut at the last sentence or comma boundary that fits, so a caption never ends mid-word."""
+    """Cut at the last sentence, comma or word boundary that fits, so a caption never ends mid-word."""
     text = " ".join(text.split())
     if len(text) <= max_chars:
         return text
-    cut = text[:max_chars]
+    cut = text[: max_chars + 2]  # a separator may start right at the limit
     for sep in (". ", ", ", " "):
         i = cut.rfind(sep)
-        if i > max_chars // 2:
-            return cut[:i].rstrip(" ,") + ("." if sep != " " else "")
-    return cut
+        if max_chars // 3 < i <= max_chars - (sep == ". "):  # room for the closing full stop
+            out = cut[:i].rstrip(" ,;:")
+            return out + "." if sep == ". " else out
+    return text[:max_chars].rstrip(" ,;:")

@@ -3,7 +3,7 @@
 Boundaries come from a checkerboard novelty curve over a beat-synchronous self-similarity matrix of timbre
 (MFCC), harmony (chroma) and loudness; a boundary needs a novelty peak above a threshold, so a clip that
 never changes stays one `loop`. Types follow from position and loudness: a quiet opening is an intro, a
-quiet ending an outro, a dip in the middle a break, and the louder section after a dip a drop.
+quiet ending an outro, a dip in the middle a break, and the loud section right after a break a drop.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ class Event:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["start"], d["end"], d["intensity"] = round(self.start, 2), round(self.end, 2), round(self.intensity, 3)
+        d["start"], d["end"] = round(float(self.start), 2), round(float(self.end), 2)
+        d["intensity"] = round(float(self.intensity), 3)
         return d
 
 
@@ -120,7 +121,7 @@ def _types(seg_db: np.ndarray, dip_db: float = 4.0) -> list[str]:
         elif quiet:
             types[i] = "break"
     for i in range(1, n):
-        if types[i] == "loop" and types[i - 1] in ("break", "intro") and seg_db[i] - seg_db[i - 1] >= dip_db:
+        if types[i] == "loop" and types[i - 1] == "break" and seg_db[i] - seg_db[i - 1] >= dip_db:
             types[i] = "drop"
     return types
 

@@ -73,7 +73,7 @@ def _semitone_basis(sr: int):
 
 
 def lowest_note_chroma(semis: np.ndarray, rel_db: float = -18.0) -> np.ndarray:
-    """[12, T] one-hot pitch class of each frame's lowest prominent note (a local peak within `rel_db` of
+    """[12, T] one-hot pitch class of each frame's lowest prominent note (a narrow peak within `rel_db` of
     the frame's strongest semitone), weighted by the frame's level: the bass note, or the chord root."""
     T = semis.shape[1]
     out = np.zeros((12, T), dtype=np.float32)
@@ -81,8 +81,11 @@ def lowest_note_chroma(semis: np.ndarray, rel_db: float = -18.0) -> np.ndarray:
         return out
     peak = semis.max(axis=0)
     level = peak / (peak.max() + 1e-20)
+    # A pitched note is a narrow peak: well above the semitones two steps away. A kick drum's thud spreads
+    # over several semitones and so does not count as the lowest note, however low it sits.
     local = np.zeros_like(semis, dtype=bool)
-    local[1:-1] = (semis[1:-1] >= semis[:-2]) & (semis[1:-1] >= semis[2:])
+    local[2:-2] = ((semis[2:-2] >= semis[1:-3]) & (semis[2:-2] >= semis[3:-1])
+                   & (semis[2:-2] > 4.0 * np.maximum(semis[:-4], semis[4:])))
     strong = local & (semis >= peak[None] * 10 ** (rel_db / 10))
     has = strong.any(axis=0)
     lowest = np.argmax(strong, axis=0)

@@ -111,7 +111,8 @@ def _summarise(chroma: np.ndarray) -> np.ndarray:
 
 
 def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 0.5, start_s: float = 0.0,
-                 start_weight: float = 0.5) -> KeyEstimate:
+                 start_weight: float = 0.5, candidate_margin: float = 0.35) -> KeyEstimate:
     """Key of a clip; `start_s` (about one bar) is the opening span used as tonic evidence."""
     start_frames = int(round(start_s / feats.chroma_hop_s))
-    return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight, start_frames, start_weight)
+    return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight, start_frames, start_weight,
+                           candidate_margin)

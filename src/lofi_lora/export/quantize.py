@@ -7,14 +7,29 @@ FP32 weights; their nodes are found through the exporter's `pkg.torch.onnx.name_
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from lofi_lora.export.onnx_export import check_onnx, initializer_bytes, save_onnx
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_ort_logs():
+    """onnxruntime's quantizers log one INFO line per node, partly on the root logger; keep warnings only."""
+    names = ["", "onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization"]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _scopes(node) -> list[str]:
@@ -176,10 +191,11 @@ def to_int8(src: Path, dst: Path, exclude_modules: Sequence[str] = (), per_chann
     exclude = nodes_in_modules(proto, exclude_modules)
     big = initializer_bytes(proto) > (1 << 30)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        Path(src), Path(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
-        weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=big,
-    )
+    with _quiet_ort_logs():
+        quantize_dynamic(
+            Path(src), Path(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
+            weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=big,
+        )
     log.info("int8: %d MatMul/Gemm nodes kept fp32 (%s)", len(exclude), ", ".join(exclude_modules))
     check_onnx(dst)
     return [p for p in (dst, dst.with_name(dst.name + ".data")) if p.exists()]
@@ -194,7 +210,8 @@ def to_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accuracy_lev
     # a path, not a proto: the quantizer then handles > 2 GB models with external data itself
     q = MatMulNBitsQuantizer(str(src), bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
                              accuracy_level=accuracy_level, nodes_to_exclude=exclude)
-    q.process()
+    with _quiet_ort_logs():
+        q.process()
     out = q.model.model
     n = sum(node.op_type == "MatMulNBits" for node in out.graph.node)
     log.info("int4: %d MatMulNBits (block %d, %s), %d nodes kept fp32", n, block_size,

@@ -35,8 +35,13 @@ def run_export(cfg) -> dict:
     """Stage entry: load base pipeline + best adapter, then `export_pipeline` into paths.onnx."""
     from lofi_lora import adapters, backend
 
+    from lofi_lora.runtime import pick_device
+
     best = Path(require(cfg, "paths.lora")) / "best"
-    pipe = backend.load_pipeline(cfg.model, require(cfg, "paths.base_model"), "cpu", torch.float32)
+    device = pick_device()
+    torch.backends.cuda.matmul.allow_tf32 = False  # the FP32 reference must be FP32
+    torch.backends.cudnn.allow_tf32 = False
+    pipe = backend.load_pipeline(cfg.model, require(cfg, "paths.base_model"), device, torch.float32)
     adapters.load_into_pipeline(pipe, best)
     metrics_path = Path(require(cfg, "paths.metrics")) / "export.json"
     return export_pipeline(pipe, require(cfg, "export"), Path(require(cfg, "paths.onnx")), metrics_path)
@@ -51,6 +56,7 @@ def _settings(ecfg) -> dict:
     for p in precisions + ["merge", "vae", "sampler"]:
         if p not in e["tolerance"]:
             raise ConfigError(f"`export.tolerance.{p}` is missing")
+    e["precisions"] = [p for p in PRECISIONS if p in precisions]  # fp32 first: the others derive from it
     return e
 
 
@@ -177,7 +183,7 @@ def _pipeline_references(pipe, scfg: Mapping) -> list[dict]:
         for i, prompt in enumerate(scfg["prompts"]):
             noise = np.random.default_rng(int(scfg["seed"]) + i).standard_normal((1, frames, acoustic), dtype=np.float32)
             captured.append({"prompt": prompt, "noise": noise})
-            out = pipe(prompt=prompt, lyrics=scfg.get("lyrics") or "", audio_duration=frames / pipe.latents_per_second,
+            out = pipe(prompt=prompt, lyrics=scfg.get("lyrics") or "", audio_duration=float(scfg["duration_s"]),
                        num_inference_steps=int(scfg["steps"]), shift=float(scfg["shift"]), guidance_scale=1.0,
                        latents=torch.from_numpy(noise).to(pipe.transformer.device), output_type="np")
             captured[-1]["audio"] = np.asarray(out.audios, dtype=np.float32)

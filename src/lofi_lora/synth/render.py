@@ -86,7 +86,9 @@ def render_track(spec: TrackSpec, sample_rate: int = 44100) -> tuple[np.ndarray,
     plan = section_plan(n_bars)
     bar_kind = [k for k, a, b in plan for _ in range(a, b)]
 
-    rng = lambda k: np.random.default_rng([spec.seed, k])  # one stream per part: parts vary independently
+    def rng(part: int) -> np.random.Generator:
+        return np.random.default_rng([spec.seed, part])  # one stream per part: parts vary independently
+
     score = _Score(spec, style, bar_kind, beat_s, bar_s, rng(1))
     voices = NoteRenderer(sr)
     pad_n = n + int(3 * sr)
@@ -113,25 +115,28 @@ def render_track(spec: TrackSpec, sample_rate: int = 44100) -> tuple[np.ndarray,
     dry = 0.55 * keys_st + 0.3 * lead_st + 0.75 * bass[None] + drum_gain * drum_bus
     ir = effects.room_ir(sr, rng(4), rt60_s=1.4 + style.reverb_mix * 3)
     wet = effects.reverb(0.6 * keys_st + 0.8 * lead_st + 0.25 * drum_bus, ir)
-    mix = (dry + style.reverb_mix * wet)[:, :n]
+    mix = _master((dry + style.reverb_mix * wet)[:, :n], style, plan, bar_s, beat_s, sr, rng(5))
+    sections = [{"start": round(a * bar_s, 4), "end": round(b * bar_s, 4) if b < n_bars else round(n / sr, 4),
+                 "type": kind} for kind, a, b in plan]
+    return mix.astype(np.float32), sections
 
+
+def _master(mix: np.ndarray, style: Style, plan: list[tuple[str, int, int]], bar_s: float, beat_s: float, sr: int,
+            fx: np.random.Generator) -> np.ndarray:
+    """The lofi finish: saturation, low-pass warmth, filtered intro, tape wow/flutter, crackle/rain, fades."""
+    n = mix.shape[-1]
     mix = effects.highpass(mix, 30.0, sr)
     mix = effects.normalize_peak(mix, -3.0)
     mix = effects.saturate(mix, 1.6)
     mix = effects.lowpass(mix, style.lowpass_hz, sr)
     mix = _filtered_intro(mix, plan, bar_s, beat_s, sr)
-    fx = rng(5)
     mix = effects.wow_flutter(mix, sr, fx, wow_ms=style.wow_ms, flutter_ms=0.06)
     mix = effects.normalize_peak(mix, -4.0)
     mix += effects.vinyl_crackle(n, sr, fx, style.crackle)
     if style.rain:
         mix += effects.rain(n, sr, fx, style.rain)
     mix = effects.fade(mix, sr, in_s=0.01, out_s=min(bar_s, 3.0))
-    mix = effects.normalize_peak(mix, -3.0)
-
-    sections = [{"start": round(a * bar_s, 4), "end": round(b * bar_s, 4) if b < n_bars else round(n / sr, 4),
-                 "type": kind} for kind, a, b in plan]
-    return mix.astype(np.float32), sections
+    return effects.normalize_peak(mix, -3.0)
 
 
 def _filtered_intro(mix: np.ndarray, plan: list[tuple[str, int, int]], bar_s: float, beat_s: float,
