@@ -4,6 +4,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# dvc.yaml runs `python stages/...`: the venv's python must come first on PATH
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install sysdeps demo test test-all params clean-outputs
 

@@ -243,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in specs:
             s["category"] = s["style_id"].split("-")[0]
         group = "category"
-    if args.trim_bars:
+    if args.trim_bars:  # like a clip cut mid-track: stage annotate then drops the opening-bar cue too
         items = [(s, a[..., int(args.trim_bars * 4 * 60.0 / s["bpm"] * sr):], sr, r) for s, a, sr, r in items]
+        opts = opts.for_clip(opens_track=False)
     rows, wall_s = run_analysis(items, opts, args.workers)
     if args.verbose:
         for r in rows:

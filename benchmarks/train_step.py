@@ -50,6 +50,8 @@ def build(tiny: bool, device: str, r: int, seed: int = 0):
     torch.manual_seed(seed + 1)
     train.add_lora(m, OmegaConf.create({"r": r, "alpha": r, "rslora": False, "dropout": 0.0,
                                         "target_modules": TARGETS}))
+    for p in lora_params(m):
+        p.data = p.data.float()  # fp32 LoRA params under bf16 autocast, as the anchor and stage train
     return m
 
 
@@ -156,6 +158,7 @@ def project_loop(m, batch, share: float, compiled: bool, device: str, ddp_world=
 def prepare_project(m, share: float, compiled: bool, device: str):
     train_speed.enable_selective_checkpointing(m, share)
     if compiled:
+        train_speed.use_band_attention(m)  # CUDA only, as in stage train
         train_speed.compile_blocks(m, backend="inductor" if device == "cuda" else "aot_eager")
     m.train()
 
@@ -169,7 +172,7 @@ def grads_of(m, batch, device: str):
                                              scheme="uniform", logit_mean=-0.4, logit_std=1.0, cfg_ratio=0.0,
                                              null_condition=None, autocast=ac)
     loss.backward()
-    return float(loss), torch.cat([p.grad.flatten().float() for p in lora_params(m)])
+    return float(loss.detach()), torch.cat([p.grad.flatten().float() for p in lora_params(m)])
 
 
 def equivalence(plain_m, fast_m, batch, device: str) -> dict:
@@ -286,8 +289,8 @@ def main() -> None:
                     del m, step, batch
                     free(device)
             # -- project step --------------------------------------------------------------------------------------
-            if device == "cuda" and compiled:
-                torch._dynamo.reset()
+            if compiled:
+                torch._dynamo.reset()  # a fresh graph per shape set: no recompile-limit fallback to eager
             m = build(a.tiny, device, r)
             batch = make_batch(m, B, frames, a.enc_len, device, seed=0)
             fl = model_flops(m, batch)
@@ -301,8 +304,6 @@ def main() -> None:
                 out_rows.append({"loop": "equivalence", **eq})
                 del ref
                 free(device)
-                m.to(torch.float32 if device == "cpu" else torch.bfloat16)
-                # reset LoRA to fresh-looking values: equivalence moved them; speed does not depend on them
             else:
                 prepare_project(m, a.shares[0], compiled, device)
             for share in a.shares:
@@ -321,7 +322,7 @@ def main() -> None:
     for spec in [x for x in a.extra.split(",") if x]:
         r, clip_s, B, share = (int(spec.split(":")[0]), float(spec.split(":")[1]), int(spec.split(":")[2]),
                                float(spec.split(":")[3]))
-        if device == "cuda" and compiled:
+        if compiled:
             torch._dynamo.reset()
         m = build(a.tiny, device, r)
         batch = make_batch(m, B, int(clip_s * 25), a.enc_len, device, seed=0)

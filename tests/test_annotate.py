@@ -24,7 +24,7 @@ from lofi_lora.presets import PresetLibrary
 
 SR = 22050
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
-PROG = {"major": (0, 5, 3, 4), "minor": (0, 5, 3, 6)}  # I-vi-IV-V / i-VI-iv-VII (scale degrees)
+PROG = (0, 3, 4, 0)  # I-IV-V-I / i-iv-V-i (scale degrees): a cadence names the key
 
 
 def tone(midi: float, n: int, sr: int) -> np.ndarray:
@@ -50,13 +50,14 @@ def loop(bpm: float, tonic: int, mode: str, bars: int = 8, sr: int = SR, quiet_e
             y[j:j + 800] += 0.15 * noise[: min(800, n - j)]
     scale = SCALES[mode]
     for bar in range(bars):
-        deg = PROG[mode][bar % 4]
+        deg = PROG[bar % 4]
         i, m = int(bar * 4 * beat * sr), int(4 * beat * sr)
         m = min(m, n - i)
         root = tonic + scale[deg]
-        for k in (0, 2, 4):
-            pc = tonic + scale[(deg + k) % 7] + 12 * ((deg + k) // 7)
-            y[i:i + m] += 0.25 * tone(60 + pc % 12 + (12 if pc % 12 < 3 else 0), m, sr)
+        third = 4 if deg == 4 else (scale[(deg + 2) % 7] - scale[deg]) % 12   # harmonic-minor V is major
+        for iv in (0, third, 7):
+            pc = (root + iv) % 12
+            y[i:i + m] += 0.25 * tone(60 + pc, m, sr)
         y[i:i + m] += 0.5 * tone(36 + root % 12, m, sr)
     if quiet_edges:
         bar_n = int(4 * beat * sr)

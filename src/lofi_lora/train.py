@@ -429,6 +429,8 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     n_trainable = add_lora(model, lcfg)
     n_ckpt = train_speed.enable_selective_checkpointing(model, ckpt_share) if ckpt_share > 0 else 0
     if tcfg.get("compile", False):
+        if train_speed.use_band_attention(model):  # CUDA: sliding-window layers via flex_attention (same result)
+            log.info("sliding-window self-attention through flex_attention (band mask)")
         train_speed.compile_blocks(model, tcfg.get("compile_mode"))
     model.train()
     null_cond = load_null_condition(mcfg, paths.base_model) if cfg_ratio > 0 else None

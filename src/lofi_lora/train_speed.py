@@ -9,6 +9,7 @@ benchmarks/train_step.py measures both against the plain loop (benchmarks/NOTES.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -66,3 +67,71 @@ def compile_blocks(model: torch.nn.Module, mode: str | None = None, backend: str
         block.compile(mode=mode, backend=backend)  # dynamic=None: a second clip length marks the length dynamic, no recompile storm
     log.info("compiled %d DiT blocks (mode %s)", len(blocks), mode or "default")
     return len(blocks)
+
+
+class BandFlexAttnProcessor:
+    """Self-attention of the DiT's sliding-window layers through flex_attention with a block-sparse band mask.
+
+    The diffusers model gives these layers a dense [1, 1, S, S] additive mask (keep |i - j| <= window); SDPA then
+    takes a dense kernel and computes all S x S scores (with GQA and a mask, the math path). The band keeps the
+    same pairs, so the result is the same attention, computed only on the ~(2w+1)/S of blocks that hold any kept
+    pair. Needs torch.compile (flex_attention is a compiled kernel); the model's dense mask is ignored here.
+    """
+
+    def __init__(self, window: int):
+        self.window = int(window)
+        self.block_mask = None
+        self._masks: dict[tuple[int, str], Any] = {}
+
+    def prepare(self, seq_len: int, device: torch.device) -> None:
+        """Pick (build once per length) the band mask of this sequence length; runs outside the compiled blocks."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        key = (int(seq_len), str(device))
+        if key not in self._masks:
+            w = self.window
+
+            def band(b, h, q, kv):
+                return (q - kv).abs() <= w
+            self._masks[key] = create_block_mask(band, None, None, seq_len, seq_len, device=str(device))
+        self.block_mask = self._masks[key]
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+        from torch.nn.attention.flex_attention import flex_attention
+
+        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (attn.heads, attn.head_dim)))
+        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (attn.kv_heads, attn.head_dim)))
+        v = attn.to_v(hidden_states).unflatten(-1, (attn.kv_heads, attn.head_dim))
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rotary_emb, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        if v.dtype != q.dtype:  # autocast leaves v (no norm/rope) in bf16 and q/k maybe fp32
+            q, k = q.to(v.dtype), k.to(v.dtype)
+        out = flex_attention(q, k, v, block_mask=self.block_mask, scale=attn.scaling,
+                             enable_gqa=attn.heads != attn.kv_heads)
+        out = out.transpose(1, 2).flatten(2, 3)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def use_band_attention(model: torch.nn.Module, force: bool = False) -> int:
+    """Route the sliding-window self-attention layers through `BandFlexAttnProcessor`; returns how many.
+
+    CUDA only (flex_attention has no CPU backward), unless `force` (forward-only checks on CPU)."""
+    if not force and next(model.parameters()).device.type != "cuda":
+        return 0
+    layers = [b.self_attn for b in getattr(model, "layers", []) if getattr(b.self_attn, "sliding_window", None)]
+    if not layers or any(float(getattr(a, "dropout", 0.0)) > 0 for a in layers):
+        return 0
+    proc = BandFlexAttnProcessor(layers[0].sliding_window)
+    for a in layers:
+        a.processor = proc
+    patch = int(getattr(model.config, "patch_size", 1))
+
+    def set_mask(module, args, kwargs):
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        proc.prepare(-(-hs.shape[1] // patch), hs.device)
+    model.register_forward_pre_hook(set_mask, with_kwargs=True)
+    return len(layers)

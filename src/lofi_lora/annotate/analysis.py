@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,11 +16,15 @@ from lofi_lora.annotate.tempo import TempoEstimate, estimate_beats_per_bar, esti
 @dataclass(frozen=True)
 class AnalysisOptions:
     key_profile: str = "temperley"
-    bass_weight: float = 0.5
-    start_weight: float = 0.5
-    candidate_margin: float = 0.35
-    min_event_s: float = 4.0
-    novelty_threshold: float = 0.3
+    bass_weight: float = 1.0
+    start_weight: float = 0.5      # opening-bar tonic cue; only for clips that open their track
+    candidate_margin: float = 0.25
+    min_event_s: float = 2.5
+    novelty_threshold: float = 0.25
+
+    def for_clip(self, opens_track: bool) -> "AnalysisOptions":
+        """A clip cut from the middle of a track need not open a phrase: no opening-bar cue for it."""
+        return self if opens_track else replace(self, start_weight=0.0)
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "AnalysisOptions":

@@ -2,7 +2,7 @@
 
 Boundaries come from a checkerboard novelty curve over a beat-synchronous self-similarity matrix of timbre
 (MFCC), harmony (chroma) and loudness; a boundary needs a novelty peak above a threshold, so a clip that
-never changes stays one `loop`. Types follow from position and loudness: a quiet opening is an intro, a
+never changes stays one `loop`. Types follow from position and intensity (loudness and onset activity): a quiet opening is an intro, a
 quiet ending an outro, a dip in the middle a break, and the loud section right after a break a drop.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _novelty(x: np.ndarray, half_width: int) -> np.ndarray:
     return nov
 
 
-def segment(feats: Features, beat_period_s: float, min_event_s: float = 4.0, threshold: float = 0.3) -> list[Event]:
+def segment(feats: Features, beat_period_s: float, min_event_s: float = 2.5, threshold: float = 0.25) -> list[Event]:
     """Events covering [0, duration] of a clip."""
     x, times, loud = _blocks(feats, beat_period_s)
     n = x.shape[1]
@@ -100,28 +100,25 @@ def segment(feats: Features, beat_period_s: float, min_event_s: float = 4.0, thr
     act = (act - act.min()) / (act.max() - act.min()) if act.max() > act.min() else np.ones_like(act)
     intensity = 0.75 * loud_rel + 0.25 * act
     labels = _labels(x, segs)
-    types = _types(seg_db)
+    types = _types(intensity)
     starts = [float(times[a]) for a, _ in segs]
     ends = starts[1:] + [dur]
     return [Event(s, min(e, dur), t, float(i), lab) for s, e, t, i, lab in zip(starts, ends, types, intensity, labels)]
 
 
-def _types(seg_db: np.ndarray, dip_db: float = 4.0) -> list[str]:
-    n = len(seg_db)
+def _types(intensity: np.ndarray, dip: float = 0.25) -> list[str]:
+    """Type per section from its intensity relative to the strongest section (a dip of `dip` or more is
+    quiet: a held intro chord without drums, a break, a fading outro)."""
+    n = len(intensity)
     if n == 1:
         return ["loop"]
-    peak = seg_db.max()
+    peak = intensity.max()
     types = ["loop"] * n
     for i in range(n):
-        quiet = seg_db[i] < peak - dip_db
-        if i == 0 and quiet:
-            types[i] = "intro"
-        elif i == n - 1 and quiet:
-            types[i] = "outro"
-        elif quiet:
-            types[i] = "break"
+        if intensity[i] < peak - dip:
+            types[i] = "intro" if i == 0 else ("outro" if i == n - 1 else "break")
     for i in range(1, n):
-        if types[i] == "loop" and types[i - 1] == "break" and seg_db[i] - seg_db[i - 1] >= dip_db:
+        if types[i] == "loop" and types[i - 1] == "break" and intensity[i] - intensity[i - 1] >= dip:
             types[i] = "drop"
     return types
 

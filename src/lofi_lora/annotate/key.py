@@ -3,6 +3,9 @@
 The time-averaged chroma is correlated with the 24 rotations of a major and a minor profile; the best
 correlation names the key. The bass register gets extra weight because in loop-based music the bass
 usually sits on the tonic, which separates a key from its relative major/minor, the commonest error.
+An opening-bar cue (start_weight) helps when a clip opens its track (intros establish the tonic) and hurts
+when it starts mid-phrase (benchmarks/annotation_accuracy.py --trim-bars measures both), so the stage
+applies it only to clips that start at 0 s of their track.
 """
 from __future__ import annotations
 
@@ -67,8 +70,8 @@ def _profile_matrix(profile: str) -> np.ndarray:
 
 
 def key_from_chroma(chroma: np.ndarray, bass_chroma: np.ndarray | None = None, profile: str = "temperley",
-                    bass_weight: float = 0.5, start_frames: int = 0, start_weight: float = 0.5,
-                    candidate_margin: float = 0.35) -> KeyEstimate:
+                    bass_weight: float = 1.0, start_frames: int = 0, start_weight: float = 0.0,
+                    candidate_margin: float = 0.25) -> KeyEstimate:
     """Key of a `[12, T]` chroma (and optional bass chroma of the same shape).
 
     Profile correlation ranks the 24 keys. Keys within `candidate_margin` of the best (typically the
@@ -110,8 +113,8 @@ def _summarise(chroma: np.ndarray) -> np.ndarray:
     return v / (v.sum() + 1e-12)
 
 
-def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 0.5, start_s: float = 0.0,
-                 start_weight: float = 0.5, candidate_margin: float = 0.35) -> KeyEstimate:
+def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 1.0, start_s: float = 0.0,
+                 start_weight: float = 0.0, candidate_margin: float = 0.25) -> KeyEstimate:
     """Key of a clip; `start_s` (about one bar) is the opening span used as tonic evidence."""
     start_frames = int(round(start_s / feats.chroma_hop_s))
     return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight, start_frames, start_weight,

@@ -162,13 +162,16 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
         ids = meta.styles_of(clip["track_id"], str(metadata_dir / "style_mapping.json"))
         presets_of[clip["clip_id"]] = [library[i] for i in ids]
         wavs[clip["clip_id"]] = _wav_path(clip, clips_dir)
-        jobs.append((clip["clip_id"], str(wavs[clip["clip_id"]]), _union_range(presets_of[clip["clip_id"]]), opts))
+        opens_track = float(clip.get("start_s") or 0.0) < 0.5
+        jobs.append((clip["clip_id"], str(wavs[clip["clip_id"]]), _union_range(presets_of[clip["clip_id"]]),
+                     opts.for_clip(opens_track)))
 
     t0 = time.perf_counter()
     analyses, cpu_s = analyse_clips(jobs, workers)
     analysis_wall_s = time.perf_counter() - t0
 
     ext_cfg = to_plain(acfg.external)
+    Path(require(cfg, "paths.annotator_cache")).mkdir(parents=True, exist_ok=True)  # a DVC output, even when unused
     annotator = ExternalAnnotator(ext_cfg, require(cfg, "paths.annotator_cache")) if ext_cfg.get("enabled") else None
     docs: dict[str, dict[str, Any]] = {}
     prompts: dict[str, str] = {}
