@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # dvc.yaml runs `python stages/...`: the venv's python must come first on PATH
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install sysdeps demo test test-all params clean-outputs
+.PHONY: install sysdeps demo test test-fast params clean-outputs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,12 +32,13 @@ demo: $(STAMP)
 	$(BIN)/dvc status
 	$(BIN)/dvc metrics show
 
+# Every CPU test, the slow ones included (the whole DVC pipeline in a fresh clone, a queued sweep).
 test: $(STAMP) sysdeps
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
-
-# Everything, the slow pipeline tests included.
-test-all: $(STAMP) sysdeps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m 'not gpu and not needs_weights'
+
+# The fast unit tests only (plain `pytest` selects the same).
+test-fast: $(STAMP) sysdeps
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # Recompose params.yaml from conf/ exactly as `dvc exp run` does (never edit params.yaml by hand).
 params: $(STAMP)

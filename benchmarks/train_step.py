@@ -363,9 +363,10 @@ def profile(a, device, compiled):
             for _ in range(3):
                 step()
             sync(device)
-        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-        print(f"# profile {kind} r={r} clip={clip_s}s B={B} share={share} (3 steps)")
-        print(p.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
+        keys = ["self_cuda_time_total", "cpu_time_total"] if device == "cuda" else ["self_cpu_time_total"]
+        for key in keys:
+            print(f"# profile {kind} r={r} clip={clip_s}s B={B} share={share} (3 steps), by {key}")
+            print(p.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
         del m, batch
         free(device)
 

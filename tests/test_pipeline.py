@@ -47,6 +47,32 @@ def test_fresh_clone_reproduces_and_is_clean(clone):
     assert "data.json" in metrics.stdout
 
 
+def test_queued_sweep_runs_experiments_that_differ(clone):
+    import time
+
+    _run([DVC, "exp", "run", "--queue", "-S", "lora.alpha=4,16"], cwd=clone)
+    _run([DVC, "queue", "start", "-j", "1"], cwd=clone)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = _run([DVC, "queue", "status"], cwd=clone).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    rows = json.loads(_run([DVC, "exp", "show", "--json"], cwd=clone).stdout)
+    swept = {}
+    for e in (e for rev in rows for e in (rev.get("experiments") or [])):
+        data = e["revs"][0]["data"]
+        alpha = data["params"]["params.yaml"]["data"]["lora"]["alpha"]
+        if alpha in (4, 16):
+            swept[e["name"]] = (alpha, data["metrics"]["metrics/eval.json"]["data"]["val_loss_best"])
+    assert sorted(a for a, _ in swept.values()) == [4, 16], swept
+    assert len({loss for _, loss in swept.values()}) == 2, swept  # different params, different metrics
+    a, b = sorted(swept)
+    diff = json.loads(_run([DVC, "metrics", "diff", a, b, "--json"], cwd=clone).stdout)
+    assert "val_loss_best" in diff["metrics/eval.json"], diff
+
+
 def test_exp_run_recomposes_params_and_reruns_only_affected_stages(clone):
     proc = _run([DVC, "exp", "run", "-S", "audio.max_clip_seconds=20", "-n", "clip20"], cwd=clone)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
@@ -61,3 +87,4 @@ def test_stage_script_runs_alone_with_an_override(clone):
     proc = _run([sys.executable, "stages/preprocess.py", "audio.max_clip_seconds=20"], cwd=clone)
     clips = json.loads((clone / "data/clips/clips.json").read_text())["clips"]
     assert clips and max(c["duration_s"] for c in clips) <= 20.0 + 1e-6, proc.stderr[-2000:]
+
