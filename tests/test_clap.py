@@ -10,14 +10,6 @@ WORDS = ("lofi hip hop chill mellow jazzy piano vinyl crackle rain beat drums ba
          "slow night study relax guitar synth pad soft kick snare hat ambient").split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models: OpenMP threads only add contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def build_tiny_clap(path, vocab_size=400):
     """Save a randomly initialised tiny ClapModel + processor (byte-level BPE tokenizer) to `path`."""

@@ -9,14 +9,6 @@ from lofi_lora.metrics.embeddings import (EmbeddingUnavailable, LogMel128, VGGis
 from lofi_lora.metrics.fad import frechet_distance, gaussian_stats
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models: OpenMP threads only add contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _tone(freq, seconds=3.0, sr=48000, noise=0.01, seed=0):
     t = np.arange(int(seconds * sr)) / sr

@@ -17,14 +17,6 @@ CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, 
             "mellow jazz guitar, tape hiss", "slow lofi, soft drums, night"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: OpenMP threads only add contention on a shared 2-core box (~100x slower linears)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cfg(root: Path):
     cfg = OmegaConf.load(REPO_ROOT / "params.yaml")

@@ -98,14 +98,3 @@ def test_quality_scores_schema(tmp_path):
     with pytest.raises(DataError, match="'updated_at' is a required property"):
         load_quality_scores(dump(tmp_path, "q.json", bad))
 
-
-def test_shipped_corpus_metadata_is_valid_when_present(presets):
-    from pathlib import Path
-
-    from lofi_lora.params import REPO_ROOT
-
-    d = REPO_ROOT / "data" / "metadata" / "synth"
-    if not (d / "sources.json").is_file():
-        pytest.skip("synth corpus not generated")
-    meta = load_metadata(Path(d), presets)
-    assert meta.styles

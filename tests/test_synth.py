@@ -42,6 +42,15 @@ def corpus(tmp_path_factory):
     return cfg, result
 
 
+def test_corpus_metadata_passes_validation(corpus):
+    from lofi_lora.metadata import load_metadata
+    from lofi_lora.presets import PresetLibrary
+
+    cfg, _ = corpus
+    meta = load_metadata(Path(cfg.paths.synth_metadata), PresetLibrary())
+    assert meta.styles
+
+
 def _hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 

@@ -1,0 +1,150 @@
+"""The fast train step computes what the plain step computes: selective checkpointing, regional compile, band
+attention for the sliding-window layers and the sync-free loss give the same loss and LoRA gradients (CPU, toy size).
+GPU equivalence at full size is checked inside benchmarks/train_step.py."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lofi_lora import train, train_speed
+from lofi_lora.errors import ConfigError
+from test_train_fixtures import COND_H, LATENT_C, tiny_transformer
+
+KW = dict(scheme="uniform", logit_mean=-0.4, logit_std=1.0, cfg_ratio=0.0, null_condition=None,
+          autocast=contextlib.nullcontext())
+
+
+def _model():
+    m = tiny_transformer(0)
+    torch.manual_seed(1)
+    train.add_lora(m, OmegaConf.create({"r": 4, "alpha": 8, "rslora": False, "dropout": 0.0,
+                                        "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}))
+    with torch.no_grad():  # lora_B starts at zero: move it so the LoRA path carries signal
+        for p in train._lora_params(m).values():
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
+    return m.train()
+
+
+def _batch(frames=40, bsz=2):
+    g = torch.Generator().manual_seed(3)
+    return {"target_latents": torch.randn(bsz, frames, LATENT_C, generator=g), "attention_mask": torch.ones(bsz, frames),
+            "encoder_hidden_states": torch.randn(bsz, 6, COND_H, generator=g),
+            "encoder_attention_mask": torch.ones(bsz, 6), "context_latents": torch.randn(bsz, frames, 128, generator=g)}
+
+
+def _loss_and_grads(m, batch):
+    for p in m.parameters():
+        p.grad = None
+    loss, frames = train.flow_matching_loss_async(m, batch, torch.Generator().manual_seed(7), **KW)
+    loss.backward()
+    return loss.detach(), frames, {k: p.grad.clone() for k, p in train._lora_params(m).items()}
+
+
+def test_checkpoint_share_parsing():
+    assert train_speed.checkpoint_share(False) == 0.0
+    assert train_speed.checkpoint_share(None) == 0.0
+    assert train_speed.checkpoint_share(True) == 1.0
+    assert train_speed.checkpoint_share(0.5) == 0.5
+    for bad in (1.5, -0.1, "some"):
+        with pytest.raises(ConfigError, match="grad_checkpointing"):
+            train_speed.checkpoint_share(bad)
+
+
+def test_async_loss_equals_loss_and_makes_no_sync():
+    m, batch = _model(), _batch()
+    loss, frames = train.flow_matching_loss(m, batch, torch.Generator().manual_seed(7), **KW)
+    loss2, frames2 = train.flow_matching_loss_async(m, batch, torch.Generator().manual_seed(7), **KW)
+    assert isinstance(frames, int) and torch.is_tensor(frames2)
+    assert frames == int(frames2) == 2 * 40
+    assert torch.equal(loss, loss2)
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_selective_checkpointing_keeps_loss_and_grads(share):
+    plain, fast, batch = _model(), _model(), _batch()
+    n = train_speed.enable_selective_checkpointing(fast, share)
+    assert n == round(share * len(fast.layers))
+    lp, fp, gp = _loss_and_grads(plain, batch)
+    lf, ff, gf = _loss_and_grads(fast, batch)
+    assert torch.equal(lp, lf) and int(fp) == int(ff)
+    for k in gp:
+        torch.testing.assert_close(gf[k], gp[k], rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_blocks_with_checkpointing_match_eager():
+    """Regional compile (aot_eager on CPU: dynamo + AOT autograd, no C++ build) + selective checkpointing."""
+    torch._dynamo.reset()
+    plain, batch = _model(), _batch()
+    fast = copy.deepcopy(plain)
+    train_speed.enable_selective_checkpointing(fast, 0.5)
+    assert train_speed.compile_blocks(fast, backend="aot_eager") == len(fast.layers)
+    lp, _, gp = _loss_and_grads(plain, batch)
+    lf, _, gf = _loss_and_grads(fast, batch)
+    torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
+    for k in gp:
+        torch.testing.assert_close(gf[k], gp[k], rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()
+
+
+def test_band_attention_equals_dense_sliding_mask():
+    """flex_attention with the band block mask = the model's dense |i-j| <= window mask (forward; CPU flex has no
+    backward, the GPU benchmark checks gradients). 60 frames -> 30 tokens > window 16, so the band cuts pairs."""
+    dense, batch = _model(), _batch(frames=60)
+    band = copy.deepcopy(dense)
+    assert train_speed.use_band_attention(band) == 0  # CPU: left alone unless forced
+    assert train_speed.use_band_attention(band, force=True) == sum(
+        1 for b in band.layers if b.self_attn.sliding_window)
+    t = torch.full((2,), 0.4)
+    kw = dict(hidden_states=batch["target_latents"], timestep=t, timestep_r=t,
+              encoder_hidden_states=batch["encoder_hidden_states"], context_latents=batch["context_latents"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # flex_attention without compile: unfused, fine at toy size
+        a, b = dense(**kw).sample, band(**kw).sample
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+DDP_CHILD = """
+import sys
+from omegaconf import OmegaConf
+from lofi_lora.train import run_train
+cfg = OmegaConf.load(sys.argv[1])
+if len(sys.argv) > 2:
+    cfg.train.resume_from = int(sys.argv[2])
+run_train(cfg)
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_resume_is_exact(tmp_path):
+    """torchrun, 2 CPU ranks (gloo): a run resumed from its step-3 checkpoint ends bitwise equal to the full run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
+    from test_train_fixtures import workspace
+
+    cfg = workspace(tmp_path, max_steps=6, checkpoint_every=3, keep_last=3)
+    cfg_file, script = tmp_path / "cfg.yaml", tmp_path / "child.py"
+    OmegaConf.save(cfg, cfg_file)
+    script.write_text(DDP_CHILD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script), str(cfg_file)]
+    final = Path(cfg.paths.lora) / "final" / DIFFUSERS_WEIGHT_NAME
+    subprocess.run(torchrun, check=True, env=env, capture_output=True, timeout=300)
+    full = load_file(str(final))
+    subprocess.run(torchrun + ["3"], check=True, env=env, capture_output=True, timeout=300)
+    resumed = load_file(str(final))
+    assert set(full) == set(resumed) and full
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    metrics = (Path(cfg.paths.metrics) / "train.json").read_text()
+    assert '"world_size": 2' in metrics and '"resumed_from": 3' in metrics
