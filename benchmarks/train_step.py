@@ -2,7 +2,7 @@
 
 Full-size ACE-Step 1.5 DiT (diffusers AceStepTransformer1DModel default config, 1.58 B params, random weights),
 bf16 base, fp32 LoRA on to_q/to_k/to_v/to_out.0 under bf16 autocast, cached conditions (320 tokens).
-- plain: the anchor loop (/work/shared/bench/plain_lora_step.py): batch 1, eager, foreach AdamW, mse, all-or-nothing
+- plain: the anchor loop (shared/bench/plain_lora_step.py): batch 1, eager, foreach AdamW, mse, all-or-nothing
   checkpointing.
 - project: what stage train runs (lofi_lora.train / train_speed): clips already on the GPU, several clips of one
   length bucket per step, regional torch.compile of the DiT block, masked flow-matching loss without host syncs,

@@ -4,7 +4,7 @@ upstream 1.5's PEFT folder. All peft calls of training live here (diffusers mode
 Why two formats: diffusers names the DiT's attention projections `to_q/to_k/to_v/to_out.0`, upstream ACE-Step 1.5
 names them `q_proj/k_proj/v_proj/o_proj` under `base_model.model.` (PEFT on `model.decoder`).
 
-Strength (the half-strength bug, /work/shared/notes/ace-step.md §0.2): a LoRA's effect is `scale * B @ A` with
+Strength (the half-strength bug, shared/notes/ace-step.md §0.2): a LoRA's effect is `scale * B @ A` with
 `scale = alpha / r` (or `alpha / sqrt(r)` with rsLoRA). diffusers 0.42.1 restores alpha/rsLoRA only from the
 `lora_adapter_metadata` header and only on its own loader; ComfyUI and older loaders read no metadata and apply
 scale 1.0. The diffusers file therefore carries the scale *baked into lora_B* (and `lora_alpha = r`,

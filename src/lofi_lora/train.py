@@ -1,6 +1,6 @@
 """Stage `train`: PEFT LoRA on the ACE-Step 1.5 DiT over cached latents and conditions, with exact resume.
 
-Loss (flow matching, as upstream 1.5 trains; /work/shared/notes/ace-step.md §0.3 and §2.2). We follow, without
+Loss (flow matching, as upstream 1.5 trains; shared/notes/ace-step.md §0.3 and §2.2). We follow, without
 copying, ace-step/ACE-Step-1.5 `acestep/training/trainer.py` (`PreprocessedLoRAModule.training_step`, f30aee4) and
 the model's own training forward as reimplemented by Side-Step "fixed" mode (koda-dernet/Side-Step
 `acestep/training_v2/fixed_lora_module.py`, `timestep_sampling.py`):
