@@ -12,19 +12,18 @@ import logging
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lofi_lora import audio as audio_io
 from lofi_lora import quality
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import ConfigError, DataError
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json
+from lofi_lora.parallel import map_processes
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +236,8 @@ def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_pa
         (tmp / "wav").mkdir()
         (tmp / "mp3").mkdir()
         work = functools.partial(process_track, params=params, out_dir=tmp)
-        workers = min(int(params.get("workers", 1)), len(tracks))
-        if workers > 1:  # tracks are independent; each worker writes its own clip files
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(tqdm(pool.map(work, tracks), total=len(tracks), desc="preprocess", unit="track"))
-        else:
-            results = [work(t) for t in tqdm(tracks, desc="preprocess", unit="track")]
+        # tracks are independent; each worker writes its own clip files
+        results = map_processes(work, tracks, int(params.get("workers", 1)), desc="preprocess", unit="track")
         for r in results:
             for c in r["clips"]:  # repo-relative paths where the clips will be once the folder is swapped in
                 c["wav"], c["mp3"] = (clips_dir / "wav" / c["wav"]).as_posix(), (clips_dir / "mp3" / c["mp3"]).as_posix()

@@ -12,12 +12,10 @@ import logging
 import os
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lofi_lora import audio as audio_io
 from lofi_lora.annotate.analysis import AnalysisOptions, ClipAnalysis, analyze
@@ -28,6 +26,7 @@ from lofi_lora.annotate.scoring import bpm_acc1, mirex_key_score
 from lofi_lora.annotate.sidecar import write_sidecars
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import DataError
+from lofi_lora.parallel import map_processes
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json
 from lofi_lora.metadata import load_metadata
 from lofi_lora.presets import PresetLibrary
@@ -75,17 +74,8 @@ def _analyse_clip(job: tuple[str, str, tuple[float, float], AnalysisOptions]) ->
 def analyse_clips(jobs: list[tuple[str, str, tuple[float, float], AnalysisOptions]], workers: int
                   ) -> tuple[dict[str, ClipAnalysis], float]:
     """clip_id -> analysis, and the CPU seconds spent; parallel over clips when `workers` > 1."""
-    out: dict[str, ClipAnalysis] = {}
-    cpu_s = 0.0
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            for cid, a, c in tqdm(pool.map(_analyse_clip, jobs, chunksize=1), total=len(jobs), desc="annotate"):
-                out[cid], cpu_s = a, cpu_s + c
-    else:
-        for job in tqdm(jobs, desc="annotate"):
-            cid, a, c = _analyse_clip(job)
-            out[cid], cpu_s = a, cpu_s + c
-    return out, cpu_s
+    results = map_processes(_analyse_clip, jobs, workers, desc="annotate", unit="clip")
+    return {cid: a for cid, a, _ in results}, sum(c for _, _, c in results)
 
 
 def build_sidecar(clip: dict[str, Any], a: ClipAnalysis, presets: list[dict[str, Any]], acfg: Any,
