@@ -16,8 +16,9 @@ def map_processes(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: 
 
     librosa's numba functions cache machine code on disk. On a fresh install, two processes compiling the same
     function at once write that cache concurrently and can leave it corrupt, after which every run segfaults
-    (seen on a fresh clone's `make demo`). Running one item in this process compiles and caches everything once;
-    forked workers inherit the compiled code instead of compiling it again.
+    (seen on a fresh clone's `make demo`). Running one item in this process first compiles what that item needs and
+    forked workers inherit it; an item that takes another code path (a track quarantined before analysis) compiles
+    nothing, so the stages default to one worker and more are safe once a run has filled the cache.
     """
     items = list(items)
     bar = tqdm(total=len(items), desc=desc, unit=unit)
