@@ -28,38 +28,29 @@ _TRACK_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _nonempty = {"type": "string", "minLength": 1}
 _timestamp = {"type": "string", "format": "date-time", "minLength": 20}
 
-SOURCES_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["version", "tracks"],
-    "additionalProperties": False,
-    "properties": {
-        "version": {"const": 1},
-        "tracks": {
-            "type": "object",
-            "propertyNames": {"pattern": _TRACK_ID},
-            "additionalProperties": {
-                "type": "object",
-                "required": ["file", "licence", "provenance", "attribution"],
-                "properties": {"file": _nonempty, "licence": _nonempty, "provenance": _nonempty,
-                               "attribution": _nonempty, "url": {"type": "string"}, "notes": {"type": "string"}},
-            },
-        },
-    },
-}
 
-STYLE_MAPPING_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["version", "tracks"],
-    "additionalProperties": False,
-    "properties": {
-        "version": {"const": 1},
-        "tracks": {
-            "type": "object",
-            "propertyNames": {"pattern": _TRACK_ID},
-            "additionalProperties": {"type": "array", "items": _nonempty, "minItems": 1, "uniqueItems": True},
+def _tracks_file_schema(entry: dict[str, Any]) -> dict[str, Any]:
+    """`{"version": 1, "tracks": {<track_id>: entry}}`: the envelope every per-track metadata file shares."""
+    return {
+        "type": "object",
+        "required": ["version", "tracks"],
+        "additionalProperties": False,
+        "properties": {
+            "version": {"const": 1},
+            "tracks": {"type": "object", "propertyNames": {"pattern": _TRACK_ID}, "additionalProperties": entry},
         },
-    },
-}
+    }
+
+
+SOURCES_SCHEMA: dict[str, Any] = _tracks_file_schema({
+    "type": "object",
+    "required": ["file", "licence", "provenance", "attribution"],
+    "properties": {"file": _nonempty, "licence": _nonempty, "provenance": _nonempty,
+                   "attribution": _nonempty, "url": {"type": "string"}, "notes": {"type": "string"}},
+})
+
+STYLE_MAPPING_SCHEMA: dict[str, Any] = _tracks_file_schema(
+    {"type": "array", "items": _nonempty, "minItems": 1, "uniqueItems": True})
 
 _score_value = {"type": ["number", "boolean", "string", "null"]}
 # The shape stage preprocess writes (preprocess.merge_scores): automated scores replaced on every run,
