@@ -132,7 +132,7 @@ def plain_loop(m, batch, ckpt: bool, device: str):
     return step, 1
 
 
-def project_loop(m, batch, share: float, compiled: bool, device: str, ddp_world=None):
+def project_loop(m, batch, share: float, compiled: bool, device: str, ddp_world=None, mode: str | None = None):
     """Stage train's step (see run_train): the batch lives on the device, no host sync in the step."""
     params = lora_params(m)
     for p in params:
@@ -147,6 +147,7 @@ def project_loop(m, batch, share: float, compiled: bool, device: str, ddp_world=
 
     def step():
         opt.zero_grad(set_to_none=True)
+        train_speed.step_begin(mode)
         loss, frames = train.flow_matching_loss_async(fwd, batch, gen, scheme="discrete_turbo", logit_mean=-0.4,
                                                       logit_std=1.0, cfg_ratio=0.0, null_condition=None, autocast=ac)
         loss.backward()
@@ -155,16 +156,18 @@ def project_loop(m, batch, share: float, compiled: bool, device: str, ddp_world=
     return step, batch["target_latents"].shape[0]
 
 
-def prepare_project(m, share: float, compiled: bool, device: str):
+def prepare_project(m, share: float, compiled: bool, device: str, scope: str = "block", mode: str | None = None,
+                    budget: float | None = None):
     train_speed.enable_selective_checkpointing(m, share)
     if compiled:
-        train_speed.use_band_attention(m)  # CUDA only, as in stage train
-        train_speed.compile_blocks(m, backend="inductor" if device == "cuda" else "aot_eager")
+        train_speed.use_fast_attention(m)  # as in stage train (band flex attention on CUDA only)
+        train_speed.compile_model(m, scope, mode, "inductor" if device == "cuda" else "aot_eager", budget)
     m.train()
 
 
-def grads_of(m, batch, device: str):
+def grads_of(m, batch, device: str, mode: str | None = None):
     """Loss and LoRA gradients of one project-loss evaluation (fixed noise/timesteps)."""
+    train_speed.step_begin(mode)
     for p in lora_params(m):
         p.grad = None
     ac = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
@@ -175,7 +178,7 @@ def grads_of(m, batch, device: str):
     return float(loss.detach()), torch.cat([p.grad.flatten().float() for p in lora_params(m)])
 
 
-def equivalence(plain_m, fast_m, batch, device: str) -> dict:
+def equivalence(plain_m, fast_m, batch, device: str, mode: str | None = None) -> dict:
     """The fast step (compiled, selective checkpointing) against the eager plain model on the same batch."""
     # the plain side: lora_B is zero at init, so move it off zero first (identically in both) to test real grads
     with torch.no_grad():
@@ -183,7 +186,9 @@ def equivalence(plain_m, fast_m, batch, device: str) -> dict:
             a.normal_(0, 0.02, generator=torch.Generator(device=a.device).manual_seed(a.numel() % 9973))
             b.copy_(a)
     lp, gp = grads_of(plain_m, batch, device)
-    lf, gf = grads_of(fast_m, batch, device)
+    for _ in range(3 if train_speed.uses_cudagraphs(mode) else 1):  # CUDA graphs: warm-up, record, then replay
+        lf, gf = grads_of(fast_m, batch, device, mode)
+        gf = gf.clone()
     rel = float((gf - gp).norm() / gp.norm().clamp(min=1e-30))
     cos = float(torch.nn.functional.cosine_similarity(gf, gp, dim=0))
     return {"loss_plain": lp, "loss_fast": lf, "loss_rel_diff": abs(lf - lp) / max(abs(lp), 1e-30),
@@ -191,31 +196,38 @@ def equivalence(plain_m, fast_m, batch, device: str) -> dict:
 
 
 def timed(step, device: str, steps: int, warm: int) -> tuple[float, float]:
+    """Mean seconds per step and peak reserved GiB over `steps` after `warm` untimed steps."""
     for _ in range(warm):
         step()
     sync(device)
     if device == "cuda":
+        torch.cuda.empty_cache()  # what stays reserved is in use (CUDA graph pools included)
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
     dt = (time.perf_counter() - t0) / steps
-    mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return dt, mem
+    # CUDA graph replays allocate nothing (their pool was reserved while recording), so allocated peaks miss their
+    # activations: the reserved peak after empty_cache() is the honest figure, and the one reported
+    if device != "cuda":
+        return dt, float("nan")
+    timed.alloc_gib = torch.cuda.max_memory_allocated() / 2**30  # the anchor's figure, for comparison
+    return dt, torch.cuda.max_memory_reserved() / 2**30
 
 
 def row(kind, r, clip_s, batch, ckpt, dt, mem, flops, peak_tflops, world=1):
     tf = flops / dt / 1e12
     return {"loop": kind, "r": r, "clip_s": clip_s, "batch": batch, "ckpt": ckpt, "ms_step": dt * 1e3,
             "audio_s_per_s": clip_s * batch * world / dt, "tflops": tf * world, "mfu": tf / peak_tflops,
-            "peak_gib": mem, "world": world}
+            "peak_gib": mem, "alloc_gib": getattr(timed, "alloc_gib", float("nan")), "world": world}
 
 
 def fmt(rw) -> str:
     return (f"{rw['loop']:>8} r={rw['r']:3d} clip={rw['clip_s']:5.0f}s B={rw['batch']:2d} ckpt={rw['ckpt']:>4} "
             f"x{rw['world']}  {rw['ms_step']:8.1f} ms/step {rw['audio_s_per_s']:8.1f} audio-s/s "
-            f"{rw['tflops']:7.1f} TFLOP/s MFU {100 * rw['mfu']:5.1f}%  peak {rw['peak_gib']:5.1f} GiB")
+            f"{rw['tflops']:7.1f} TFLOP/s MFU {100 * rw['mfu']:5.1f}%  peak {rw['peak_gib']:5.1f} GiB reserved "
+            f"({rw['alloc_gib']:.1f} allocated)")
 
 
 def free(device):
@@ -233,13 +245,19 @@ def main() -> None:
     ap.add_argument("--batch", type=str, default="30:16,240:1", help="project batch per clip length, len:B,...")
     ap.add_argument("--shares", type=float, nargs="+", default=[0.0, 1.0],
                     help="project: share of blocks checkpointed (plain uses 0 -> off, >0 -> all)")
-    ap.add_argument("--extra", type=str, default="", help="extra project rows r:clip:B:share,... (e.g. 64:240:2:0.5)")
+    ap.add_argument("--extra", type=str, default="",
+                    help="extra project rows r:clip:B:share[:scope[:mode[:budget]]],... "
+                         "(e.g. 64:240:2:0.5 or 64:240:1:0:model:reduce-overhead:0.5; '-' = default)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--scope", default="block", choices=train_speed.COMPILE_SCOPES, help="project rows: compile scope")
+    ap.add_argument("--mode", default=None, help="project rows: torch.compile mode (e.g. reduce-overhead)")
+    ap.add_argument("--budget", type=float, default=None, help="project rows: activation memory budget (0..1]")
     ap.add_argument("--only-project", action="store_true")
     ap.add_argument("--ddp", action="store_true", help="under torchrun: project step with DDP, one GPU per rank")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--enc-len", type=int, default=320)
-    ap.add_argument("--profile", type=str, default="", help="r:clip:B:share to profile (torch.profiler top ops)")
+    ap.add_argument("--profile", type=str, default="",
+                    help="r:clip:B:share[:scope[:mode[:budget]]] to profile (torch.profiler top ops, GPU busy share)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     device = "cpu" if a.tiny else "cuda"
@@ -269,7 +287,8 @@ def main() -> None:
             a.json.write_text(json.dumps({"device": name, "rows": out_rows}, indent=1))
 
     if rank == 0:
-        print(f"# {name}; torch {torch.__version__}; compile={compiled}; enc_len={a.enc_len}", flush=True)
+        print(f"# {name}; torch {torch.__version__}; compile={compiled} ({a.scope}, mode {a.mode}, budget "
+              f"{a.budget}); enc_len={a.enc_len}", flush=True)
     for r in a.ranks:
         for clip_s in clips:
             frames = int(clip_s * 25)
@@ -296,22 +315,23 @@ def main() -> None:
             fl = model_flops(m, batch)
             if not a.only_project and r == a.ranks[0]:
                 ref = copy.deepcopy(m)
-                prepare_project(m, a.shares[-1], compiled, device)
-                eq = equivalence(ref, m, {k: v[:1] for k, v in batch.items()}, device)
-                eq.update(r=r, clip_s=clip_s, share=a.shares[-1])
+                prepare_project(m, a.shares[-1], compiled, device, a.scope, a.mode, a.budget)
+                eq = equivalence(ref, m, {k: v[:1] for k, v in batch.items()}, device, a.mode)
+                eq.update(r=r, clip_s=clip_s, share=a.shares[-1], scope=a.scope, mode=a.mode, budget=a.budget)
                 if rank == 0:
                     print(f"# equivalence fast vs plain eager (same batch): {json.dumps(eq)}", flush=True)
                 out_rows.append({"loop": "equivalence", **eq})
                 del ref
                 free(device)
             else:
-                prepare_project(m, a.shares[0], compiled, device)
+                prepare_project(m, a.shares[0], compiled, device, a.scope, a.mode, a.budget)
             for share in a.shares:
                 train_speed.enable_selective_checkpointing(m, share)
-                step, nb = project_loop(m, batch, share, compiled, device, world_info)
+                step, nb = project_loop(m, batch, share, compiled, device, world_info, a.mode)
                 dt, mem = timed(step, device, steps, warm + (2 if compiled else 0))
                 ws = world_info.size if world_info is not None else 1
                 rw = row("project", r, clip_s, nb, f"{share:.2f}", dt, mem, fl, peak, ws)
+                rw.update(scope=a.scope, mode=a.mode or "default", budget=a.budget)
                 emit(rw)
                 base = plain_rows.get(share > 0)
                 if base and rank == 0:
@@ -320,18 +340,39 @@ def main() -> None:
             del m, batch
             free(device)
     for spec in [x for x in a.extra.split(",") if x]:
-        r, clip_s, B, share = (int(spec.split(":")[0]), float(spec.split(":")[1]), int(spec.split(":")[2]),
-                               float(spec.split(":")[3]))
+        f = spec.split(":") + ["-"] * 3
+        r, clip_s, B, share = int(f[0]), float(f[1]), int(f[2]), float(f[3])
+        scope, mode, budget = (f[4] if f[4] != "-" else "block"), (f[5] if f[5] != "-" else None), \
+            (float(f[6]) if f[6] != "-" else None)
         if compiled:
             torch._dynamo.reset()
         m = build(a.tiny, device, r)
         batch = make_batch(m, B, int(clip_s * 25), a.enc_len, device, seed=0)
         fl = model_flops(m, batch)
-        prepare_project(m, share, compiled, device)
-        step, nb = project_loop(m, batch, share, compiled, device, world_info)
-        dt, mem = timed(step, device, steps, warm + 2)
-        emit(row("project", r, clip_s, nb, f"{share:.2f}", dt, mem, fl, peak,
-                 world_info.size if world_info is not None else 1))
+        t0 = time.perf_counter()
+        try:
+            prepare_project(m, share, compiled, device, scope, mode, budget)
+            step, nb = project_loop(m, batch, share, compiled, device, world_info, mode)
+            step()
+            sync(device)
+            first = time.perf_counter() - t0
+            dt, mem = timed(step, device, steps, warm + 2)
+        except Exception as e:  # one failing variant (a compile mode this torch cannot do) must not lose the others
+            if rank == 0:
+                print(f"# row {spec} failed: {type(e).__name__}: {str(e)[:800]}", flush=True)
+            del m, batch
+            free(device)
+            continue
+        rw = row("project", r, clip_s, nb, f"{share:.2f}", dt, mem, fl, peak,
+                 world_info.size if world_info is not None else 1)
+        rw.update(scope=scope, mode=mode or "default", budget=budget, first_step_s=round(first, 1))
+        emit(rw)
+        if rank == 0:
+            print(f"{'':>8}   compile {scope}, mode {mode or 'default'}, activation budget {budget}, "
+                  f"first step (compile) {first:.1f} s", flush=True)
+        if budget is not None:
+            import torch._functorch.config as functorch_config
+            functorch_config.activation_memory_budget = 1.0
         del m, batch
         free(device)
     if a.profile:
@@ -342,10 +383,13 @@ def main() -> None:
 
 
 def profile(a, device, compiled):
-    """torch.profiler over 3 steps of one project config and the same plain config: top ops by device time."""
+    """torch.profiler over 3 steps of one project config and the same plain config: top ops by device time, and
+    how much of the step the GPU is busy (kernel time / wall time)."""
     from torch.profiler import ProfilerActivity, profile as prof
-    r, clip_s, B, share = a.profile.split(":")
-    r, clip_s, B, share = int(r), float(clip_s), int(B), float(share)
+    f = a.profile.split(":") + ["-"] * 3
+    r, clip_s, B, share = int(f[0]), float(f[1]), int(f[2]), float(f[3])
+    scope, mode, budget = (f[4] if f[4] != "-" else "block"), (f[5] if f[5] != "-" else None), \
+        (float(f[6]) if f[6] != "-" else None)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     for kind in ("plain", "project"):
         torch._dynamo.reset()
@@ -354,19 +398,26 @@ def profile(a, device, compiled):
         if kind == "plain":
             step, _ = plain_loop(m, batch, share > 0, device)
         else:
-            prepare_project(m, share, compiled, device)
-            step, _ = project_loop(m, batch, share, compiled, device)
+            prepare_project(m, share, compiled, device, scope, mode, budget)
+            step, _ = project_loop(m, batch, share, compiled, device, mode=mode)
         for _ in range(4):
             step()
         sync(device)
+        t0 = time.perf_counter()
         with prof(activities=acts) as p:
             for _ in range(3):
                 step()
             sync(device)
+        wall = (time.perf_counter() - t0) / 3
+        evs = p.key_averages()
         keys = ["self_cuda_time_total", "cpu_time_total"] if device == "cuda" else ["self_cpu_time_total"]
         for key in keys:
-            print(f"# profile {kind} r={r} clip={clip_s}s B={B} share={share} (3 steps), by {key}")
-            print(p.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
+            print(f"# profile {kind} r={r} clip={clip_s}s B={B} share={share} {scope}/{mode} (3 steps), by {key}")
+            print(evs.table(sort_by=key, row_limit=14, max_name_column_width=60))
+        if device == "cuda":
+            gpu = sum(e.self_device_time_total for e in evs) / 3 / 1e3
+            print(f"# {kind}: GPU kernel time {gpu:.1f} ms per step, wall {wall * 1e3:.1f} ms per step (profiled), "
+                  f"GPU busy {100 * gpu / (wall * 1e3):.0f}%", flush=True)
         del m, batch
         free(device)
 

@@ -91,14 +91,52 @@ def test_compiled_blocks_with_checkpointing_match_eager():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("budget", [None, 0.3])
+def test_whole_model_compile_with_memory_budget_matches_eager(budget):
+    """`train.compile=model`: the whole forward is one graph (no graph break), and the min-cut partitioner (the
+    one inductor uses; aot_eager_decomp_partition on CPU) under an activation memory budget (recompute instead of
+    save) leaves loss and gradients as they were."""
+    import torch._functorch.config as functorch_config
+
+    torch._dynamo.reset()
+    plain, batch = _model(), _batch()
+    fast = copy.deepcopy(plain)
+    train_speed.use_fast_attention(fast)  # as stage train does before compiling
+    explained = torch._dynamo.explain(fast.forward)(
+        hidden_states=batch["target_latents"], timestep=torch.full((2,), 0.4), timestep_r=torch.full((2,), 0.4),
+        encoder_hidden_states=batch["encoder_hidden_states"], context_latents=batch["context_latents"])
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    try:
+        train_speed.compile_model(fast, "model", backend="aot_eager_decomp_partition", memory_budget=budget)
+        lp, _, gp = _loss_and_grads(plain, batch)
+        lf, _, gf = _loss_and_grads(fast, batch)
+    finally:
+        functorch_config.activation_memory_budget = 1.0
+        torch._dynamo.reset()
+    torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
+    for k in gp:
+        torch.testing.assert_close(gf[k], gp[k], rtol=1e-4, atol=1e-6)
+
+
+def test_compile_scope_and_budget_are_checked():
+    assert train_speed.compile_scope(False) is None and train_speed.compile_scope(True) == "block"
+    assert train_speed.compile_scope("model") == "model"
+    with pytest.raises(ConfigError, match="train.compile"):
+        train_speed.compile_scope("graph")
+    with pytest.raises(ConfigError, match="activation_memory_budget"):
+        train_speed.compile_model(_model(), "model", backend="aot_eager", memory_budget=1.5)
+
+
 def test_band_attention_equals_dense_sliding_mask():
     """flex_attention with the band block mask = the model's dense |i-j| <= window mask (forward; CPU flex has no
     backward, the GPU benchmark checks gradients). 60 frames -> 30 tokens > window 16, so the band cuts pairs."""
     dense, batch = _model(), _batch(frames=60)
     band = copy.deepcopy(dense)
-    assert train_speed.use_band_attention(band) == 0  # CPU: left alone unless forced
-    assert train_speed.use_band_attention(band, force=True) == sum(
-        1 for b in band.layers if b.self_attn.sliding_window)
+    n_sliding = sum(1 for b in band.layers if b.self_attn.sliding_window)
+    assert train_speed.use_fast_attention(copy.deepcopy(dense))["band"] == 0  # CPU: no band unless forced
+    assert train_speed.use_fast_attention(band, force_band=True) == {"band": n_sliding,
+                                                                     "sdpa": 2 * len(band.layers) - n_sliding}
     t = torch.full((2,), 0.4)
     kw = dict(hidden_states=batch["target_latents"], timestep=t, timestep_r=t,
               encoder_hidden_states=batch["encoder_hidden_states"], context_latents=batch["context_latents"])
@@ -106,6 +144,19 @@ def test_band_attention_equals_dense_sliding_mask():
         warnings.simplefilter("ignore", UserWarning)  # flex_attention without compile: unfused, fine at toy size
         a, b = dense(**kw).sample, band(**kw).sample
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_direct_sdpa_processor_keeps_loss_and_grads():
+    """Every attention through SdpaAttnProcessor (no diffusers backend dispatch; CPU keeps the dense sliding mask)
+    gives the diffusers processor's loss and LoRA gradients, training mode, 60 frames (window cuts pairs)."""
+    plain, batch = _model(), _batch(frames=60)
+    fast = copy.deepcopy(plain)
+    assert train_speed.use_fast_attention(fast) == {"band": 0, "sdpa": 2 * len(fast.layers)}
+    lp, _, gp = _loss_and_grads(plain, batch)
+    lf, _, gf = _loss_and_grads(fast, batch)
+    torch.testing.assert_close(lf, lp, rtol=1e-6, atol=1e-7)
+    for k in gp:
+        torch.testing.assert_close(gf[k], gp[k], rtol=1e-5, atol=1e-7)
 
 
 DDP_CHILD = """

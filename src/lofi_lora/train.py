@@ -428,10 +428,11 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     seed_everything(seed)  # LoRA init draws from the global RNG: same adapter init whoever calls us
     n_trainable = add_lora(model, lcfg)
     n_ckpt = train_speed.enable_selective_checkpointing(model, ckpt_share) if ckpt_share > 0 else 0
-    if tcfg.get("compile", False):
-        if train_speed.use_band_attention(model):  # CUDA: sliding-window layers via flex_attention (same result)
-            log.info("sliding-window self-attention through flex_attention (band mask)")
-        train_speed.compile_blocks(model, tcfg.get("compile_mode"))
+    scope, compile_mode = train_speed.compile_scope(tcfg.get("compile", False)), tcfg.get("compile_mode")
+    if scope:
+        log.info("attention layers through flex_attention (band mask) / plain SDPA: %s",
+                 train_speed.use_fast_attention(model))  # the same attention, no dispatch in the graph
+        train_speed.compile_model(model, scope, compile_mode, memory_budget=tcfg.get("activation_memory_budget"))
     model.train()
     null_cond = load_null_condition(mcfg, paths.base_model) if cfg_ratio > 0 else None
     if cfg_ratio > 0 and null_cond is None:
@@ -539,6 +540,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
             while step < max_steps:
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = torch.zeros((), device=device)
+                train_speed.step_begin(compile_mode if scope else None)  # grads of all micro-steps stay live
                 for micro in range(grad_accum):
                     idx = order.next()
                     idx = idx[world.rank::world.size] or [idx[world.rank % len(idx)]]

@@ -69,6 +69,94 @@ def compile_blocks(model: torch.nn.Module, mode: str | None = None, backend: str
     return len(blocks)
 
 
+COMPILE_SCOPES = ("block", "model")
+
+
+def compile_scope(value) -> str | None:
+    """`train.compile` as a scope: false/null -> None, true -> "block", or "block" | "model"."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "block"
+    if value not in COMPILE_SCOPES:
+        raise ConfigError(f"train.compile={value!r}: expected false, true, block or model")
+    return value
+
+
+def uses_cudagraphs(mode: str | None) -> bool:
+    return bool(mode) and "reduce-overhead" in mode
+
+
+def compile_model(model: torch.nn.Module, scope: str, mode: str | None = None, backend: str = "inductor",
+                  memory_budget: float | None = None) -> None:
+    """Compile the DiT for training: per block ("block") or the whole forward as one graph ("model").
+
+    "model" gives inductor the whole forward and backward, so with mode "reduce-overhead" each is one CUDA graph
+    replay instead of thousands of launches (the short-clip step is launch-bound); the module's hooks (band mask)
+    stay eager. `memory_budget` (0..1, share of the activations a no-recompute backward would keep) lets the
+    min-cut partitioner recompute cheap ops instead of saving them: selective checkpointing inside the graph.
+    """
+    if memory_budget is not None:
+        budget = float(memory_budget)
+        if not 0.0 < budget <= 1.0:
+            raise ConfigError(f"train.activation_memory_budget={memory_budget!r}: expected a share in (0, 1]")
+        import torch._functorch.config as functorch_config
+        functorch_config.activation_memory_budget = budget
+    if scope == "block":
+        compile_blocks(model, mode, backend)
+        return
+    # static shapes under CUDA graphs: each clip-length bucket gets its own graph, recorded once
+    model.forward = torch.compile(model.forward, mode=mode, backend=backend,
+                                  dynamic=False if uses_cudagraphs(mode) else None)
+    log.info("compiled the whole DiT forward (mode %s, activation memory budget %s)", mode or "default",
+             memory_budget if memory_budget is not None else "none")
+
+
+def step_begin(mode: str | None) -> None:
+    """Tell CUDA graph trees a new train step starts (outputs of the last one may be overwritten)."""
+    if uses_cudagraphs(mode):
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def _qkv(attn, hidden_states, kv_states, rotary):
+    """Projections, q/k RMSNorm and RoPE exactly as diffusers' AceStepAttnProcessor2_0, in (B, H, L, D) layout."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (attn.heads, attn.head_dim)))
+    k = attn.norm_k(attn.to_k(kv_states).unflatten(-1, (attn.kv_heads, attn.head_dim)))
+    v = attn.to_v(kv_states).unflatten(-1, (attn.kv_heads, attn.head_dim))
+    if rotary is not None:
+        q = apply_rotary_emb(q, rotary, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
+        k = apply_rotary_emb(k, rotary, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    if v.dtype != q.dtype:  # autocast leaves v (no norm/rope) in bf16 and q/k maybe fp32; SDPA's autocast does this
+        q, k = q.to(v.dtype), k.to(v.dtype)
+    return q, k, v
+
+
+def _out(attn, out):
+    return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
+
+
+class SdpaAttnProcessor:
+    """Full self-attention and cross-attention straight through F.scaled_dot_product_attention.
+
+    The same math as diffusers' processor with its native backend, minus the backend dispatch: torch 2.11's dynamo
+    breaks the graph on the dispatcher's `AttentionBackendName(...)` (seen on the GPU machine), which split every
+    compiled block and kept the whole forward from becoming one CUDA graph.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None):
+        is_cross = attn.is_cross_attention and encoder_hidden_states is not None
+        q, k, v = _qkv(attn, hidden_states, encoder_hidden_states if is_cross else hidden_states,
+                       None if is_cross else image_rotary_emb)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask, dropout_p=attn.dropout if attn.training else 0.0,
+            scale=attn.scaling, enable_gqa=attn.heads != attn.kv_heads)
+        return _out(attn, out)
+
+
 class BandFlexAttnProcessor:
     """Self-attention of the DiT's sliding-window layers through flex_attention with a block-sparse band mask.
 
@@ -98,40 +186,38 @@ class BandFlexAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None):
-        from diffusers.models.embeddings import apply_rotary_emb
         from torch.nn.attention.flex_attention import flex_attention
 
-        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (attn.heads, attn.head_dim)))
-        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (attn.kv_heads, attn.head_dim)))
-        v = attn.to_v(hidden_states).unflatten(-1, (attn.kv_heads, attn.head_dim))
-        if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
-            k = apply_rotary_emb(k, image_rotary_emb, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
-        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-        if v.dtype != q.dtype:  # autocast leaves v (no norm/rope) in bf16 and q/k maybe fp32
-            q, k = q.to(v.dtype), k.to(v.dtype)
+        q, k, v = _qkv(attn, hidden_states, hidden_states, image_rotary_emb)
         out = flex_attention(q, k, v, block_mask=self.block_mask, scale=attn.scaling,
                              enable_gqa=attn.heads != attn.kv_heads)
-        out = out.transpose(1, 2).flatten(2, 3)
-        return attn.to_out[1](attn.to_out[0](out))
+        return _out(attn, out)
 
 
-def use_band_attention(model: torch.nn.Module, force: bool = False) -> int:
-    """Route the sliding-window self-attention layers through `BandFlexAttnProcessor`; returns how many.
+def use_fast_attention(model: torch.nn.Module, force_band: bool = False) -> dict[str, int]:
+    """Attention processors for the compiled train step; returns how many layers got each.
 
-    CUDA only (flex_attention has no CPU backward), unless `force` (forward-only checks on CPU)."""
-    if not force and next(model.parameters()).device.type != "cuda":
-        return 0
-    layers = [b.self_attn for b in getattr(model, "layers", []) if getattr(b.self_attn, "sliding_window", None)]
-    if not layers or any(float(getattr(a, "dropout", 0.0)) > 0 for a in layers):
-        return 0
-    proc = BandFlexAttnProcessor(layers[0].sliding_window)
+    Sliding-window self-attention goes through `BandFlexAttnProcessor` (CUDA only: flex_attention has no CPU
+    backward, unless `force_band` for forward-only checks); every other attention (full self, cross) goes through
+    `SdpaAttnProcessor`. Attention with dropout is left to diffusers (flex has no dropout)."""
+    layers = [a for b in getattr(model, "layers", []) for a in (b.self_attn, getattr(b, "cross_attn", None)) if a]
+    if any(float(getattr(a, "dropout", 0.0)) > 0 for a in layers):
+        return {"band": 0, "sdpa": 0}
+    sliding = [a for a in layers if not a.is_cross_attention and getattr(a, "sliding_window", None)]
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    band = sliding if (on_cuda or force_band) else []
+    sdpa = SdpaAttnProcessor()
     for a in layers:
-        a.processor = proc
-    patch = int(getattr(model.config, "patch_size", 1))
+        if a not in band:
+            a.processor = sdpa
+    if band:
+        proc = BandFlexAttnProcessor(band[0].sliding_window)
+        for a in band:
+            a.processor = proc
+        patch = int(getattr(model.config, "patch_size", 1))
 
-    def set_mask(module, args, kwargs):
-        hs = kwargs.get("hidden_states", args[0] if args else None)
-        proc.prepare(-(-hs.shape[1] // patch), hs.device)
-    model.register_forward_pre_hook(set_mask, with_kwargs=True)
-    return len(layers)
+        def set_mask(module, args, kwargs):
+            hs = kwargs.get("hidden_states", args[0] if args else None)
+            proc.prepare(-(-hs.shape[1] // patch), hs.device)
+        model.register_forward_pre_hook(set_mask, with_kwargs=True)
+    return {"band": len(band), "sdpa": len(layers) - len(band)}
