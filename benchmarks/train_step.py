@@ -391,7 +391,7 @@ def profile(a, device, compiled):
     scope, mode, budget = (f[4] if f[4] != "-" else "block"), (f[5] if f[5] != "-" else None), \
         (float(f[6]) if f[6] != "-" else None)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    for kind in ("plain", "project"):
+    for kind in ("project",) if a.only_project else ("plain", "project"):
         torch._dynamo.reset()
         m = build(a.tiny, device, r)
         batch = make_batch(m, B if kind == "project" else 1, int(clip_s * 25), a.enc_len, device, seed=0)
