@@ -58,6 +58,15 @@ def test_collate_pads_and_masks():
     assert torch.all(batch["target_latents"][1, 7:] == 0)
 
 
+def test_collate_rounds_lengths_up_to_pad_multiple():
+    """train.pad_multiple: lengths 10 and 6 -> 12 and 8 with multiple 4; the extra frames are masked padding."""
+    batch = train.collate(_batch(), multiple=4)
+    assert batch["target_latents"].shape[1] == 12 and batch["encoder_hidden_states"].shape[1] == 8
+    assert batch["attention_mask"].tolist()[0] == [1.0] * 10 + [0.0] * 2
+    assert torch.all(batch["target_latents"][:, 10:] == 0) and torch.all(batch["context_latents"][:, 10:] == 0)
+    assert train.collate(_batch(), multiple=1)["target_latents"].shape[1] == 10
+
+
 def test_loss_ignores_padded_frames():
     """The masked loss of a padded clip equals the loss of the clip alone when nothing else is padded."""
     model = tiny_transformer(0)
@@ -135,7 +144,8 @@ def test_config_hash_ignores_resume_safe_keys():
                                        "resume_from": None, "log_every": 1}})
     h = train.config_hash(base, "data")
     for key, value in [("max_steps", 99), ("checkpoint_every", 7), ("keep_last", 9), ("resume_from", 5),
-                       ("log_every", 3)]:
+                       ("log_every", 3), ("compile", "model"), ("compile_mode", "reduce-overhead"),
+                       ("activation_memory_budget", 0.5)]:
         other = base.copy()
         other.train[key] = value
         assert train.config_hash(other, "data") == h, key

@@ -91,17 +91,20 @@ def test_compiled_blocks_with_checkpointing_match_eager():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("budget", [None, 0.3])
-def test_whole_model_compile_with_memory_budget_matches_eager(budget):
-    """`train.compile=model`: the whole forward is one graph (no graph break), and the min-cut partitioner (the
-    one inductor uses; aot_eager_decomp_partition on CPU) under an activation memory budget (recompute instead of
-    save) leaves loss and gradients as they were."""
+@pytest.mark.parametrize("budget,share", [(None, 0.0), (0.3, 0.0), (None, 0.5)])
+def test_whole_model_compile_matches_eager(budget, share):
+    """`train.compile=model`: the whole forward is one graph (no graph break), and with the min-cut partitioner
+    (the one inductor uses; aot_eager_decomp_partition on CPU), an activation memory budget (recompute instead of
+    save) or checkpointed blocks inside the graph, loss and gradients stay those of eager, also after the batch
+    shape changes (one recompile with dynamic lengths)."""
     import torch._functorch.config as functorch_config
 
     torch._dynamo.reset()
-    plain, batch = _model(), _batch()
+    plain = _model()
     fast = copy.deepcopy(plain)
     train_speed.use_fast_attention(fast)  # as stage train does before compiling
+    train_speed.enable_selective_checkpointing(fast, share)
+    batch = _batch()
     explained = torch._dynamo.explain(fast.forward)(
         hidden_states=batch["target_latents"], timestep=torch.full((2,), 0.4), timestep_r=torch.full((2,), 0.4),
         encoder_hidden_states=batch["encoder_hidden_states"], context_latents=batch["context_latents"])
@@ -109,14 +112,15 @@ def test_whole_model_compile_with_memory_budget_matches_eager(budget):
     torch._dynamo.reset()
     try:
         train_speed.compile_model(fast, "model", backend="aot_eager_decomp_partition", memory_budget=budget)
-        lp, _, gp = _loss_and_grads(plain, batch)
-        lf, _, gf = _loss_and_grads(fast, batch)
+        for b in (batch, _batch(frames=48, bsz=3)):
+            lp, _, gp = _loss_and_grads(plain, b)
+            lf, _, gf = _loss_and_grads(fast, b)
+            torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
+            for k in gp:
+                torch.testing.assert_close(gf[k], gp[k], rtol=1e-4, atol=1e-6)
     finally:
         functorch_config.activation_memory_budget = 1.0
         torch._dynamo.reset()
-    torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
-    for k in gp:
-        torch.testing.assert_close(gf[k], gp[k], rtol=1e-4, atol=1e-6)
 
 
 def test_compile_scope_and_budget_are_checked():

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 TURBO_SHIFT3_TIMESTEPS = tuple(3 * s / (1 + 2 * s) for s in (8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8))
 # train keys that may change between a run and its resume without changing what is learned step by step
 RESUME_SAFE_KEYS = ("max_steps", "checkpoint_every", "keep_last", "resume_from", "log_every", "cpu_threads",
+                    "compile", "compile_mode", "activation_memory_budget",  # how the step runs, not what it learns
                     "data_on_device", "distributed")
 CACHE_KEYS = ("target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
               "context_latents")
@@ -99,12 +100,13 @@ def load_corpus(dataset_dir: str | Path, cache_dir: str | Path) -> tuple[list[st
     return clip_ids, [tensors[c] for c in clip_ids], data_hash
 
 
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Pad clips of unequal length with zeros (latents) / False (masks) to the longest in the batch."""
+def collate(items: list[dict[str, torch.Tensor]], multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad clips of unequal length with zeros (latents) / False (masks) to the longest in the batch, rounded up to
+    `multiple` (`train.pad_multiple`): few distinct shapes, so CUDA graphs are recorded a few times, not per batch."""
     out: dict[str, torch.Tensor] = {}
     for key in CACHE_KEYS:
         seqs = [it[key] for it in items]
-        n = max(s.shape[0] for s in seqs)
+        n = -(-max(s.shape[0] for s in seqs) // multiple) * multiple
         padded = []
         for s in seqs:
             s = s.float() if key.endswith("mask") else s
@@ -409,8 +411,9 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     seed = int(cfg.get("seed", 0))
     max_steps = int(require(tcfg, "max_steps"))
     batch_size, grad_accum = int(require(tcfg, "batch_size")), int(tcfg.get("grad_accum", 1))
-    if max_steps < 1 or batch_size < 1 or grad_accum < 1:
-        raise ConfigError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
+    pad_multiple = int(tcfg.get("pad_multiple", 1))
+    if max_steps < 1 or batch_size < 1 or grad_accum < 1 or pad_multiple < 1:
+        raise ConfigError("train.max_steps, train.batch_size, train.grad_accum and train.pad_multiple must be >= 1")
     ckpt_every = int(tcfg.get("checkpoint_every", 0)) or max_steps
     variant = str(mcfg.get("variant", "turbo"))
     scheme, cfg_ratio = timestep_scheme(tcfg, variant), cfg_dropout_ratio(tcfg, variant)
@@ -552,7 +555,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
                 for micro in range(grad_accum):
                     idx = order.next()
                     idx = idx[world.rank::world.size] or [idx[world.rank % len(idx)]]
-                    batch = {k: v.to(device, non_blocking=True) for k, v in collate([clips[i] for i in idx]).items()}
+                    batch = {k: v.to(device, non_blocking=True) for k, v in collate([clips[i] for i in idx], pad_multiple).items()}
                     sync_grads = micro == grad_accum - 1 or not world.active
                     with contextlib.nullcontext() if sync_grads else forward_model.no_sync():
                         loss, frames = flow_matching_loss_async(

@@ -105,9 +105,9 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str | None = None, b
     if scope == "block":
         compile_blocks(model, mode, backend)
         return
-    # static shapes under CUDA graphs: each clip-length bucket gets its own graph, recorded once
-    model.forward = torch.compile(model.forward, mode=mode, backend=backend,
-                                  dynamic=False if uses_cudagraphs(mode) else None)
+    # dynamic=None: a second batch shape recompiles once with dynamic lengths (no recompile-limit fall-back to
+    # eager); CUDA graph trees still record one graph per distinct shape, which `train.pad_multiple` keeps few
+    model.forward = torch.compile(model.forward, mode=mode, backend=backend)
     log.info("compiled the whole DiT forward (mode %s, activation memory budget %s)", mode or "default",
              memory_budget if memory_budget is not None else "none")
 
