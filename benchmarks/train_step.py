@@ -415,7 +415,8 @@ def profile(a, device, compiled):
             print(f"# profile {kind} r={r} clip={clip_s}s B={B} share={share} {scope}/{mode} (3 steps), by {key}")
             print(evs.table(sort_by=key, row_limit=14, max_name_column_width=60))
         if device == "cuda":
-            gpu = sum(e.self_device_time_total for e in evs) / 3 / 1e3
+            # inductor's "## Call CompiledFxGraph" ranges also carry device time: count kernels only, not twice
+            gpu = sum(e.self_device_time_total for e in evs if not e.key.startswith("## ")) / 3 / 1e3
             print(f"# {kind}: GPU kernel time {gpu:.1f} ms per step, wall {wall * 1e3:.1f} ms per step (profiled), "
                   f"GPU busy {100 * gpu / (wall * 1e3):.0f}%", flush=True)
         del m, batch
