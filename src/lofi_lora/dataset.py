@@ -354,7 +354,7 @@ def run_dataset(cfg) -> dict:
 
     base = require(cfg, "paths.base_model")
     device = pick_device()
-    dtype = getattr(torch, str(cfg.model.get("dtype") or "bfloat16")) if device == "cuda" else torch.float32
+    dtype = getattr(torch, str(cfg.model.get("dtype") or "bfloat16")) if device != "cpu" else torch.float32
     pipe = backend.load_pipeline(cfg.model, base, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     cache = build_cache(pipe, records, require(cfg, "paths.cache"), model_fp=backend.model_fingerprint(base),

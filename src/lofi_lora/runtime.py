@@ -1,10 +1,17 @@
 """Process-wide set-up: seeds, device and dtype choice."""
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import random
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -18,10 +25,52 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def pick_device() -> str:
+_claimed: tuple[str, object] | None = None  # (device, open lock file): the GPU this process holds until it exits
+
+
+def gpu_lock_dir() -> Path:
+    return Path(os.environ.get("LOFI_LORA_GPU_LOCKS") or Path(tempfile.gettempdir()) / "lofi-lora-gpu-locks")
+
+
+def pick_device(poll_s: float = 5.0) -> str:
+    """"cpu", or "cuda:N" for a visible GPU that no other lofi-lora process holds.
+
+    Each GPU has a lock file named by its UUID (flock: released by the kernel when the process ends, crash or not),
+    so `dvc queue start -j N` on an N-GPU host runs one experiment per GPU; with more jobs than GPUs the extra ones
+    wait for a free GPU. CUDA_VISIBLE_DEVICES still decides which GPUs are candidates.
+    """
+    global _claimed
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if _claimed is not None:
+        return _claimed[0]
+    if not torch.cuda.is_available():
+        return "cpu"
+    n = torch.cuda.device_count()
+    if n == 1:
+        _claimed = ("cuda:0", None)
+        return "cuda:0"
+    lock_dir = gpu_lock_dir()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for i in range(n):
+            uuid = str(getattr(torch.cuda.get_device_properties(i), "uuid", i))
+            fh = open(lock_dir / f"gpu-{uuid}.lock", "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            fh.seek(0), fh.truncate(), fh.write(f"{os.getpid()}\n"), fh.flush()
+            torch.cuda.set_device(i)  # allocations that name no index land on the claimed GPU too
+            _claimed = (f"cuda:{i}", fh)
+            log.info("using cuda:%d (GPU %s; lock %s)", i, uuid, fh.name)
+            return _claimed[0]
+        if not waited:
+            log.warning("all %d GPUs are held by other lofi-lora processes (%s); waiting for one", n, lock_dir)
+            waited = True
+        time.sleep(poll_s)
 
 
 def compute_dtype(precision: str, device: str):
