@@ -70,6 +70,7 @@ def compile_blocks(model: torch.nn.Module, mode: str | None = None, backend: str
 
 
 COMPILE_SCOPES = ("block", "model")
+MAX_SHAPES = 64  # compiled batch shapes before dynamo falls back to eager (train.pad_multiple keeps them fewer)
 
 
 def compile_scope(value) -> str | None:
@@ -105,9 +106,13 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str | None = None, b
     if scope == "block":
         compile_blocks(model, mode, backend)
         return
-    # dynamic=None: a second batch shape recompiles once with dynamic lengths (no recompile-limit fall-back to
-    # eager); CUDA graph trees still record one graph per distinct shape, which `train.pad_multiple` keeps few
-    model.forward = torch.compile(model.forward, mode=mode, backend=backend)
+    # Static shapes: each distinct batch shape compiles once (and records its CUDA graph). The dynamic-shape
+    # recompile fails in inductor on this forward (torch 2.13, CPU: "cannot determine truth value of Relational:
+    # 1 < 8*((s50//2))", from the patchified length), so `train.pad_multiple` keeps the shapes few instead, and
+    # the recompile limit is raised so that a new shape is compiled rather than run eagerly.
+    import torch._dynamo.config as dynamo_config
+    dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), MAX_SHAPES)
+    model.forward = torch.compile(model.forward, mode=mode, backend=backend, dynamic=False)
     log.info("compiled the whole DiT forward (mode %s, activation memory budget %s)", mode or "default",
              memory_budget if memory_budget is not None else "none")
 
