@@ -195,8 +195,8 @@ def equivalence(plain_m, fast_m, batch, device: str, mode: str | None = None) ->
             "grad_rel_diff": rel, "grad_cos": cos}
 
 
-def timed(step, device: str, steps: int, warm: int) -> tuple[float, float]:
-    """Mean seconds per step and peak reserved GiB over `steps` after `warm` untimed steps."""
+def timed(step, device: str, steps: int, warm: int) -> tuple[float, tuple[float, float]]:
+    """Mean seconds per step and (peak reserved, peak allocated) GiB over `steps` after `warm` untimed steps."""
     for _ in range(warm):
         step()
     sync(device)
@@ -211,16 +211,16 @@ def timed(step, device: str, steps: int, warm: int) -> tuple[float, float]:
     # CUDA graph replays allocate nothing (their pool was reserved while recording), so allocated peaks miss their
     # activations: the reserved peak after empty_cache() is the honest figure, and the one reported
     if device != "cuda":
-        return dt, float("nan")
-    timed.alloc_gib = torch.cuda.max_memory_allocated() / 2**30  # the anchor's figure, for comparison
-    return dt, torch.cuda.max_memory_reserved() / 2**30
+        return dt, (float("nan"), float("nan"))
+    # allocated: the anchor's figure, kept for comparison
+    return dt, (torch.cuda.max_memory_reserved() / 2**30, torch.cuda.max_memory_allocated() / 2**30)
 
 
 def row(kind, r, clip_s, batch, ckpt, dt, mem, flops, peak_tflops, world=1):
     tf = flops / dt / 1e12
     return {"loop": kind, "r": r, "clip_s": clip_s, "batch": batch, "ckpt": ckpt, "ms_step": dt * 1e3,
             "audio_s_per_s": clip_s * batch * world / dt, "tflops": tf * world, "mfu": tf / peak_tflops,
-            "peak_gib": mem, "alloc_gib": getattr(timed, "alloc_gib", float("nan")), "world": world}
+            "peak_gib": mem[0], "alloc_gib": mem[1], "world": world}
 
 
 def fmt(rw) -> str:

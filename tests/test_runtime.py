@@ -59,3 +59,10 @@ def test_cpu_when_no_gpu(monkeypatch):
     monkeypatch.setattr(runtime, "_claimed", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.pick_device() == "cpu"
+
+
+def test_unusable_lock_folder_falls_back_to_gpu0(two_gpus, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("LOFI_LORA_GPU_LOCKS", str(blocker / "locks"))
+    assert runtime.pick_device() == "cuda:0"

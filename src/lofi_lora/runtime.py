@@ -51,7 +51,16 @@ def pick_device(poll_s: float = 5.0) -> str:
         _claimed = ("cuda:0", None)
         return "cuda:0"
     lock_dir = gpu_lock_dir()
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        probe = lock_dir / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:  # another user's lock folder, a read-only tmp: share GPU 0 as before, but say so
+        log.warning("GPU locks unusable (%s: %s); set LOFI_LORA_GPU_LOCKS to a writable folder. Using cuda:0",
+                    lock_dir, e)
+        _claimed = ("cuda:0", None)
+        return "cuda:0"
     waited = False
     while True:
         for i in range(n):
@@ -62,7 +71,10 @@ def pick_device(poll_s: float = 5.0) -> str:
             except OSError:
                 fh.close()
                 continue
-            fh.seek(0), fh.truncate(), fh.write(f"{os.getpid()}\n"), fh.flush()
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
             torch.cuda.set_device(i)  # allocations that name no index land on the claimed GPU too
             _claimed = (f"cuda:{i}", fh)
             log.info("using cuda:%d (GPU %s; lock %s)", i, uuid, fh.name)

@@ -1,10 +1,11 @@
-"""Speed knobs of the train step that do not change what it computes: regional torch.compile of the DiT blocks and
-selective activation checkpointing (a chosen share of the blocks instead of all or none).
+"""Speed knobs of the train step that do not change what it computes: torch.compile of the DiT (each block, or the
+whole forward replayed as CUDA graphs), attention processors that keep the compiled graph whole (band
+flex_attention for sliding-window layers, plain SDPA for the rest) and selective activation checkpointing.
 
 Why these: the plain LoRA loop on the 1.5 DiT is bound by per-kernel launch overhead (peft + autocast + 24 blocks),
-so its step time hardly grows with clip length; compiling the repeated block fuses the elementwise work and removes
-most launches, and checkpointing only some blocks trades a little recompute for the memory that bigger batches need.
-benchmarks/train_step.py measures both against the plain loop (benchmarks/NOTES.md).
+so its step time hardly grows with clip length. One graph per forward and backward, replayed as CUDA graphs, leaves
+the GPU busy about 90% of the step. benchmarks/train_step.py measures each knob against the plain loop
+(benchmarks/NOTES.md).
 """
 from __future__ import annotations
 
