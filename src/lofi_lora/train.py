@@ -470,7 +470,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     store = CheckpointStore(lora_root / "checkpoints")
     resume_from = tcfg.get("resume_from")
     entry = store.select(chash, None if resume_from is None else int(resume_from), max_step=max_steps)
-    step, ema_loss, resumed_from = 0, None, None
+    step, ema_loss, resumed_from, resumed_last = 0, None, None, {}
     if entry is not None:
         ckdir = store.root / Path(entry["path"]).name
         load_lora_weights_exact(model, ckdir / adapters.DIFFUSERS_WEIGHT_NAME)
@@ -480,6 +480,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
         set_rng_state(state["rng_ranks"][world.rank] if world.active else state["rng"], gen)
         order.load_state_dict(state["data"])
         step, ema_loss, resumed_from = int(state["step"]), state.get("ema_loss"), int(state["step"])
+        resumed_last = dict(state.get("last") or {})  # a run resumed at its end still reports its last step
         log.info("resuming from %s (step %d)", ckdir.name, step)
     else:
         log.info("fresh start (no resumable checkpoint for config %s)", chash)
@@ -502,7 +503,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
         def write(tmp: Path) -> None:
             adapters.save_diffusers_adapter(adapter_state(), tmp, bake=False, **lora_info,
                                             extra_info={"step": step, "config_hash": chash})
-            state = {"step": step, "ema_loss": ema_loss, "optimizer": optimizer.state_dict(),
+            state = {"step": step, "ema_loss": ema_loss, "last": dict(last), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": rng_ranks[0], "data": order.state_dict(),
                      "config_hash": chash}
             if world.active:
@@ -519,7 +520,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
 
     live = _open_live(metrics_root / "train", resumed_from) if world.is_main else None
     frames_total = torch.zeros((), device=device)
-    t0, last = time.perf_counter(), {}
+    t0, last = time.perf_counter(), resumed_last
     start_step = step
     pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []  # (step, loss, grad norm, lr) not yet read
     from tqdm import tqdm
