@@ -237,6 +237,13 @@ def free(device):
         torch.cuda.empty_cache()
 
 
+def parse_spec(spec: str):
+    """"r:clip:B:share[:scope[:mode[:budget]]]" ('-' = default) -> (r, clip_s, B, share, scope, mode, budget)."""
+    f = spec.split(":") + ["-"] * 3
+    return (int(f[0]), float(f[1]), int(f[2]), float(f[3]), f[4] if f[4] != "-" else "block",
+            f[5] if f[5] != "-" else None, float(f[6]) if f[6] != "-" else None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="toy-size DiT on CPU (fp32; checks the code path)")
@@ -340,10 +347,7 @@ def main() -> None:
             del m, batch
             free(device)
     for spec in [x for x in a.extra.split(",") if x]:
-        f = spec.split(":") + ["-"] * 3
-        r, clip_s, B, share = int(f[0]), float(f[1]), int(f[2]), float(f[3])
-        scope, mode, budget = (f[4] if f[4] != "-" else "block"), (f[5] if f[5] != "-" else None), \
-            (float(f[6]) if f[6] != "-" else None)
+        r, clip_s, B, share, scope, mode, budget = parse_spec(spec)
         if compiled:
             torch._dynamo.reset()
         m = build(a.tiny, device, r)
@@ -386,10 +390,7 @@ def profile(a, device, compiled):
     """torch.profiler over 3 steps of one project config and the same plain config: top ops by device time, and
     how much of the step the GPU is busy (kernel time / wall time)."""
     from torch.profiler import ProfilerActivity, profile as prof
-    f = a.profile.split(":") + ["-"] * 3
-    r, clip_s, B, share = int(f[0]), float(f[1]), int(f[2]), float(f[3])
-    scope, mode, budget = (f[4] if f[4] != "-" else "block"), (f[5] if f[5] != "-" else None), \
-        (float(f[6]) if f[6] != "-" else None)
+    r, clip_s, B, share, scope, mode, budget = parse_spec(a.profile)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     for kind in ("project",) if a.only_project else ("plain", "project"):
         torch._dynamo.reset()

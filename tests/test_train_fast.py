@@ -112,6 +112,7 @@ def test_whole_model_compile_matches_eager(budget, share):
     torch._dynamo.reset()
     try:
         train_speed.compile_model(fast, "model", backend="aot_eager_decomp_partition", memory_budget=budget)
+        assert functorch_config.activation_memory_budget == (1.0 if budget is None else budget)
         for b in (batch, _batch(frames=48, bsz=3)):
             lp, _, gp = _loss_and_grads(plain, b)
             lf, _, gf = _loss_and_grads(fast, b)

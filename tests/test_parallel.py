@@ -1,0 +1,21 @@
+"""map_processes: results in input order, the first item in this process (it compiles numba code once, before any
+worker could race on the on-disk cache), the rest in forked workers."""
+import os
+
+from lofi_lora.parallel import map_processes
+
+
+def _pid_and_square(x):
+    return os.getpid(), x * x
+
+
+def test_order_kept_first_item_here_rest_in_workers():
+    out = map_processes(_pid_and_square, range(6), workers=2, desc="t")
+    assert [sq for _, sq in out] == [0, 1, 4, 9, 16, 25]
+    assert out[0][0] == os.getpid()
+    assert all(pid != os.getpid() for pid, _ in out[1:])
+
+
+def test_one_worker_runs_everything_here():
+    out = map_processes(_pid_and_square, [3, 4], workers=1, desc="t")
+    assert out == [(os.getpid(), 9), (os.getpid(), 16)]
