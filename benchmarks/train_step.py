@@ -244,6 +244,19 @@ def parse_spec(spec: str):
             f[5] if f[5] != "-" else None, float(f[6]) if f[6] != "-" else None)
 
 
+def set_inductor(settings: list[str]) -> None:
+    """Apply KEY=VALUE inductor settings (values parsed as Python literals, else kept as strings)."""
+    import ast
+    import torch._inductor.config as inductor_config
+    for item in settings:
+        key, _, raw = item.partition("=")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        setattr(inductor_config, key, value)  # an unknown key raises AttributeError
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="toy-size DiT on CPU (fp32; checks the code path)")
@@ -265,8 +278,11 @@ def main() -> None:
     ap.add_argument("--enc-len", type=int, default=320)
     ap.add_argument("--profile", type=str, default="",
                     help="r:clip:B:share[:scope[:mode[:budget]]] to profile (torch.profiler top ops, GPU busy share)")
+    ap.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="torch._inductor.config settings for every compiled row (e.g. coordinate_descent_tuning=1)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    set_inductor(a.inductor)
     device = "cpu" if a.tiny else "cuda"
     world_info, rank = None, 0
     if a.ddp:
@@ -295,7 +311,7 @@ def main() -> None:
 
     if rank == 0:
         print(f"# {name}; torch {torch.__version__}; compile={compiled} ({a.scope}, mode {a.mode}, budget "
-              f"{a.budget}); enc_len={a.enc_len}", flush=True)
+              f"{a.budget}); enc_len={a.enc_len}; inductor {a.inductor}", flush=True)
     for r in a.ranks:
         for clip_s in clips:
             frames = int(clip_s * 25)
@@ -386,6 +402,34 @@ def main() -> None:
         distributed.shutdown(world_info)
 
 
+KERNEL_KINDS = (("attention", ("flex_attention", "flash", "fmha", "sdpa", "attention")),  # first: flex is a triton_tem
+                ("fused pointwise (triton_poi)", ("triton_poi",)),
+                ("fused reduction (triton_red/per)", ("triton_red", "triton_per")),
+                ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "triton_tem", "triton_mm")),
+                ("copies/memset", ("memcpy", "memset", "copy")),
+                ("optimizer/other", ("",)))
+
+
+def device_kernels(evs) -> list:
+    """The GPU kernels alone: host-side ranges ("## Call CompiledFxGraph", "Optimizer.step#AdamW.step") also carry
+    the device time of the kernels they launch and would count it twice; kernels have no host time of their own."""
+    return [e for e in evs if e.self_device_time_total > 0 and e.self_cpu_time_total == 0]
+
+
+def kernel_breakdown(evs, steps: int) -> None:
+    """GPU time per step by kernel kind, and the 20 costliest kernels: where the step's device time goes."""
+    kernels = device_kernels(evs)
+    per_kind: dict[str, float] = {}
+    for e in kernels:
+        name = e.key.lower()
+        kind = next(k for k, pats in KERNEL_KINDS if any(p in name for p in pats))
+        per_kind[kind] = per_kind.get(kind, 0.0) + e.self_device_time_total / steps / 1e3
+    print("# GPU time per step by kernel kind: " + ", ".join(f"{k} {v:.2f} ms" for k, v in
+                                                           sorted(per_kind.items(), key=lambda kv: -kv[1])))
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:20]:
+        print(f"#   {e.self_device_time_total / steps / 1e3:7.3f} ms/step {e.count // steps:5d} calls/step  {e.key[:110]}")
+
+
 def profile(a, device, compiled):
     """torch.profiler over 3 steps of one project config and the same plain config: top ops by device time, and
     how much of the step the GPU is busy (kernel time / wall time)."""
@@ -416,8 +460,8 @@ def profile(a, device, compiled):
             print(f"# profile {kind} r={r} clip={clip_s}s B={B} share={share} {scope}/{mode} (3 steps), by {key}")
             print(evs.table(sort_by=key, row_limit=14, max_name_column_width=60))
         if device == "cuda":
-            # inductor's "## Call CompiledFxGraph" ranges also carry device time: count kernels only, not twice
-            gpu = sum(e.self_device_time_total for e in evs if not e.key.startswith("## ")) / 3 / 1e3
+            gpu = sum(e.self_device_time_total for e in device_kernels(evs)) / 3 / 1e3
+            kernel_breakdown(evs, steps=3)
             print(f"# {kind}: GPU kernel time {gpu:.1f} ms per step, wall {wall * 1e3:.1f} ms per step (profiled), "
                   f"GPU busy {100 * gpu / (wall * 1e3):.0f}%", flush=True)
         del m, batch

@@ -203,15 +203,17 @@ class BandFlexAttnProcessor:
 def use_fast_attention(model: torch.nn.Module, force_band: bool = False) -> dict[str, int]:
     """Attention processors for the compiled train step; returns how many layers got each.
 
-    Sliding-window self-attention goes through `BandFlexAttnProcessor` (CUDA only: flex_attention has no CPU
-    backward, unless `force_band` for forward-only checks); every other attention (full self, cross) goes through
+    Sliding-window self-attention goes through `BandFlexAttnProcessor` (CUDA and head_dim >= 16 only:
+    flex_attention has no CPU backward, unless `force_band` for forward-only checks); every other attention (full self, cross) goes through
     `SdpaAttnProcessor`. Attention with dropout is left to diffusers (flex has no dropout)."""
     layers = [a for b in getattr(model, "layers", []) for a in (b.self_attn, getattr(b, "cross_attn", None)) if a]
     if any(float(getattr(a, "dropout", 0.0)) > 0 for a in layers):
         return {"band": 0, "sdpa": 0}
     sliding = [a for a in layers if not a.is_cross_attention and getattr(a, "sliding_window", None)]
     on_cuda = next(model.parameters()).device.type == "cuda"
-    band = sliding if (on_cuda or force_band) else []
+    # flex_attention's Triton kernel needs head_dim >= 16 (tl.dot): a toy model keeps diffusers' dense sliding mask
+    flex_ok = on_cuda and all(int(getattr(a, "head_dim", 0)) >= 16 for a in sliding)
+    band = sliding if (flex_ok or force_band) else []
     sdpa = SdpaAttnProcessor()
     for a in layers:
         if a not in band:
