@@ -164,17 +164,6 @@ def test_direct_sdpa_processor_keeps_loss_and_grads():
         torch.testing.assert_close(gf[k], gp[k], rtol=1e-5, atol=1e-7)
 
 
-DDP_CHILD = """
-import sys
-from omegaconf import OmegaConf
-from lofi_lora.train import run_train
-cfg = OmegaConf.load(sys.argv[1])
-if len(sys.argv) > 2:
-    cfg.train.resume_from = int(sys.argv[2])
-run_train(cfg)
-"""
-
-
 @pytest.mark.slow
 def test_two_rank_ddp_resume_is_exact(tmp_path):
     """torchrun, 2 CPU ranks (gloo): a run resumed from its step-3 checkpoint ends bitwise equal to the full run."""
@@ -186,12 +175,12 @@ def test_two_rank_ddp_resume_is_exact(tmp_path):
     from safetensors.torch import load_file
 
     from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-    from test_train_fixtures import workspace
+    from test_train_fixtures import TRAIN_CHILD, workspace
 
     cfg = workspace(tmp_path, max_steps=6, checkpoint_every=3, keep_last=3)
     cfg_file, script = tmp_path / "cfg.yaml", tmp_path / "child.py"
     OmegaConf.save(cfg, cfg_file)
-    script.write_text(DDP_CHILD)
+    script.write_text(TRAIN_CHILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                           os.environ.get("PYTHONPATH", "")])}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script), str(cfg_file)]

@@ -13,6 +13,16 @@ from omegaconf import OmegaConf
 TINY_DIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=8, in_channels=192, patch_size=2, sliding_window=16)
 LATENT_C, CONTEXT_C, COND_H = 64, 128, 32
+# run_train in a process of its own (torchrun, a fresh compile): argv[1] a saved config, argv[2] a step to resume from
+TRAIN_CHILD = """
+import sys
+from omegaconf import OmegaConf
+from lofi_lora.train import run_train
+cfg = OmegaConf.load(sys.argv[1])
+if len(sys.argv) > 2:
+    cfg.train.resume_from = int(sys.argv[2])
+run_train(cfg)
+"""
 # One thread: the tiny matmuls run ~3x faster on a busy 2-core machine, and child processes match it.
 torch.set_num_threads(1)
 

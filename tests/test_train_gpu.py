@@ -13,24 +13,23 @@ import torch
 from omegaconf import OmegaConf
 
 from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-from test_train_fixtures import workspace
+from test_train_fixtures import TRAIN_CHILD, workspace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-CHILD = """
-import sys
-from omegaconf import OmegaConf
-from lofi_lora.train import run_train
-cfg = OmegaConf.load(sys.argv[1])
-if len(sys.argv) > 2:
-    cfg.train.resume_from = int(sys.argv[2])
-run_train(cfg)
+# after the run: how many graphs dynamo compiled and how many inductor ran without CUDA graphs (a silent fallback)
+CHILD = TRAIN_CHILD + """
+import json
+from torch._dynamo.utils import counters
+print("COUNTERS " + json.dumps({"graphs": counters["stats"]["unique_graphs"],
+                                "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}))
 """
 # conf/train/gpu.yaml's speed keys; pad_multiple 8 gives the fixture's clips (12-18 frames, 5-7 tokens) two shapes
 GPU_SPEED = dict(compile="model", compile_mode="reduce-overhead", pad_multiple=8, data_on_device="auto")
 
 
-def _run(cfg, root: Path, *args: str) -> dict:
+def _run(cfg, root: Path, *args: str) -> tuple[dict, dict]:
+    """Train in a child process; its metrics/train.json and torch.compile counters."""
     cfg_file, script = root / "cfg.yaml", root / "child.py"
     OmegaConf.save(cfg, cfg_file)
     script.write_text(CHILD)
@@ -39,7 +38,8 @@ def _run(cfg, root: Path, *args: str) -> dict:
     done = subprocess.run([sys.executable, str(script), str(cfg_file), *args], env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((Path(cfg.paths.metrics) / "train.json").read_text())
+    counters = json.loads(done.stdout.split("COUNTERS ")[-1])
+    return json.loads((Path(cfg.paths.metrics) / "train.json").read_text()), counters
 
 
 def _final(cfg) -> dict[str, torch.Tensor]:
@@ -51,17 +51,19 @@ def _final(cfg) -> dict[str, torch.Tensor]:
 def test_cuda_graph_training_resumes_and_matches_eager(tmp_path):
     cfg = workspace(tmp_path / "graphs", max_steps=6, checkpoint_every=3, keep_last=3, batch_size=2, grad_accum=2,
                     **GPU_SPEED)
-    full = _run(cfg, tmp_path / "graphs")
+    full, compiled = _run(cfg, tmp_path / "graphs")
+    assert compiled["graphs"] >= 2 and compiled["cudagraph_skips"] == 0  # two batch shapes, both as CUDA graphs
     full_final = _final(cfg)
     assert full["steps"] == 6 and full["final_loss"] is not None
     assert all(torch.isfinite(t).all() for t in full_final.values())
 
-    resumed = _run(cfg, tmp_path / "graphs", "3")  # a fresh process: compiles and records its graphs again
+    resumed, _ = _run(cfg, tmp_path / "graphs", "3")  # a fresh process: compiles and records its graphs again
     assert resumed["resumed_from"] == 3 and resumed["steps_run"] == 3
     for k, v in _final(cfg).items():  # GPU kernels may differ in summation order between processes: close, not bitwise
         torch.testing.assert_close(v, full_final[k], rtol=1e-3, atol=1e-5)
 
     eager_cfg = workspace(tmp_path / "eager", max_steps=6, checkpoint_every=3, keep_last=3, batch_size=2,
                           grad_accum=2, **{**GPU_SPEED, "compile": False, "compile_mode": None})
-    eager = _run(eager_cfg, tmp_path / "eager")
+    eager, eager_compiled = _run(eager_cfg, tmp_path / "eager")
+    assert eager_compiled["graphs"] == 0
     assert eager["final_loss"] == pytest.approx(full["final_loss"], rel=0.05)

@@ -204,8 +204,8 @@ def use_fast_attention(model: torch.nn.Module, force_band: bool = False) -> dict
     """Attention processors for the compiled train step; returns how many layers got each.
 
     Sliding-window self-attention goes through `BandFlexAttnProcessor` (CUDA and head_dim >= 16 only:
-    flex_attention has no CPU backward, unless `force_band` for forward-only checks); every other attention (full self, cross) goes through
-    `SdpaAttnProcessor`. Attention with dropout is left to diffusers (flex has no dropout)."""
+    flex_attention has no CPU backward, unless `force_band` for forward-only checks); every other attention (full
+    self, cross) goes through `SdpaAttnProcessor`. Attention with dropout is left to diffusers (flex has no dropout)."""
     layers = [a for b in getattr(model, "layers", []) for a in (b.self_attn, getattr(b, "cross_attn", None)) if a]
     if any(float(getattr(a, "dropout", 0.0)) > 0 for a in layers):
         return {"band": 0, "sdpa": 0}
