@@ -402,32 +402,38 @@ def main() -> None:
         distributed.shutdown(world_info)
 
 
-KERNEL_KINDS = (("attention", ("flex_attention", "flash", "fmha", "sdpa", "attention")),  # first: flex is a triton_tem
-                ("fused pointwise (triton_poi)", ("triton_poi",)),
+# First match wins. Inductor names a fused kernel after the ops it came from, so a pointwise kernel next to
+# attention can carry "attention" in its name: triton_poi/red/per go first; flex_attention is a template (triton_tem).
+KERNEL_KINDS = (("fused pointwise (triton_poi)", ("triton_poi",)),
                 ("fused reduction (triton_red/per)", ("triton_red", "triton_per")),
-                ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "triton_tem", "triton_mm")),
+                ("attention", ("flex_attention", "flash", "fmha", "sdpa", "attention", "cudnn::fusion")),
+                ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "triton_tem", "triton_mm", "cublas", "splitk")),
                 ("copies/memset", ("memcpy", "memset", "copy")),
                 ("optimizer/other", ("",)))
 
 
-def device_kernels(evs) -> list:
-    """The GPU kernels alone: host-side ranges ("## Call CompiledFxGraph", "Optimizer.step#AdamW.step") also carry
-    the device time of the kernels they launch and would count it twice; kernels have no host time of their own."""
-    return [e for e in evs if e.self_device_time_total > 0 and e.self_cpu_time_total == 0]
+def device_kernels(evs, annotations: set[str]) -> list:
+    """The GPU kernels alone. Annotated ranges ("## Call CompiledFxGraph", "Optimizer.step#AdamW.step") also
+    carry the device time of the kernels inside them, host-side and as a GPU-side copy with no host time, and
+    would count it twice."""
+    return [e for e in evs if e.self_device_time_total > 0 and e.self_cpu_time_total == 0
+            and e.key not in annotations and not e.key.startswith("## ")]
 
 
-def kernel_breakdown(evs, steps: int) -> None:
-    """GPU time per step by kernel kind, and the 20 costliest kernels: where the step's device time goes."""
-    kernels = device_kernels(evs)
-    per_kind: dict[str, float] = {}
-    for e in kernels:
+def kernel_breakdown(evs, annotations: set[str], steps: int) -> None:
+    """GPU time per step by kernel kind, and the costliest kernels of each kind: where the step's time goes."""
+    by_kind: dict[str, list] = {}
+    for e in sorted(device_kernels(evs, annotations), key=lambda e: -e.self_device_time_total):
         name = e.key.lower()
-        kind = next(k for k, pats in KERNEL_KINDS if any(p in name for p in pats))
-        per_kind[kind] = per_kind.get(kind, 0.0) + e.self_device_time_total / steps / 1e3
-    print("# GPU time per step by kernel kind: " + ", ".join(f"{k} {v:.2f} ms" for k, v in
-                                                           sorted(per_kind.items(), key=lambda kv: -kv[1])))
-    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:20]:
-        print(f"#   {e.self_device_time_total / steps / 1e3:7.3f} ms/step {e.count // steps:5d} calls/step  {e.key[:110]}")
+        by_kind.setdefault(next(k for k, pats in KERNEL_KINDS if any(p in name for p in pats)), []).append(e)
+    ms = {k: sum(e.self_device_time_total for e in v) / steps / 1e3 for k, v in by_kind.items()}
+    print("# GPU time per step by kernel kind: " + ", ".join(f"{k} {ms[k]:.2f} ms" for k in sorted(ms, key=ms.get,
+                                                                                                  reverse=True)))
+    for kind in sorted(ms, key=ms.get, reverse=True):
+        print(f"# {kind}: {ms[kind]:.2f} ms/step in {len(by_kind[kind])} kernels; costliest:")
+        for e in by_kind[kind][:6]:
+            print(f"#   {e.self_device_time_total / steps / 1e3:7.3f} ms/step {e.count // steps:5d} calls/step  "
+                  f"{e.key[:110]}")
 
 
 def profile(a, device, compiled):
@@ -460,8 +466,9 @@ def profile(a, device, compiled):
             print(f"# profile {kind} r={r} clip={clip_s}s B={B} share={share} {scope}/{mode} (3 steps), by {key}")
             print(evs.table(sort_by=key, row_limit=14, max_name_column_width=60))
         if device == "cuda":
-            gpu = sum(e.self_device_time_total for e in device_kernels(evs)) / 3 / 1e3
-            kernel_breakdown(evs, steps=3)
+            annotations = {e.name for e in p.events() if getattr(e, "is_user_annotation", False)}
+            gpu = sum(e.self_device_time_total for e in device_kernels(evs, annotations)) / 3 / 1e3
+            kernel_breakdown(evs, annotations, steps=3)
             print(f"# {kind}: GPU kernel time {gpu:.1f} ms per step, wall {wall * 1e3:.1f} ms per step (profiled), "
                   f"GPU busy {100 * gpu / (wall * 1e3):.0f}%", flush=True)
         del m, batch

@@ -13,15 +13,17 @@ from lofi_lora import runtime
 
 
 @pytest.fixture
-def two_gpus(monkeypatch, tmp_path):
+def gpus(monkeypatch, tmp_path):
+    """A fake host; `gpus.count` GPUs (2 unless a test sets it before the first pick_device)."""
     monkeypatch.setenv("LOFI_LORA_GPU_LOCKS", str(tmp_path))
     monkeypatch.setattr(runtime, "_claimed", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    count = {"n": 2}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count["n"])
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid=f"GPU-{i}"))
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    yield tmp_path, chosen
+    yield tmp_path, chosen, count
     if runtime._claimed and runtime._claimed[1]:
         runtime._claimed[1].close()  # releases the flock
 
@@ -32,8 +34,8 @@ def _hold(path):
     return fh
 
 
-def test_takes_the_first_gpu_nobody_holds(two_gpus):
-    lock_dir, chosen = two_gpus
+def test_takes_the_first_gpu_nobody_holds(gpus):
+    lock_dir, chosen, _ = gpus
     other = _hold(lock_dir / "gpu-GPU-0.lock")  # another experiment runs on GPU 0
     try:
         assert runtime.pick_device() == "cuda:1"
@@ -45,8 +47,8 @@ def test_takes_the_first_gpu_nobody_holds(two_gpus):
         other.close()
 
 
-def test_waits_while_every_gpu_is_held(two_gpus):
-    lock_dir, _ = two_gpus
+def test_waits_while_every_gpu_is_held(gpus):
+    lock_dir, _, _ = gpus
     held = [_hold(lock_dir / f"gpu-GPU-{i}.lock") for i in range(2)]
     threading.Timer(0.3, held[0].close).start()  # the experiment on GPU 0 ends
     try:
@@ -55,13 +57,22 @@ def test_waits_while_every_gpu_is_held(two_gpus):
         held[1].close()
 
 
+def test_a_single_gpu_is_claimed_too(gpus):
+    """A one-GPU host with `dvc queue start -j 2`: the second experiment waits instead of sharing the GPU."""
+    lock_dir, chosen, count = gpus
+    count["n"] = 1
+    other = _hold(lock_dir / "gpu-GPU-0.lock")
+    threading.Timer(0.3, other.close).start()
+    assert runtime.pick_device(poll_s=0.05) == "cuda:0" and chosen == [0]
+
+
 def test_cpu_when_no_gpu(monkeypatch):
     monkeypatch.setattr(runtime, "_claimed", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.pick_device() == "cpu"
 
 
-def test_unusable_lock_folder_falls_back_to_gpu0(two_gpus, monkeypatch, tmp_path):
+def test_unusable_lock_folder_falls_back_to_gpu0(gpus, monkeypatch, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     monkeypatch.setenv("LOFI_LORA_GPU_LOCKS", str(blocker / "locks"))

@@ -96,7 +96,7 @@ def test_whole_model_compile_matches_eager(budget, share):
     """`train.compile=model`: the whole forward is one graph (no graph break), and with the min-cut partitioner
     (the one inductor uses; aot_eager_decomp_partition on CPU), an activation memory budget (recompute instead of
     save) or checkpointed blocks inside the graph, loss and gradients stay those of eager, also after the batch
-    shape changes (one recompile with dynamic lengths)."""
+    shape changes (a second static-shape compile)."""
     import torch._functorch.config as functorch_config
 
     torch._dynamo.reset()
@@ -167,7 +167,6 @@ def test_direct_sdpa_processor_keeps_loss_and_grads():
 @pytest.mark.slow
 def test_two_rank_ddp_resume_is_exact(tmp_path):
     """torchrun, 2 CPU ranks (gloo): a run resumed from its step-3 checkpoint ends bitwise equal to the full run."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -175,14 +174,11 @@ def test_two_rank_ddp_resume_is_exact(tmp_path):
     from safetensors.torch import load_file
 
     from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-    from test_train_fixtures import TRAIN_CHILD, workspace
+    from test_train_fixtures import child_env, child_files, workspace
 
     cfg = workspace(tmp_path, max_steps=6, checkpoint_every=3, keep_last=3)
-    cfg_file, script = tmp_path / "cfg.yaml", tmp_path / "child.py"
-    OmegaConf.save(cfg, cfg_file)
-    script.write_text(TRAIN_CHILD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                                          os.environ.get("PYTHONPATH", "")])}
+    script, cfg_file = child_files(cfg, tmp_path)
+    env = child_env()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script), str(cfg_file)]
     final = Path(cfg.paths.lora) / "final" / DIFFUSERS_WEIGHT_NAME
     subprocess.run(torchrun, check=True, env=env, capture_output=True, timeout=300)

@@ -5,6 +5,7 @@ The base model is diffusers' real AceStepTransformer1DModel at toy size, saved t
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -23,6 +24,22 @@ if len(sys.argv) > 2:
     cfg.train.resume_from = int(sys.argv[2])
 run_train(cfg)
 """
+
+
+def child_files(cfg, root: Path, script_text: str = TRAIN_CHILD) -> tuple[Path, Path]:
+    """The child script and its saved config under `root`, ready for `python script cfg [step]` or torchrun."""
+    script, cfg_file = root / "child.py", root / "cfg.yaml"
+    script.write_text(script_text)
+    OmegaConf.save(cfg, cfg_file)
+    return script, cfg_file
+
+
+def child_env() -> dict[str, str]:
+    """This environment with the project's src first on PYTHONPATH (kept: a device run adds its wheels there)."""
+    src = str(Path(__file__).parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+
+
 # One thread: the tiny matmuls run ~3x faster on a busy 2-core machine, and child processes match it.
 torch.set_num_threads(1)
 

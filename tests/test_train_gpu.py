@@ -3,17 +3,15 @@ shapes, gradient accumulation, checkpoints and a resume in a fresh process (`pyt
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-from test_train_fixtures import TRAIN_CHILD, workspace
+from test_train_fixtures import TRAIN_CHILD, child_env, child_files, workspace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -30,13 +28,9 @@ GPU_SPEED = dict(compile="model", compile_mode="reduce-overhead", pad_multiple=8
 
 def _run(cfg, root: Path, *args: str) -> tuple[dict, dict]:
     """Train in a child process; its metrics/train.json and torch.compile counters."""
-    cfg_file, script = root / "cfg.yaml", root / "child.py"
-    OmegaConf.save(cfg, cfg_file)
-    script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                                          os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(script), str(cfg_file), *args], env=env, capture_output=True,
-                          text=True, timeout=900)
+    script, cfg_file = child_files(cfg, root, CHILD)
+    done = subprocess.run([sys.executable, str(script), str(cfg_file), *args], capture_output=True,
+                          text=True, timeout=900, env=child_env())
     assert done.returncode == 0, done.stderr[-4000:]
     counters = json.loads(done.stdout.split("COUNTERS ")[-1])
     return json.loads((Path(cfg.paths.metrics) / "train.json").read_text()), counters

@@ -47,9 +47,6 @@ def pick_device(poll_s: float = 5.0) -> str:
     if not torch.cuda.is_available():
         return "cpu"
     n = torch.cuda.device_count()
-    if n == 1:
-        _claimed = ("cuda:0", None)
-        return "cuda:0"
     lock_dir = gpu_lock_dir()
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
