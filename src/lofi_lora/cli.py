@@ -19,17 +19,26 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger(__name__)
 
 
-def _hub_allowed(root: Path) -> bool:
-    """True when the run loads hub ids (model.source=hub), read before any Hugging Face import."""
-    if any(a.replace("+", "") == "model.source=hub" for a in sys.argv[1:]):
-        return True
-    try:
-        import yaml
+def _report_errors(run: Callable[[], Any]) -> Any:
+    """Run `run`; a project error (or an unset `???` parameter) ends the process with one line and exit code 2.
 
-        params = yaml.safe_load((root / "params.yaml").read_text())
-        return (params.get("model") or {}).get("source") == "hub"
-    except Exception:
-        return False
+    LOFI_LORA_DEBUG=1 keeps the traceback.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    from lofi_lora.errors import LofiLoraError
+
+    try:
+        return run()
+    except (LofiLoraError, MissingMandatoryValue) as e:
+        if os.environ.get("LOFI_LORA_DEBUG") == "1":
+            raise
+        if isinstance(e, MissingMandatoryValue):
+            message = f"parameter `{e.full_key}` is required but not set: set it in conf/ or with `-S {e.full_key}=...`"
+        else:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
@@ -44,8 +53,6 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
 
         @functools.wraps(fn)
         def main() -> None:
-            if not _hub_allowed(root):
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched unless asked for
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             import hydra
             from hydra.core.hydra_config import HydraConfig
@@ -65,10 +72,14 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
                         for key in outputs:
                             cfg.paths[key] = str(job_dir / cfg.paths[key])
                     log.info("multirun job %s: outputs under %s", hc.job.num, job_dir)
+                from lofi_lora.config import load_config
                 from lofi_lora.runtime import seed_everything
 
-                seed_everything(int(cfg.get("seed", 0)))
-                result = fn(cfg)
+                cfg = _report_errors(lambda: load_config(cfg))  # before any data, model or output is touched
+                if cfg.model.source != "hub":
+                    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched unless asked for
+                seed_everything(cfg.seed)
+                result = _report_errors(lambda: fn(cfg))
                 if multirun:
                     record = {"overrides": list(hc.overrides.task), "result": result or {}}
                     (job_dir / "result.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

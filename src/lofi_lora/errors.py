@@ -17,6 +17,15 @@ class ModelError(LofiLoraError):
     """Model weights are missing or do not match what the config promises."""
 
 
+class EmbeddingUnavailable(ModelError):
+    """An audio embedding cannot be computed here (weights not configured, missing or invalid): `reason` says why."""
+
+    def __init__(self, metric_id: str, reason: str):
+        super().__init__(f"{metric_id}: unavailable: {reason}")
+        self.metric_id = metric_id
+        self.reason = reason
+
+
 class CheckpointError(LofiLoraError):
     """A checkpoint is missing, corrupt or belongs to another configuration."""
 

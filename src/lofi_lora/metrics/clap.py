@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lofi_lora.audio import resample, to_channels
-from lofi_lora.metrics.embeddings import EmbeddingUnavailable
+from lofi_lora.errors import EmbeddingUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,11 @@ from typing import Any
 import numpy as np
 
 from lofi_lora.audio import resample, to_channels
-from lofi_lora.errors import ModelError
+from lofi_lora.errors import EmbeddingUnavailable
 
 log = logging.getLogger(__name__)
 
-
-class EmbeddingUnavailable(ModelError):
-    """The embedding cannot be computed here (weights not configured, missing or invalid): `reason` says why."""
-
-    def __init__(self, metric_id: str, reason: str):
-        super().__init__(f"{metric_id}: unavailable: {reason}")
-        self.metric_id = metric_id
-        self.reason = reason
+__all__ = ["EmbeddingUnavailable", "Embedder", "get_embedder"]
 
 
 class Embedder:
