@@ -64,7 +64,7 @@ def model_dir(model_cfg, base_model_path: str | Path) -> Path:
     """
     base = Path(base_model_path)
     manifest = read_manifest(base)
-    name, source = str(_req(model_cfg, "name")), str(_req(model_cfg, "source"))
+    name, source = str(require(model_cfg, "name")), str(require(model_cfg, "source"))
     if manifest.get("name") != name or manifest.get("source") != source:
         raise ModelError(f"{base / MANIFEST} was written for model {manifest.get('name')!r} "
                          f"(source {manifest.get('source')!r}), the config asks for {name!r} ({source!r}): "
@@ -129,15 +129,6 @@ def prompt_metas(bpm: Any = None, keyscale: Any = None, timesignature: Any = Non
     ks = str(keyscale).strip() if keyscale not in (None, "N/A") else None
     ts = str(timesignature).strip() if timesignature not in (None, "N/A") else None
     return {"bpm": bpm_i if bpm_i and bpm_i > 0 else None, "keyscale": ks or None, "timesignature": ts or None}
-
-
-def _req(model_cfg, key: str) -> Any:
-    """`require` on the model section, naming the full key (`model.path`) in the error."""
-    try:
-        return require(model_cfg, key)
-    except ConfigError as e:
-        raise ConfigError(str(e).replace(f"`{key}`", f"`model.{key}`")
-                          .replace(f"-S {key}=", f"-S model.{key}=")) from e
 
 
 def _per_sample(value: Any, n: int, name: str) -> list:
@@ -484,12 +475,12 @@ def verify_pipeline_dir(folder: str | Path, variant: str, key: str = "model.path
 
 def _resolve_weights(model_cfg) -> tuple[Path, dict]:
     """The folder of a real model (local path or pinned hub snapshot) and the manifest fields naming it."""
-    source = str(_req(model_cfg, "source"))
+    source = str(require(model_cfg, "source"))
     if source == "local":
-        path = Path(str(_req(model_cfg, "path"))).expanduser().resolve()
+        path = Path(str(require(model_cfg, "path"))).expanduser().resolve()
         return path, {"weights_dir": str(path)}
     if source == "hub":
-        hub_id = str(_req(model_cfg, "hub_id"))
+        hub_id = str(require(model_cfg, "hub_id"))
         revision = model_cfg.get("revision")
         if not revision:
             raise ConfigError("`model.revision` is required with model.source=hub: pin a commit of "
@@ -508,13 +499,13 @@ def write_base_model(cfg) -> dict:
     """Stage base_model: build + save the tiny pipeline, or verify a real one and fingerprint it (no copy)."""
     model_cfg = cfg.model
     out = Path(str(require(cfg, "paths.base_model")))
-    source = str(_req(model_cfg, "source"))
-    variant = str(_req(model_cfg, "variant"))
+    source = str(require(model_cfg, "source"))
+    variant = str(require(model_cfg, "variant"))
     t0 = time.perf_counter()
-    manifest: dict[str, Any] = {"version": 1, "name": str(_req(model_cfg, "name")), "source": source,
+    manifest: dict[str, Any] = {"version": 1, "name": str(require(model_cfg, "name")), "source": source,
                                 "variant": variant, "weights_dir": None}
     if source == "build":
-        build = to_plain(_req(model_cfg, "build"))
+        build = to_plain(require(model_cfg, "build"))
         seed = int(cfg.get("seed", 0))
         tokenizer = train_tokenizer(tokenizer_corpus(str(require(cfg, "paths.presets"))), int(build["vocab_size"]))
         pipe = build_pipeline(build, variant, seed, tokenizer)

@@ -104,15 +104,22 @@ def _check_values(cls: type, node: DictConfig, prefix: str) -> None:
 
 
 def require(cfg: DictConfig, key: str) -> Any:
-    """Return `cfg.<key>`; a missing or `???` value is a ConfigError naming the key."""
+    """Return `cfg.<key>`; a missing, `???` or null value is a ConfigError naming the key from the config's root
+    (`model.path`, also when `cfg` is the `model` section)."""
+    full = _full_key(cfg, key)
     try:
         value = OmegaConf.select(cfg, key, throw_on_missing=True)
-    except Exception as e:  # MissingMandatoryValue, InterpolationResolutionError
-        raise ConfigError(f"parameter `{key}` is required but not set ({e.__class__.__name__}); "
-                          f"set it in conf/ or with `-S {key}=...`") from e
+    except OmegaConfBaseException as e:  # MissingMandatoryValue, InterpolationResolutionError
+        raise ConfigError(f"parameter `{full}` is required but not set ({e.__class__.__name__}); "
+                          f"set it in conf/ or with `-S {full}=...`") from e
     if value is None:
-        raise ConfigError(f"parameter `{key}` is required but is null; set it in conf/ or with `-S {key}=...`")
+        raise ConfigError(f"parameter `{full}` is required but is null; set it in conf/ or with `-S {full}=...`")
     return value
+
+
+def _full_key(cfg: Any, key: str) -> str:
+    prefix = cfg._get_full_key(None) if isinstance(cfg, DictConfig) else ""
+    return f"{prefix}.{key}" if prefix else key
 
 
 def to_plain(cfg: Any) -> Any:

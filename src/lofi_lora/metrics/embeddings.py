@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 
 from lofi_lora.audio import resample, to_channels
-from lofi_lora.errors import EmbeddingUnavailable
+from lofi_lora.errors import EmbeddingUnavailable  # raised here; callers may import it from either module
 
 log = logging.getLogger(__name__)
-
-__all__ = ["EmbeddingUnavailable", "Embedder", "get_embedder"]
 
 
 class Embedder:
