@@ -3,7 +3,7 @@
 The cache holds, per clip, the tensors upstream ACE-Step 1.5 preprocessing stores (`target_latents [T, C]`,
 `attention_mask [T]`, `encoder_hidden_states [L, H]`, `encoder_attention_mask [L]`, `context_latents [T, 2C]`)
 as `<clip_id>.safetensors`, keyed by clip id and by an input hash (audio bytes + sidecar fields + model
-fingerprint + cache settings), so a rerun only computes clips whose inputs changed. Every entry and the
+weights hash + cache settings), so a rerun only computes clips whose inputs changed. Every entry and the
 manifest are written atomically one by one: an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from lofi_lora import audio as audio_io
-from lofi_lora.config import require
 from lofi_lora.errors import DataError
 from lofi_lora.fsutil import atomic_write_json, read_json, save_safetensors, sha256_file
 
@@ -117,10 +116,6 @@ def holdout_tracks(track_ids: list[str], fraction: float, seed: int) -> set[str]
     With two or more tracks at least one is held out and at least one is kept for training.
     """
     tracks = sorted(set(track_ids))
-    if not 0.0 <= fraction < 1.0:
-        from lofi_lora.errors import ConfigError
-
-        raise ConfigError(f"`dataset.holdout_fraction` = {fraction}: must be in [0, 1)")
     scores = {t: _track_score(t, seed) for t in tracks}
     holdout = {t for t in tracks if scores[t] < fraction}
     if len(tracks) >= 2 and fraction > 0 and not holdout:
@@ -151,10 +146,6 @@ def build_dataset(records: list[dict], holdout: set[str], repeat_count: int):
     """`DatasetDict(train, holdout)`; the train rows are repeated `repeat_count` times (clip ids unchanged)."""
     from datasets import Dataset, DatasetDict
 
-    if repeat_count < 1:
-        from lofi_lora.errors import ConfigError
-
-        raise ConfigError(f"`dataset.repeat_count` = {repeat_count}: must be >= 1")
     train = [r for r in records if r["track_id"] not in holdout]
     held = [r for r in records if r["track_id"] in holdout]
     feats = features()
@@ -198,11 +189,11 @@ def dataset_stats(records: list[dict], holdout: set[str], repeat_count: int) -> 
 # condition cache
 # --------------------------------------------------------------------------------------------------------------
 
-def input_hash(record: dict, audio_sha256: str, model_fp: str, settings: dict) -> str:
+def input_hash(record: dict, audio_sha256: str, weights_hash: str, settings: dict) -> str:
     """What a cache entry depends on: audio bytes, the sidecar fields that reach the model, model, settings."""
     fields = {k: record[k] for k in ("caption", "lyrics", "bpm", "keyscale", "timesignature", "vocal_language",
                                      "duration")}
-    blob = json.dumps({"v": CACHE_VERSION, "audio": audio_sha256, "fields": fields, "model": model_fp,
+    blob = json.dumps({"v": CACHE_VERSION, "audio": audio_sha256, "fields": fields, "model": weights_hash,
                        "settings": settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -225,15 +216,55 @@ def read_cache_manifest(cache_dir: str | Path) -> dict:
     return m
 
 
-def load_cache_entry(cache_dir: str | Path, clip_id: str) -> dict[str, torch.Tensor]:
-    """The cached tensors of one clip (keys CACHE_KEYS), looked up by clip id through the manifest."""
+def read_cache(cache_dir: str | Path, clip_ids: list[str]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """The cached tensors of each clip in `clip_ids` and the sha256 of its file, found through the manifest and
+    checked against it (the one reader of the cache: train, evaluate and tests use it).
+
+    Raises:
+        DataError: an entry is missing, corrupt (sha256), lacks a tensor, or its per-frame tensors differ in length.
+    """
     from safetensors.torch import load_file
 
-    entry = read_cache_manifest(cache_dir)["clips"].get(clip_id)
-    if entry is None:
-        raise DataError(f"{Path(cache_dir) / CACHE_MANIFEST}: no cache entry for clip {clip_id!r} "
-                        "(run stage dataset)")
-    return load_file(str(Path(cache_dir) / entry["file"]))
+    cache_dir = Path(cache_dir)
+    records = read_cache_manifest(cache_dir)["clips"]
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    digests: dict[str, str] = {}
+    for cid in clip_ids:
+        rec = records.get(cid)
+        if rec is None:
+            raise DataError(f"{cache_dir / CACHE_MANIFEST}: no cache entry for clip {cid!r}; run stage dataset again")
+        path = cache_dir / Path(rec["file"]).name
+        if not path.is_file():
+            raise DataError(f"{path}: cache entry of clip {cid!r} is missing; run stage dataset again")
+        digest = sha256_file(path)
+        if digest != rec.get("sha256"):
+            raise DataError(f"{path}: sha256 differs from {cache_dir / CACHE_MANIFEST} (cache corrupt); "
+                            "run stage dataset again")
+        t = load_file(str(path))
+        missing = [k for k in CACHE_KEYS if k not in t]
+        if missing:
+            raise DataError(f"{path}: missing tensors {missing} (cache format: {list(CACHE_KEYS)})")
+        n = t["target_latents"].shape[0]
+        if t["attention_mask"].shape[0] != n or t["context_latents"].shape[0] != n:
+            raise DataError(f"{path}: target_latents, attention_mask and context_latents differ in length")
+        tensors[cid], digests[cid] = t, digest
+    return tensors, digests
+
+
+def split_clip_ids(dataset_dir: str | Path, split: str) -> list[str]:
+    """The clip ids of one split of the saved dataset, in row order (train rows repeat `repeat_count` times)."""
+    from datasets import load_from_disk
+
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.exists():
+        raise DataError(f"{dataset_dir}: dataset is missing; run stage dataset first (`dvc repro dataset`)")
+    ds = load_from_disk(str(dataset_dir))
+    if split not in ds or "clip_id" not in ds[split].column_names:
+        raise DataError(f"{dataset_dir}: expected a DatasetDict with a `{split}` split and a `clip_id` column")
+    ids = [str(c) for c in ds[split]["clip_id"]]
+    if not ids:
+        raise DataError(f"{dataset_dir}: the {split} split is empty")
+    return ids
 
 
 def compute_entries(pipe, records: list[dict], *, latent_seed: int, max_text_tokens: int,
@@ -277,7 +308,7 @@ def encode_batch(pipe, waves: torch.Tensor, records: list[dict], *, latent_seed:
     return out
 
 
-def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: str, batch_size: int,
+def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, weights_hash: str, batch_size: int,
                 latent_seed: int, max_text_tokens: int, max_lyric_tokens: int) -> dict:
     """Bring `cache_dir` up to date for `records`: reuse unchanged entries, compute the rest, drop stale ones."""
     from tqdm import tqdm
@@ -294,7 +325,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: s
 
     todo: list[tuple[dict, str]] = []
     for r in records:
-        h = input_hash(r, sha256_file(r["audio"]["path"]), model_fp, settings)
+        h = input_hash(r, sha256_file(r["audio"]["path"]), weights_hash, settings)
         e = entries.get(r["clip_id"])
         f = cache_dir / e["file"] if e else None
         if e and e.get("input_hash") == h and f.is_file() and sha256_file(f) == e.get("sha256"):
@@ -303,7 +334,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: s
         if e:  # outdated: drop it now, so the manifest never lists an entry that does not match its inputs
             entries.pop(r["clip_id"])
             f.unlink(missing_ok=True)
-    manifest.update(version=CACHE_VERSION, model_fingerprint=model_fp, settings=settings)
+    manifest.update(version=CACHE_VERSION, model_fingerprint=weights_hash, settings=settings)
     atomic_write_json(cache_dir / CACHE_MANIFEST, manifest)
 
     groups: dict[int, list] = defaultdict(list)  # equal sample counts batch together
@@ -317,7 +348,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, model_fp: s
                                   max_text_tokens=max_text_tokens, max_lyric_tokens=max_lyric_tokens)
         for (r, h), t in zip(batch, tensors):
             name = f"{r['clip_id']}.safetensors"
-            save_safetensors(cache_dir / name, t, {"clip_id": r["clip_id"], "input_hash": h, "model": model_fp})
+            save_safetensors(cache_dir / name, t, {"clip_id": r["clip_id"], "input_hash": h, "model": weights_hash})
             entries[r["clip_id"]] = {"file": name, "sha256": sha256_file(cache_dir / name), "input_hash": h,
                                      "latent_frames": int(t["target_latents"].shape[0]),
                                      "condition_tokens": int(t["encoder_hidden_states"].shape[0])}
@@ -338,31 +369,28 @@ def run_dataset(cfg) -> dict:
     """Stage dataset: records -> split -> `paths.dataset` (DatasetDict) + `paths.cache` + metrics/dataset.json."""
     from lofi_lora import backend
     from lofi_lora.fsutil import atomic_dir
-    from lofi_lora.runtime import pick_device
+    from lofi_lora.runtime import placement
 
     dcfg = cfg.dataset
-    records = load_records(require(cfg, "paths.clips"), require(cfg, "paths.annotations"))
+    records = load_records(cfg.paths.clips, cfg.paths.annotations)
     if not records:
-        raise DataError(f"{require(cfg, 'paths.clips')}/clips.json lists no clips")
-    holdout = holdout_tracks([r["track_id"] for r in records], float(require(dcfg, "holdout_fraction")),
-                             int(require(dcfg, "split_seed")))
-    repeat = int(require(dcfg, "repeat_count"))
+        raise DataError(f"{cfg.paths.clips}/clips.json lists no clips")
+    holdout = holdout_tracks([r["track_id"] for r in records], dcfg.holdout_fraction, dcfg.split_seed)
+    repeat = dcfg.repeat_count
     ds = build_dataset(records, holdout, repeat)
-    with atomic_dir(require(cfg, "paths.dataset")) as tmp:
+    with atomic_dir(cfg.paths.dataset) as tmp:
         ds.save_to_disk(str(tmp))
     stats = dataset_stats(records, holdout, repeat)
 
-    base = require(cfg, "paths.base_model")
-    device = pick_device()
-    dtype = getattr(torch, str(cfg.model.get("dtype") or "bfloat16")) if device != "cpu" else torch.float32
-    pipe = backend.load_pipeline(cfg.model, base, device=device, dtype=dtype)
+    base = cfg.paths.base_model
+    place = placement(cfg.model.dtype)
+    pipe = backend.load_pipeline(cfg.model, base, device=str(place.device), dtype=place.weights_dtype)
     pipe.set_progress_bar_config(disable=True)
-    cache = build_cache(pipe, records, require(cfg, "paths.cache"), model_fp=backend.model_fingerprint(base),
-                        batch_size=int(require(dcfg, "cache_batch_size")), latent_seed=int(dcfg.get("latent_seed", 0)),
-                        max_text_tokens=int(require(dcfg, "max_text_tokens")),
-                        max_lyric_tokens=int(require(dcfg, "max_lyric_tokens")))
+    cache = build_cache(pipe, records, cfg.paths.cache, weights_hash=backend.model_fingerprint(base),
+                        batch_size=dcfg.cache_batch_size, latent_seed=dcfg.latent_seed,
+                        max_text_tokens=dcfg.max_text_tokens, max_lyric_tokens=dcfg.max_lyric_tokens)
     stats["cache"] = {k: cache[k] for k in ("computed", "reused")}
-    atomic_write_json(Path(require(cfg, "paths.metrics")) / "dataset.json", stats)
+    atomic_write_json(Path(cfg.paths.metrics) / "dataset.json", stats)
     log.info("dataset: train %d clips (%d rows), holdout %d clips from %d tracks; cache %s",
              stats["splits"]["train"]["clips"], stats["splits"]["train"]["rows"], stats["splits"]["holdout"]["clips"],
              stats["splits"]["holdout"]["tracks"], cache)

@@ -1,4 +1,4 @@
-"""Process-wide set-up: seeds, device and dtype choice."""
+"""Process-wide set-up: seeds, and the device and dtypes every stage runs its models with."""
 from __future__ import annotations
 
 import fcntl
@@ -7,7 +7,9 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,6 +82,28 @@ def pick_device(poll_s: float = 5.0) -> str:
             log.warning("all %d GPUs are held by other lofi-lora processes (%s); waiting for one", n, lock_dir)
             waited = True
         time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage's model runs: the device, the dtype it computes in (autocast when not float32) and the dtype
+    of its frozen weights."""
+
+    device: Any            # torch.device
+    compute_dtype: Any     # torch.dtype
+    weights_dtype: Any     # torch.dtype
+
+
+def placement(model_dtype: str, precision: str = "auto", device: Any = None) -> Placement:
+    """The one device/dtype choice of every stage: `device` (default: a free GPU, else CPU), bf16 compute on CUDA
+    and float32 on CPU unless `precision` says otherwise, weights in `model.dtype` except where compute is float32.
+    """
+    import torch
+
+    dev = torch.device(device if device is not None else pick_device())
+    compute = compute_dtype(precision, dev.type)
+    weights = torch.float32 if compute == torch.float32 else getattr(torch, model_dtype)
+    return Placement(dev, compute, weights)
 
 
 def compute_dtype(precision: str, device: str):

@@ -6,7 +6,7 @@ code never falls back to a default. `lofi_lora.config.load_config` checks a comp
 before a stage does any work. Adding a key is one line in its section's dataclass (plus its value in conf/).
 
 `Number` keeps YAML's own int or float (8 stays 8, not 8.0): the values are hashed into checkpoint and cache
-identities, which must not change because a schema was added.
+identities, which must not change because a schema was added. Lists of numbers are `List[Any]` with a number rule.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Rule:
     lt: float | None = None
     choices: tuple[str, ...] = ()
     nonempty: bool = False
+    number: bool = False   # for List[Any] fields of numbers (OmegaConf iterates List[Union] as nodes, not values)
 
     def describe(self) -> str:
         parts = [f"one of {', '.join(self.choices)}"] if self.choices else []
@@ -39,11 +40,15 @@ class Rule:
             parts.append(f"a number {'>=' if self.ge is not None else '>'} {lo[1:]}")
         elif hi:
             parts.append(f"a number {'<=' if self.le is not None else '<'} {hi[:-1]}")
+        elif self.number:
+            parts.append("a number")
         return " or ".join(parts) + (" (a non-empty list)" if self.nonempty else "")
 
     def accepts(self, value: Any) -> bool:
         if isinstance(value, (list, tuple)):
             return (bool(value) or not self.nonempty) and all(self.accepts(v) for v in value)
+        if self.number and (isinstance(value, (bool, str)) or value is None):
+            return False
         if value is None or isinstance(value, bool):
             return True  # the type says whether null / true / false are allowed
         if isinstance(value, str):
@@ -96,7 +101,7 @@ class Data:
 class Synth:
     n_tracks: int = key(ge=1)
     sample_rate: int = key(ge=8000)
-    track_seconds: List[Number] = key(gt=0, nonempty=True)
+    track_seconds: List[Any] = key(number=True, gt=0, nonempty=True)
     n_long: int = key(ge=0)
     long_seconds: Number = key(gt=0)
     formats: List[str] = key(choices=("wav", "flac", "mp3", "ogg"), nonempty=True)
@@ -240,7 +245,7 @@ class Train:
     grad_accum: int = key(ge=1)
     lr: Number = key(gt=0)
     weight_decay: Number = key(ge=0)
-    betas: List[Number] = key(ge=0, lt=1, nonempty=True)
+    betas: List[Any] = key(number=True, ge=0, lt=1, nonempty=True)
     warmup_steps: int = key(ge=0)
     schedule: str = key(choices=("cosine", "linear", "constant"))
     min_lr_ratio: Number = key(**UNIT)
@@ -276,7 +281,7 @@ class Eval:
     clap_path: Optional[str] = key()
     clap_min_vocab: int = key(ge=1)
     fad_inf_points: int = key(ge=2)
-    val_timesteps: List[Number] = key(**UNIT, nonempty=True)
+    val_timesteps: List[Any] = key(number=True, **UNIT, nonempty=True)
     best_metric: str = key()
     best_mode: str = key(choices=("min", "max"))
     report_embed_max_mb: Number = key(ge=0)
