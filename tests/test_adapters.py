@@ -6,11 +6,10 @@ import re
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
+from helpers.config import real_section
+from helpers.workspace import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
 from lofi_lora import adapters
-from lofi_lora.train import _lora_params, add_lora
-from test_train_fixtures import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
+from lofi_lora.train_state import add_lora, lora_params
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -18,11 +17,10 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 def _trained_model(r: int, alpha: float, rslora: bool):
     """The tiny DiT with a LoRA whose B is non-zero (as after training)."""
     model = tiny_transformer(0)
-    add_lora(model, OmegaConf.create({"r": r, "alpha": alpha, "rslora": rslora, "dropout": 0.0,
-                                      "target_modules": TARGETS}))
+    add_lora(model, real_section("lora", r=r, alpha=alpha, rslora=rslora, dropout=0.0, target_modules=TARGETS))
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        for name, p in _lora_params(model).items():
+        for name, p in lora_params(model).items():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     return model.eval()

@@ -9,7 +9,8 @@ import pytest
 from lofi_lora.checkpoints import STATE_FILE, CheckpointStore, checkpoint_name
 from lofi_lora.errors import CheckpointError
 from lofi_lora.train import run_train
-from test_train_fixtures import workspace
+from helpers.config import changed
+from helpers.workspace import workspace
 
 
 def _writer(payload: bytes):
@@ -87,13 +88,8 @@ def _copy(cfg, tmp_path, **train):
     """The trained run's config and checkpoints in a fresh lora/metrics folder."""
     import shutil
 
-    from omegaconf import OmegaConf
-
-    new = OmegaConf.create(OmegaConf.to_container(cfg))
-    new.paths.lora, new.paths.metrics = str(tmp_path / "lora"), str(tmp_path / "metrics")
+    new = changed(cfg, paths={"lora": str(tmp_path / "lora"), "metrics": str(tmp_path / "metrics")}, train=train)
     shutil.copytree(f"{cfg.paths.lora}/checkpoints", tmp_path / "lora" / "checkpoints")
-    for k, v in train.items():
-        new.train[k] = v
     return new
 
 

@@ -5,26 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from helpers.config import real_config
 from lofi_lora import audio as audio_io
 from lofi_lora import backend
 from lofi_lora import dataset as ds_mod
 from lofi_lora.errors import DataError
-from lofi_lora.params import REPO_ROOT
 
 SR = 48000
 
 
 def make_cfg(tmp: Path):
-    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
-    for k, v in cfg.paths.items():
-        cfg.paths[k] = str(REPO_ROOT / v) if k == "presets" else str(tmp / v)
-    cfg.model.path = cfg.paths.base_model
-    cfg.dataset.holdout_fraction = 0.25
-    cfg.dataset.repeat_count = 3
-    cfg.dataset.cache_batch_size = 2
-    return cfg
+    return real_config(tmp, dataset={"holdout_fraction": 0.25, "repeat_count": 3, "cache_batch_size": 2})
 
 
 def write_corpus(cfg, tracks: dict[str, list[float]]) -> None:
@@ -97,7 +89,7 @@ def test_cache_entry_equals_a_fresh_computation(built):
     assert set(manifest["clips"]) == {r["clip_id"] for r in records}
     pipe = backend.load_pipeline(cfg.model, cfg.paths.base_model)
     for rec in (records[0], records[-1]):  # computed in a batch of two / alone (the 1.5 s clip)
-        cached = ds_mod.load_cache_entry(cache, rec["clip_id"])
+        cached = ds_mod.read_cache(cache, [rec["clip_id"]])[0][rec["clip_id"]]
         assert manifest["clips"][rec["clip_id"]]["file"] == f"{rec['clip_id']}.safetensors"
         fresh = ds_mod.compute_entries(pipe, [rec], latent_seed=cfg.dataset.latent_seed,
                                        max_text_tokens=cfg.dataset.max_text_tokens,
@@ -143,7 +135,7 @@ def test_interrupted_cache_resumes(built, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(ds_mod, "compute_entries", fail_on_second)
-    kw = dict(model_fp="fp", batch_size=1, latent_seed=0, max_text_tokens=64, max_lyric_tokens=64)
+    kw = dict(weights_hash="fp", batch_size=1, latent_seed=0, max_text_tokens=64, max_lyric_tokens=64)
     with pytest.raises(KeyboardInterrupt):
         ds_mod.build_cache(pipe, records, tmp_path / "cache", **kw)
     assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["clips"]) == 1
@@ -158,3 +150,21 @@ def test_missing_sidecar_names_the_file(tmp_path):
     (Path(cfg.paths.annotations) / "trk_x__000.json").unlink()
     with pytest.raises(DataError, match="trk_x__000.json is missing"):
         ds_mod.load_records(cfg.paths.clips, cfg.paths.annotations)
+
+
+def test_cache_reader_refuses_missing_and_corrupt_entries(built, tmp_path):
+    """The one cache reader checks each file against the manifest's sha256 and names the file or clip."""
+    import shutil
+
+    cfg, _ = built
+    cache = tmp_path / "cache"
+    shutil.copytree(cfg.paths.cache, cache)
+    ids = sorted(json.loads((cache / "manifest.json").read_text())["clips"])
+    tensors, digests = ds_mod.read_cache(cache, ids)
+    assert list(tensors) == ids and set(tensors[ids[0]]) == set(ds_mod.CACHE_KEYS)
+    with pytest.raises(DataError, match="no cache entry for clip 'nope'"):
+        ds_mod.read_cache(cache, ["nope"])
+    victim = cache / f"{ids[0]}.safetensors"
+    victim.write_bytes(victim.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(DataError, match=f"{victim.name}: sha256 differs"):
+        ds_mod.read_cache(cache, ids)

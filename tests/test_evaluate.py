@@ -5,13 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from helpers.config import real_config
 from lofi_lora import audio as audio_io
 from lofi_lora.errors import ConfigError
 from lofi_lora.evaluate import SAMPLING, ModelEval, pick_best, prompt_set, run_evaluate, sampling_settings
 from lofi_lora.fsutil import sha256_file
-from lofi_lora.params import REPO_ROOT
 
 CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, rain",
             "mellow jazz guitar, tape hiss", "slow lofi, soft drums, night"]
@@ -19,15 +18,13 @@ CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, 
 
 
 def _cfg(root: Path):
-    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
-    for k in ("clips", "dataset", "cache", "base_model", "lora", "metrics", "plots", "reports"):
-        cfg.paths[k] = str(root / k)
-    cfg.paths.presets = str(root / "no_presets")  # tokenizer from template words only: a faster build
-    cfg.model.path = cfg.paths.base_model
-    cfg.eval.update({"num_prompts": 2, "seeds": [0, 1], "duration_s": 2.0, "last_n": 2, "fad_inf_points": 3,
-                     "embedding": "vggish", "vggish_path": None, "clap_path": str(root / "clap"),
-                     "clap_min_vocab": 100, "best_metric": "val_loss", "best_mode": "min"})
-    return cfg
+    paths = {k: str(root / k) for k in ("clips", "dataset", "cache", "base_model", "lora", "metrics", "plots",
+                                        "reports")}
+    paths["presets"] = str(root / "no_presets")  # tokenizer from template words only: a faster build
+    return real_config(root, paths=paths, model={"path": paths["base_model"]},
+                       eval={"num_prompts": 2, "seeds": [0, 1], "duration_s": 2.0, "last_n": 2, "fad_inf_points": 3,
+                             "embedding": "vggish", "vggish_path": None, "clap_path": str(root / "clap"),
+                             "clap_min_vocab": 100, "best_metric": "val_loss", "best_mode": "min"})
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +33,7 @@ def workspace(tmp_path_factory):
     from lofi_lora.backend import load_pipeline, model_fingerprint, write_base_model
     from lofi_lora.checkpoints import CheckpointStore
     from lofi_lora.dataset import build_cache, build_dataset
-    from lofi_lora.train import add_lora
+    from lofi_lora.train_state import add_lora
 
     from test_clap import build_tiny_clap
 
@@ -58,7 +55,7 @@ def workspace(tmp_path_factory):
     build_dataset(records, {"t0", "t1", "t2"}, 1).save_to_disk(str(root / "dataset"))
     pipe = load_pipeline(cfg.model, cfg.paths.base_model)
     held = records[:3]
-    build_cache(pipe, held, root / "cache", model_fp=model_fingerprint(cfg.paths.base_model), batch_size=2,
+    build_cache(pipe, held, root / "cache", weights_hash=model_fingerprint(cfg.paths.base_model), batch_size=2,
                 latent_seed=0, max_text_tokens=256, max_lyric_tokens=512)
     tr = pipe.transformer
     add_lora(tr, cfg.lora)
@@ -136,11 +133,12 @@ def test_evaluate_outputs(workspace):
 
 def test_validation_loss_is_deterministic(workspace):
     from lofi_lora.backend import load_pipeline
-    from lofi_lora.evaluate import load_cache, validation_loss
+    from lofi_lora.dataset import read_cache
+    from lofi_lora.evaluate import validation_loss
 
     root, cfg, _, _ = workspace
     pipe = load_pipeline(cfg.model, cfg.paths.base_model)
-    cache = load_cache(root / "cache", ["t0__000", "t1__000", "t2__000"])
+    cache = list(read_cache(root / "cache", ["t0__000", "t1__000", "t2__000"])[0].values())
     a = validation_loss(pipe.transformer, cache, [0.3, 0.7], seed=1234, device="cpu")
     b = validation_loss(pipe.transformer, cache, [0.3, 0.7], seed=1234, device="cpu")
     assert a == b and a["n_clips"] == 3 and a["val_loss"] > 0
@@ -170,18 +168,18 @@ def test_sampling_table_and_prompt_set():
 def test_clap_null_with_reason_when_not_configured(tmp_path):
     from lofi_lora.evaluate import load_clap
 
-    clap, reason = load_clap({"clap_path": None}, "cpu")
+    clap, reason = load_clap(None, 1000, "cpu")
     assert clap is None and reason == "no CLAP weights configured (eval.clap_path is null)"
-    clap, reason = load_clap({"clap_path": str(tmp_path)}, "cpu")
+    clap, reason = load_clap(str(tmp_path), 1000, "cpu")
     assert clap is None and "config.json missing" in reason
 
 
-def test_unset_weight_path_is_a_config_error():
+def test_unset_weight_path_is_a_config_error(tmp_path):
     from lofi_lora.evaluate import check_weight_paths
 
     with pytest.raises(ConfigError, match="eval.vggish_path"):
-        check_weight_paths(OmegaConf.create({"vggish_path": "???", "clap_path": None}))
-    check_weight_paths(OmegaConf.create({"vggish_path": None, "clap_path": None}))
+        check_weight_paths(real_config(tmp_path, "eval=full", eval={"clap_path": None}).eval)
+    check_weight_paths(real_config(tmp_path, "eval=full", eval={"clap_path": None, "vggish_path": None}).eval)
 
 
 def test_pick_best_rules():
@@ -195,3 +193,21 @@ def test_pick_best_rules():
         pick_best(ms, "fad_vggish_inf", "min")
     with pytest.raises(ConfigError, match="best_mode"):
         pick_best(ms, "val_loss", "lowest")
+
+
+def test_validation_loss_is_the_training_loss_at_fixed_draws(workspace):
+    """Validation calls training's objective: one clip at one timestep equals the pure loss with the same noise."""
+    from lofi_lora.backend import load_pipeline
+    from lofi_lora.dataset import read_cache
+    from lofi_lora.evaluate import validation_loss
+    from lofi_lora.objective import flow_matching_loss
+
+    root, cfg, _, _ = workspace
+    pipe = load_pipeline(cfg.model, cfg.paths.base_model)
+    clip = read_cache(root / "cache", ["t1__000"])[0]["t1__000"]
+    noise = torch.randn(clip["target_latents"].shape, generator=torch.Generator().manual_seed(7))[None]
+    with torch.no_grad():
+        loss, frames = flow_matching_loss(pipe.transformer, {k: v[None] for k, v in clip.items()},
+                                          torch.tensor([0.3]), noise)
+    assert validation_loss(pipe.transformer, [clip], [0.3], seed=7, device="cpu")["val_loss"] == float(loss)
+    assert int(frames) == clip["target_latents"].shape[0]

@@ -1,32 +1,31 @@
 """Training objective, schedule, batching and one end-to-end run on the toy model."""
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from lofi_lora import train
-from lofi_lora.errors import ConfigError
-from test_train_fixtures import COND_H, LATENT_C, tiny_transformer, workspace
+from helpers.config import real_config
+from helpers.workspace import COND_H, LATENT_C, tiny_transformer, workspace
+from lofi_lora import objective, train, train_state
+from lofi_lora.objective import Objective
 
 # ace-step/ACE-Step-1.5 acestep/training/trainer.py (f30aee4): the turbo model's 8 shift-3 inference timesteps
 UPSTREAM_TURBO = [1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3]
 
 
 def test_turbo_timesteps_match_upstream():
-    assert list(train.TURBO_SHIFT3_TIMESTEPS) == pytest.approx(UPSTREAM_TURBO, abs=1e-15)
+    assert list(objective.TURBO_SHIFT3_TIMESTEPS) == pytest.approx(UPSTREAM_TURBO, abs=1e-15)
     g = torch.Generator().manual_seed(0)
-    t = train.sample_timesteps("discrete_turbo", 4000, g, torch.device("cpu"))
+    t = objective.sample_timesteps("discrete_turbo", 4000, g, torch.device("cpu"))
     assert sorted(set(t.tolist())) == pytest.approx(sorted(UPSTREAM_TURBO))
 
 
 def test_logit_normal_timesteps():
     g = torch.Generator().manual_seed(0)
-    t = train.sample_timesteps("logit_normal", 20000, g, torch.device("cpu"), -0.4, 1.0)
+    t = objective.sample_timesteps("logit_normal", 20000, g, torch.device("cpu"), -0.4, 1.0)
     logit = torch.log(t / (1 - t))
     assert logit.mean().item() == pytest.approx(-0.4, abs=0.03)
     assert logit.std().item() == pytest.approx(1.0, abs=0.03)
@@ -35,11 +34,10 @@ def test_logit_normal_timesteps():
 @pytest.mark.parametrize("variant,scheme,ratio", [("turbo", "discrete_turbo", 0.0), ("base", "logit_normal", 0.15),
                                                   ("sft", "logit_normal", 0.15)])
 def test_auto_settings_follow_the_variant(variant, scheme, ratio):
-    cfg = OmegaConf.create({"timesteps": "auto", "cfg_dropout": "auto"})
-    assert train.timestep_scheme(cfg, variant) == scheme
-    assert train.cfg_dropout_ratio(cfg, variant) == ratio
-    with pytest.raises(ConfigError, match="train.timesteps"):
-        train.timestep_scheme(OmegaConf.create({"timesteps": "cosine"}), variant)
+    assert objective.timestep_scheme("auto", variant) == scheme
+    assert objective.cfg_dropout_ratio("auto", variant) == ratio
+    assert objective.timestep_scheme("uniform", variant) == "uniform"
+    assert objective.cfg_dropout_ratio(0.3, variant) == 0.3
 
 
 def _batch(lengths=(10, 7), enc=(4, 6)):
@@ -51,7 +49,7 @@ def _batch(lengths=(10, 7), enc=(4, 6)):
 
 
 def test_collate_pads_and_masks():
-    batch = train.collate(_batch())
+    batch = train_state.collate(_batch())
     assert batch["target_latents"].shape == (2, 10, LATENT_C) and batch["encoder_hidden_states"].shape == (2, 6, COND_H)
     assert batch["attention_mask"].tolist()[1] == [1.0] * 7 + [0.0] * 3
     assert batch["encoder_attention_mask"].tolist()[0] == [1.0] * 4 + [0.0] * 2
@@ -60,11 +58,11 @@ def test_collate_pads_and_masks():
 
 def test_collate_rounds_lengths_up_to_pad_multiple():
     """train.pad_multiple: lengths 10 and 6 -> 12 and 8 with multiple 4; the extra frames are masked padding."""
-    batch = train.collate(_batch(), multiple=4)
+    batch = train_state.collate(_batch(), multiple=4)
     assert batch["target_latents"].shape[1] == 12 and batch["encoder_hidden_states"].shape[1] == 8
     assert batch["attention_mask"].tolist()[0] == [1.0] * 10 + [0.0] * 2
     assert torch.all(batch["target_latents"][:, 10:] == 0) and torch.all(batch["context_latents"][:, 10:] == 0)
-    assert train.collate(_batch(), multiple=1)["target_latents"].shape[1] == 10
+    assert train_state.collate(_batch(), multiple=1)["target_latents"].shape[1] == 10
 
 
 def test_loss_ignores_padded_frames():
@@ -72,15 +70,13 @@ def test_loss_ignores_padded_frames():
     model = tiny_transformer(0)
     items = _batch((8, 8), (5, 5))
     items[1]["attention_mask"][6:] = 0  # last two frames are padding in the cache itself
-    full = train.collate(items)
-    kw = dict(scheme="discrete_turbo", logit_mean=-0.4, logit_std=1.0, cfg_ratio=0.0, null_condition=None,
-              autocast=contextlib.nullcontext())
+    full = train_state.collate(items)
     with torch.no_grad():
-        loss, frames = train.flow_matching_loss(model, full, torch.Generator().manual_seed(5), **kw)
+        loss, frames = Objective("discrete_turbo", -0.4, 1.0)(model, full, torch.Generator().manual_seed(5))
     assert frames == 8 + 6
     # recompute by hand: same draws, squared error over valid frames only
     g = torch.Generator().manual_seed(5)
-    t = train.sample_timesteps("discrete_turbo", 2, g, torch.device("cpu"))
+    t = objective.sample_timesteps("discrete_turbo", 2, g, torch.device("cpu"))
     x0 = full["target_latents"]
     x1 = torch.randn(x0.shape, generator=g)
     xt = t.view(-1, 1, 1) * x1 + (1 - t.view(-1, 1, 1)) * x0
@@ -94,27 +90,24 @@ def test_loss_ignores_padded_frames():
 
 def test_cfg_dropout_uses_the_null_condition():
     model = tiny_transformer(0)
-    batch = train.collate(_batch((8, 8), (5, 5)))
+    batch = train_state.collate(_batch((8, 8), (5, 5)))
     null = torch.randn(1, 1, COND_H, generator=torch.Generator().manual_seed(9))
-    kw = dict(scheme="logit_normal", logit_mean=-0.4, logit_std=1.0, autocast=contextlib.nullcontext())
     with torch.no_grad():
-        dropped, _ = train.flow_matching_loss(model, batch, torch.Generator().manual_seed(5), cfg_ratio=0.999999,
-                                              null_condition=null, **kw)
+        dropped, _ = Objective("logit_normal", -0.4, 1.0, 0.999999, null)(model, batch, torch.Generator().manual_seed(5))
         g = torch.Generator().manual_seed(5)
         torch.rand(2, generator=g)  # the dropout draw
         nulled = dict(batch, encoder_hidden_states=null.expand_as(batch["encoder_hidden_states"]))
-        by_hand, _ = train.flow_matching_loss(model, nulled, g, cfg_ratio=0.0, null_condition=None, **kw)
-        kept, _ = train.flow_matching_loss(model, batch, torch.Generator().manual_seed(5), cfg_ratio=1e-9,
-                                           null_condition=null, **kw)
+        by_hand, _ = Objective("logit_normal", -0.4, 1.0)(model, nulled, g)
+        kept, _ = Objective("logit_normal", -0.4, 1.0, 1e-9, null)(model, batch, torch.Generator().manual_seed(5))
     torch.testing.assert_close(dropped, by_hand)
     assert not torch.isclose(dropped, kept)
 
 
-def test_schedule_warmup_then_cosine_to_floor():
+def test_schedule_warmup_then_cosine_to_floor(tmp_path):
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)
-    sched = train.build_scheduler(opt, OmegaConf.create({"warmup_steps": 4, "max_steps": 20, "schedule": "cosine",
-                                                         "min_lr_ratio": 0.1}))
+    cfg = real_config(tmp_path, train={"warmup_steps": 4, "max_steps": 20, "schedule": "cosine", "min_lr_ratio": 0.1})
+    sched = train_state.build_scheduler(opt, cfg.train)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
@@ -127,32 +120,27 @@ def test_schedule_warmup_then_cosine_to_floor():
 
 def test_batch_order_is_a_function_of_seed_and_position():
     lengths = [10, 12, 14, 16, 18, 11, 13]
-    a = train.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
+    a = train_state.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
     seq = [a.next() for _ in range(9)]
     assert sorted(i for b in seq[:4] for i in b) == list(range(7))  # one epoch covers every clip once
-    b = train.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
+    b = train_state.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
     for _ in range(5):
         b.next()
-    c = train.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
+    c = train_state.BatchOrder(lengths, 2, seed=3, bucket_by_length=True)
     c.load_state_dict(b.state_dict())
     assert [c.next() for _ in range(4)] == seq[5:]
 
 
-def test_config_hash_ignores_resume_safe_keys():
-    base = OmegaConf.create({"seed": 1, "model": {"name": "tiny"}, "lora": {"r": 4},
-                             "train": {"lr": 1e-3, "max_steps": 10, "checkpoint_every": 5, "keep_last": 2,
-                                       "resume_from": None, "log_every": 1}})
-    h = train.config_hash(base, "data")
+def test_train_config_hash_ignores_resume_safe_keys(tmp_path):
+    base = real_config(tmp_path)
+    h = train.train_config_hash(base, "data")
     for key, value in [("max_steps", 99), ("checkpoint_every", 7), ("keep_last", 9), ("resume_from", 5),
                        ("log_every", 3), ("compile", "model"), ("compile_mode", "reduce-overhead"),
                        ("activation_memory_budget", 0.5)]:
-        other = base.copy()
-        other.train[key] = value
-        assert train.config_hash(other, "data") == h, key
-    other = base.copy()
-    other.lora.r = 8
-    assert train.config_hash(other, "data") != h
-    assert train.config_hash(base, "other data") != h
+        assert train.train_config_hash(real_config(tmp_path, train={key: value}), "data") == h, key
+    assert train.train_config_hash(real_config(tmp_path, lora={"r": 8}), "data") != h
+    assert train.train_config_hash(real_config(tmp_path, train={"lr": 1e-3}), "data") != h
+    assert train.train_config_hash(base, "other data") != h
 
 
 def test_end_to_end_run_writes_everything(tmp_path):
@@ -185,25 +173,24 @@ def test_loss_goes_down_on_a_fixed_batch(tmp_path):
     assert last < 0.95 * first, (first, last)
 
 
-def test_gradient_checkpointing_gives_the_same_lora_gradients():
+def test_gradient_checkpointing_gives_the_same_lora_gradients(tmp_path):
+    lora_cfg = real_config(tmp_path).lora
     grads = []
     for checkpointing in (False, True):
         model = tiny_transformer(0)
         torch.manual_seed(0)
-        train.add_lora(model, OmegaConf.create({"r": 4, "alpha": 8, "rslora": False, "dropout": 0.0,
-                                                "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}))
+        train_state.add_lora(model, lora_cfg)
         with torch.no_grad():
-            for name, p in train._lora_params(model).items():
+            for name, p in train_state.lora_params(model).items():
                 if "lora_B" in name:
                     p.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
         if checkpointing:
             model.enable_gradient_checkpointing()
         model.train()
-        loss, _ = train.flow_matching_loss(model, train.collate(_batch((8, 8), (5, 5))), torch.Generator().manual_seed(1),
-                                           scheme="uniform", logit_mean=0.0, logit_std=1.0, cfg_ratio=0.0,
-                                           null_condition=None, autocast=contextlib.nullcontext())
+        loss, _ = Objective("uniform", 0.0, 1.0)(model, train_state.collate(_batch((8, 8), (5, 5))),
+                                                 torch.Generator().manual_seed(1))
         loss.backward()
-        grads.append({k: p.grad.clone() for k, p in train._lora_params(model).items()})
+        grads.append({k: p.grad.clone() for k, p in train_state.lora_params(model).items()})
     assert all(g.abs().max() > 0 for g in grads[1].values())
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)

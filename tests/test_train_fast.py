@@ -3,29 +3,28 @@ attention for the sliding-window layers and the sync-free loss give the same los
 GPU equivalence at full size is checked inside benchmarks/train_step.py."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from lofi_lora import train, train_speed
+from helpers.config import real_section
+from helpers.workspace import COND_H, LATENT_C, tiny_transformer
+from lofi_lora import train_speed
 from lofi_lora.errors import ConfigError
-from test_train_fixtures import COND_H, LATENT_C, tiny_transformer
+from lofi_lora.objective import Objective, flow_matching_loss, sample_timesteps
+from lofi_lora.train_state import add_lora, lora_params
 
-KW = dict(scheme="uniform", logit_mean=-0.4, logit_std=1.0, cfg_ratio=0.0, null_condition=None,
-          autocast=contextlib.nullcontext())
+LOSS = Objective("uniform", -0.4, 1.0)
 
 
 def _model():
     m = tiny_transformer(0)
     torch.manual_seed(1)
-    train.add_lora(m, OmegaConf.create({"r": 4, "alpha": 8, "rslora": False, "dropout": 0.0,
-                                        "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}))
+    add_lora(m, real_section("lora"))
     with torch.no_grad():  # lora_B starts at zero: move it so the LoRA path carries signal
-        for p in train._lora_params(m).values():
+        for p in lora_params(m).values():
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
     return m.train()
 
@@ -40,9 +39,9 @@ def _batch(frames=40, bsz=2):
 def _loss_and_grads(m, batch):
     for p in m.parameters():
         p.grad = None
-    loss, frames = train.flow_matching_loss_async(m, batch, torch.Generator().manual_seed(7), **KW)
+    loss, frames = LOSS(m, batch, torch.Generator().manual_seed(7))
     loss.backward()
-    return loss.detach(), frames, {k: p.grad.clone() for k, p in train._lora_params(m).items()}
+    return loss.detach(), frames, {k: p.grad.clone() for k, p in lora_params(m).items()}
 
 
 def test_checkpoint_share_parsing():
@@ -55,13 +54,17 @@ def test_checkpoint_share_parsing():
             train_speed.checkpoint_share(bad)
 
 
-def test_async_loss_equals_loss_and_makes_no_sync():
+def test_training_loss_is_the_pure_loss_at_its_draws_and_stays_on_the_device():
+    """The objective draws timesteps then noise from the step's generator and calls the pure loss (which
+    validation calls too); loss and frame count come back as tensors (no host sync)."""
     m, batch = _model(), _batch()
-    loss, frames = train.flow_matching_loss(m, batch, torch.Generator().manual_seed(7), **KW)
-    loss2, frames2 = train.flow_matching_loss_async(m, batch, torch.Generator().manual_seed(7), **KW)
-    assert isinstance(frames, int) and torch.is_tensor(frames2)
-    assert frames == int(frames2) == 2 * 40
-    assert torch.equal(loss, loss2)
+    loss, frames = LOSS(m, batch, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    t = sample_timesteps("uniform", 2, g, torch.device("cpu"))
+    noise = torch.randn(batch["target_latents"].shape, generator=g)
+    pure, pure_frames = flow_matching_loss(m, batch, t, noise)
+    assert torch.is_tensor(frames) and int(frames) == int(pure_frames) == 2 * 40
+    assert torch.equal(loss, pure)
 
 
 @pytest.mark.parametrize("share", [0.5, 1.0])
@@ -174,7 +177,7 @@ def test_two_rank_ddp_resume_is_exact(tmp_path):
     from safetensors.torch import load_file
 
     from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-    from test_train_fixtures import child_env, child_files, workspace
+    from helpers.workspace import child_env, child_files, workspace
 
     cfg = workspace(tmp_path, max_steps=6, checkpoint_every=3, keep_last=3)
     script, cfg_file = child_files(cfg, tmp_path)

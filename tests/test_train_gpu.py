@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-from test_train_fixtures import TRAIN_CHILD, child_env, child_files, workspace
+from helpers.workspace import TRAIN_CHILD, child_env, child_files, workspace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -14,16 +14,18 @@ from omegaconf import OmegaConf
 from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
 from lofi_lora.checkpoints import CheckpointStore, checkpoint_name
 from lofi_lora.train import run_train
-from test_train_fixtures import workspace
+from helpers.config import changed
+from helpers.workspace import workspace
 
 # A run in its own process that signals itself right after optimizer step `stop_at`.
 CHILD = textwrap.dedent("""
     import os, signal, sys
     import torch
     from omegaconf import OmegaConf
+    from lofi_lora.config import load_config
     from lofi_lora.train import run_train
     torch.set_num_threads(int(sys.argv[4]))
-    cfg = OmegaConf.load(sys.argv[1])
+    cfg = load_config(OmegaConf.load(sys.argv[1]))
     stop_at, sig = int(sys.argv[2]), getattr(signal, sys.argv[3])
     def callback(step):
         if step == stop_at:
@@ -48,9 +50,7 @@ def _final(cfg) -> dict[str, torch.Tensor]:
 
 
 def _fresh_outputs(cfg, tmp_path):
-    new = OmegaConf.create(OmegaConf.to_container(cfg))
-    new.paths.lora, new.paths.metrics = str(tmp_path / "lora"), str(tmp_path / "metrics")
-    return new
+    return changed(cfg, paths={"lora": str(tmp_path / "lora"), "metrics": str(tmp_path / "metrics")})
 
 
 def _run_child(cfg, tmp_path, stop_at: int, sig: str) -> subprocess.CompletedProcess:

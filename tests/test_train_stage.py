@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_fixtures import make_base_model, make_cache
+from helpers.workspace import make_base_model, make_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lofi_lora import audio as audio_io
-from lofi_lora.config import require, to_plain
+from lofi_lora.config import to_plain
 from lofi_lora.errors import CheckpointError, ConfigError, DataError
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -175,50 +175,31 @@ def generate(pipe, prompts: list[Prompt], seeds: list[int], duration_s: float, s
     return records
 
 
-def load_cache(cache_dir: Path, clip_ids: list[str]) -> list[dict]:
-    from safetensors.torch import load_file
-
-    out = []
-    for cid in clip_ids:
-        f = cache_dir / f"{cid}.safetensors"
-        if not f.is_file():
-            raise DataError(f"{f}: cache entry of holdout clip {cid} is missing: run stage dataset")
-        t = load_file(str(f))
-        for k in ("target_latents", "attention_mask", "encoder_hidden_states", "encoder_attention_mask",
-                  "context_latents"):
-            if k not in t:
-                raise DataError(f"{f}: missing tensor `{k}`")
-        out.append(t)
-    return out
-
-
 def validation_loss(transformer, cache: list[dict], timesteps: list[float], seed: int, device: str) -> dict:
-    """Flow-matching loss on the holdout cache at fixed timesteps with fixed noise (same for every model).
+    """Training's flow-matching loss on the holdout cache at fixed timesteps with fixed noise (same for every model).
 
-    x_t = t*noise + (1-t)*x0, target velocity noise - x0, MSE over valid latent frames; the noise of clip i is
-    drawn from a generator seeded with seed + i, so only the model differs between evaluations.
+    One clip per call (no padding); the noise of clip i is drawn on the CPU from a generator seeded with seed + i,
+    so only the model differs between evaluations. Mean over clips per timestep, then over timesteps.
     """
+    import contextlib
+
     import torch
+
+    from lofi_lora.objective import flow_matching_loss
 
     if not cache:
         raise DataError("validation loss: no holdout cache entries")
     dtype = transformer.dtype
-    per_t = {float(t): [] for t in timesteps}
-    with torch.no_grad():
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else None
+    per_t: dict[float, list[float]] = {float(t): [] for t in timesteps}
+    with torch.no_grad(), autocast or contextlib.nullcontext():
         for i, c in enumerate(cache):
-            x0 = c["target_latents"].float()
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
-            mask = c["attention_mask"].float()
-            emask = c["encoder_attention_mask"].bool()
-            ehs = c["encoder_hidden_states"][emask][None].to(device, dtype)
-            ctx = c["context_latents"][None].to(device, dtype)
-            for t in timesteps:
-                xt = (t * noise + (1.0 - t) * x0)[None].to(device, dtype)
-                tt = torch.full((1,), float(t), device=device, dtype=dtype)
-                v = transformer(hidden_states=xt, timestep=tt, timestep_r=tt, encoder_hidden_states=ehs,
-                                context_latents=ctx, return_dict=False)[0][0].float().cpu()
-                err = ((v - (noise - x0)) ** 2).mean(dim=-1)
-                per_t[float(t)].append(float((err * mask).sum() / mask.sum().clamp(min=1.0)))
+            batch = {k: v[None].to(device) for k, v in c.items()}
+            batch["target_latents"] = batch["target_latents"].float()
+            noise = torch.randn(c["target_latents"].shape, generator=torch.Generator().manual_seed(seed + i))[None]
+            for t in per_t:
+                loss, _ = flow_matching_loss(transformer, batch, torch.full((1,), t, device=device), noise.to(device))
+                per_t[t].append(float(loss))
     means = {t: float(np.mean(v)) for t, v in per_t.items()}
     return {"val_loss": float(np.mean(list(means.values()))), "per_timestep": {f"{t:g}": v for t, v in means.items()},
             "n_clips": len(cache), "timesteps": [float(t) for t in timesteps]}
@@ -270,14 +251,13 @@ def check_weight_paths(ev) -> None:
                               "report the metric as unavailable")
 
 
-def load_clap(ev, device: str):
+def load_clap(clap_path: str | None, min_vocab: int, device: str):
     """(CLAP model, None) when `eval.clap_path` loads, else (None, the reason clap_score is null)."""
+    from lofi_lora.errors import EmbeddingUnavailable
     from lofi_lora.metrics.clap import ClapModelLocal
-    from lofi_lora.metrics.embeddings import EmbeddingUnavailable
 
     try:
-        return ClapModelLocal(ev.get("clap_path"), device=device,
-                              min_vocab=int(ev.get("clap_min_vocab") or 1000), metric_id="clap_score"), None
+        return ClapModelLocal(clap_path, device=device, min_vocab=min_vocab, metric_id="clap_score"), None
     except EmbeddingUnavailable as e:
         log.warning("%s", e)
         return None, e.reason
@@ -362,135 +342,118 @@ def flat_metrics(models: list[ModelEval], best: ModelEval, metric_keys: list[str
 # ------------------------------------------------------------------------------------------------- stage
 
 
-def run_evaluate(cfg) -> dict[str, Any]:
-    """Stage entry: evaluate base + checkpoints, write samples, best/, metrics, plots and the report."""
-    import torch
+@dataclass
+class Reference:
+    """An embedding's statistics of the holdout clips, which every model's samples are compared with."""
 
-    from lofi_lora.adapters import load_into_pipeline
-    from lofi_lora.backend import load_pipeline
-    from lofi_lora.metrics.embeddings import EmbeddingUnavailable, get_embedder
+    embedder: Any
+    stats: Any
+    vectors: np.ndarray
+    kad_bandwidth: float
+
+
+@dataclass
+class EvalSetup:
+    """What every model is scored with: prompts, sampling, holdout cache, references, CLAP."""
+
+    prompts: list[Prompt]
+    seeds: list[int]
+    duration_s: float
+    settings: dict
+    cache: list[dict]
+    references: list[Reference]
+    unavailable: dict[str, str]          # metric id -> why it is null
+    clap: Any
+    clap_reason: str | None
+    clap_holdout: dict | None = None     # holdout CLAP baseline, measured with the first model
+
+
+def references(ev, ref_files: list[str], device: str) -> tuple[list[Reference], dict[str, str]]:
+    """The configured embedding plus the always-available log-mel one, measured on the holdout clips."""
+    from lofi_lora.errors import EmbeddingUnavailable
+    from lofi_lora.metrics.embeddings import get_embedder
     from lofi_lora.metrics.fad import gaussian_stats, kad
-    from lofi_lora.report import write_report
-    from lofi_lora.runtime import pick_device
 
-    t_start = time.perf_counter()
-    ev = cfg.eval
-    seed = int(cfg.get("seed", 0))
-    lora_dir = Path(str(require(cfg, "paths.lora")))
-    dataset_dir = Path(str(require(cfg, "paths.dataset")))
-    cache_dir = Path(str(require(cfg, "paths.cache")))
-    clips_dir = Path(str(require(cfg, "paths.clips")))
-    base_path = Path(str(require(cfg, "paths.base_model")))
-    metrics_dir = Path(str(require(cfg, "paths.metrics")))
-    plots_dir = Path(str(require(cfg, "paths.plots"))) / "eval"
-    reports_dir = Path(str(require(cfg, "paths.reports")))
-    seeds = [int(s) for s in require(ev, "seeds")]
-    duration_s = float(require(ev, "duration_s"))
-    variant = str(require(cfg, "model.variant"))
-    settings = sampling_settings(variant)
-    best_metric, best_mode = str(require(ev, "best_metric")), str(require(ev, "best_mode"))
-    timesteps = [float(t) for t in (ev.get("val_timesteps") or [0.1, 0.3, 0.5, 0.7, 0.9])]
-
-    check_weight_paths(ev)
-    entries, manifest = select_checkpoints(lora_dir, ev.get("last_n"))
-    rows = holdout_rows(dataset_dir, clips_dir)
-    prompts = prompt_set(rows, int(require(ev, "num_prompts")), seed)
-    cache = load_cache(cache_dir, [str(r["clip_id"]) for r in rows])
-    device = pick_device()
-    dtype = torch.float32 if device == "cpu" else getattr(torch, str(cfg.model.get("dtype") or "bfloat16"))
-    log.info("evaluate: base + %d checkpoints, %d prompts x %d seeds, %.1f s, %s %s, sampling %s",
-             len(entries), len(prompts), len(seeds), duration_s, device, dtype, settings)
-
-    # Embeddings: the configured one plus the always-available handcrafted log-mel FD.
-    kinds = [str(ev.get("embedding") or "logmel")]
-    if "logmel" not in kinds:
-        kinds.append("logmel")
-    embedders, unavailable = [], {}
-    for k in kinds:
+    refs, unavailable = [], {}
+    for kind in dict.fromkeys([ev.embedding, "logmel"]):
         try:
-            embedders.append(get_embedder(k, to_plain(ev), device=device))
+            emb = get_embedder(kind, to_plain(ev), device=device)
         except EmbeddingUnavailable as e:
             log.warning("%s", e)
             unavailable[e.metric_id] = e.reason
-    ref_files = [r["audio_path"] for r in rows]
-    ref, ref_vecs, ref_bw = {}, {}, {}
-    for emb in embedders:
+            continue
         vecs = embed_files(emb, ref_files)
-        ref_vecs[emb.metric_id] = np.concatenate(vecs)
-        ref[emb.metric_id] = gaussian_stats(ref_vecs[emb.metric_id], len(vecs))
-        ref_bw[emb.metric_id] = kad(ref_vecs[emb.metric_id], ref_vecs[emb.metric_id])[1]  # fixed from the reference
-        log.info("reference %s: %d holdout clips, %d vectors", emb.metric_id, len(vecs), ref[emb.metric_id].n_vectors)
+        allv = np.concatenate(vecs)
+        refs.append(Reference(emb, gaussian_stats(allv, len(vecs)), allv, kad(allv, allv)[1]))  # bandwidth fixed here
+        log.info("reference %s: %d holdout clips, %d vectors", emb.metric_id, len(vecs), refs[-1].stats.n_vectors)
+    return refs, unavailable
 
-    clap, clap_reason = load_clap(ev, device)
-    clap_holdout = None
 
-    pipe = load_pipeline(cfg.model, base_path, device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    models = [ModelEval(BASE, 0, None)] + [ModelEval(f"{int(e['step']):06d}", int(e["step"]), e["_dir"])
-                                           for e in entries]
-    samples_root = lora_dir / "samples"
-    with atomic_dir(samples_root) as tmp_samples:
-        for m in models:
-            t0 = time.perf_counter()
-            if m.adapter_dir:
-                load_into_pipeline(pipe, m.adapter_dir, adapter_name=f"eval_{m.label}")
-            try:
-                out_dir = tmp_samples / m.label
-                m.samples = generate(pipe, prompts, seeds, duration_s, settings, device, out_dir)
-                vl = validation_loss(pipe.transformer, cache, timesteps, seed, device)
-            finally:
-                if m.adapter_dir:
-                    pipe.unload_lora_weights()
-            m.scores["val_loss"] = vl["val_loss"]
-            m.details["val_loss"] = vl
-            files = [str(out_dir / s["file"]) for s in m.samples]
-            for emb in embedders:
-                r = fd_scores(emb, embed_files(emb, files), ref[emb.metric_id], int(ev.get("fad_inf_points") or 5),
-                              seed, ref_vecs[emb.metric_id], ref_bw[emb.metric_id])
-                m.details[emb.metric_id] = {"fd_inf_points": r.pop("_fd_inf_points", None), **emb.describe(),
-                                            "kad_bandwidth": ref_bw[emb.metric_id],
-                                            "reference_clips": ref[emb.metric_id].n_clips,
-                                            "reference_vectors": ref[emb.metric_id].n_vectors}
-                m.scores.update(r)
-            for mid, reason in unavailable.items():
-                m.scores.update({mid: None, f"{mid}_inf": None, kad_id(mid): None, f"{mid}_reason": reason,
-                                 f"{kad_id(mid)}_reason": reason})
-            if clap is not None:
-                from lofi_lora.metrics.clap import clap_scores
+def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_points: int, seed: int) -> None:
+    """FD/KAD per embedding (nulls with reasons for unavailable ones) and the CLAP score of one model's samples."""
+    for ref in setup.references:
+        mid = ref.embedder.metric_id
+        r = fd_scores(ref.embedder, embed_files(ref.embedder, files), ref.stats, fad_inf_points, seed, ref.vectors,
+                      ref.kad_bandwidth)
+        m.details[mid] = {"fd_inf_points": r.pop("_fd_inf_points", None), **ref.embedder.describe(),
+                          "kad_bandwidth": ref.kad_bandwidth, "reference_clips": ref.stats.n_clips,
+                          "reference_vectors": ref.stats.n_vectors}
+        m.scores.update(r)
+    for mid, reason in setup.unavailable.items():
+        m.scores.update({mid: None, f"{mid}_inf": None, kad_id(mid): None, f"{mid}_reason": reason,
+                         f"{kad_id(mid)}_reason": reason})
+    if setup.clap is None:
+        m.scores.update({"clap_score": None, "clap_score_reason": setup.clap_reason})
+        return
+    from lofi_lora.metrics.clap import clap_scores
 
-                gen = [audio_io.read(f) for f in files]
-                hold = [audio_io.read(p.audio_path) for p in prompts] if clap_holdout is None else None
-                cs = clap_scores(clap, gen, [s["caption"] for s in m.samples], hold,
-                                 [p.caption for p in prompts] if hold else None, seed)
-                clap_holdout = cs.get("clap_score_holdout", clap_holdout)
-                cs["clap_score_holdout"] = clap_holdout
-                m.details["clap"] = {**cs, **clap.describe()}
-                m.scores.update({"clap_score": cs["clap_score"]["mean"],
-                                 "clap_score_shuffled": cs["clap_score_shuffled"]["mean"],
-                                 "clap_score_holdout": clap_holdout["mean"]})
-            else:
-                m.scores.update({"clap_score": None, "clap_score_reason": clap_reason})
-            m.details["seconds"] = round(time.perf_counter() - t0, 2)
-            atomic_write_json(out_dir / "samples.json", {"model": m.label, "step": m.step, "sampling": settings,
-                                                         "duration_s": duration_s, "samples": m.samples})
-            log.info("model %s: %s (%.1f s)", m.label,
-                     {k: round(v, 5) if isinstance(v, float) else v for k, v in m.scores.items()
-                      if not k.endswith("_reason")}, m.details["seconds"])
-    for m in models:  # paths of the samples after the folder was swapped in
-        for s in m.samples:
-            s["path"] = str(samples_root / m.label / s["file"])
+    prompts = setup.prompts
+    hold = [audio_io.read(p.audio_path) for p in prompts] if setup.clap_holdout is None else None
+    cs = clap_scores(setup.clap, [audio_io.read(f) for f in files], [s["caption"] for s in m.samples], hold,
+                     [p.caption for p in prompts] if hold else None, seed)
+    setup.clap_holdout = cs["clap_score_holdout"] = cs.get("clap_score_holdout", setup.clap_holdout)
+    m.details["clap"] = {**cs, **setup.clap.describe()}
+    m.scores.update({"clap_score": cs["clap_score"]["mean"], "clap_score_shuffled": cs["clap_score_shuffled"]["mean"],
+                     "clap_score_holdout": setup.clap_holdout["mean"]})
 
-    best = pick_best(models, best_metric, best_mode)
-    metric_keys = ["val_loss", *[k for e in embedders for k in (e.metric_id, f"{e.metric_id}_inf", kad_id(e.metric_id))],
-                   *[k for mid in unavailable for k in (mid, f"{mid}_inf", kad_id(mid))], "clap_score"]
-    if clap is not None:
-        metric_keys += ["clap_score_shuffled", "clap_score_holdout"]
 
-    # scores.json: the train manifest with eval scores filled in (train's own file is never touched)
-    scored = {"version": manifest.get("version", 1), "best_step": best.step, "best_metric": best_metric,
-              "best_mode": best_mode, "sampling": settings, "variant": variant,
-              "base": {"scores": models[0].scores, "details": models[0].details},
-              "checkpoints": []}
+def evaluate_model(pipe, m: ModelEval, setup: EvalSetup, out_dir: Path, ev, seed: int, device: str) -> None:
+    """Samples, validation loss and sample scores of one model (base, or base + one checkpoint's adapter)."""
+    from lofi_lora.adapters import load_into_pipeline
+
+    t0 = time.perf_counter()
+    if m.adapter_dir:
+        load_into_pipeline(pipe, m.adapter_dir, adapter_name=f"eval_{m.label}")
+    try:
+        m.samples = generate(pipe, setup.prompts, setup.seeds, setup.duration_s, setup.settings, device, out_dir)
+        vl = validation_loss(pipe.transformer, setup.cache, list(ev.val_timesteps), seed, device)
+    finally:
+        if m.adapter_dir:
+            pipe.unload_lora_weights()
+    m.scores["val_loss"], m.details["val_loss"] = vl["val_loss"], vl
+    score_samples(m, [str(out_dir / s["file"]) for s in m.samples], setup, ev.fad_inf_points, seed)
+    m.details["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(out_dir / "samples.json", {"model": m.label, "step": m.step, "sampling": setup.settings,
+                                                 "duration_s": setup.duration_s, "samples": m.samples})
+    log.info("model %s: %s (%.1f s)", m.label, {k: round(v, 5) if isinstance(v, float) else v
+                                                for k, v in m.scores.items() if not k.endswith("_reason")},
+             m.details["seconds"])
+
+
+def metric_keys_of(setup: EvalSetup) -> list[str]:
+    """The per-model metrics reported, in a fixed order."""
+    fd = [r.embedder.metric_id for r in setup.references] + list(setup.unavailable)
+    keys = ["val_loss", *[k for mid in fd for k in (mid, f"{mid}_inf", kad_id(mid))], "clap_score"]
+    return keys + (["clap_score_shuffled", "clap_score_holdout"] if setup.clap is not None else [])
+
+
+def write_best(lora_dir: Path, models: list[ModelEval], best: ModelEval, manifest: dict, ev, variant: str,
+               settings: dict) -> None:
+    """`best/`: the best checkpoint's files and scores.json (train's manifest with eval scores filled in; train's
+    own file is never touched)."""
+    scored = {"version": manifest.get("version", 1), "best_step": best.step, "best_metric": ev.best_metric,
+              "best_mode": ev.best_mode, "sampling": settings, "variant": variant,
+              "base": {"scores": models[0].scores, "details": models[0].details}, "checkpoints": []}
     by_step = {m.step: m for m in models[1:]}
     for e in manifest["checkpoints"]:
         e2 = dict(e)
@@ -499,25 +462,71 @@ def run_evaluate(cfg) -> dict[str, Any]:
             e2["scores"] = {**(e.get("scores") or {}), **m.scores}
             e2["eval_details"] = m.details
         scored["checkpoints"].append(e2)
-    best_src = Path(best.adapter_dir)
     with atomic_dir(lora_dir / "best") as tmp:
-        for f in sorted(best_src.iterdir()):
+        for f in sorted(Path(best.adapter_dir).iterdir()):
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
         atomic_write_json(tmp / "scores.json", scored)
 
-    extra = {"best_metric": best_metric, "best_mode": best_mode, "variant": variant,
-             "num_prompts": len(prompts), "seeds": len(seeds), "duration_s": duration_s,
-             "holdout_clips": len(rows), "sampling_steps": settings["num_inference_steps"],
-             **{f"{mid}_reference_clips": st.n_clips for mid, st in ref.items()},
-             **{f"{mid}_reference_vectors": st.n_vectors for mid, st in ref.items()},
-             "seconds": round(time.perf_counter() - t_start, 2)}
-    flat = flat_metrics(models, best, metric_keys, extra)
-    if clap is None:
-        flat["clap_score_reason"] = clap_reason
-    atomic_write_json(metrics_dir / "eval.json", flat)
-    write_plots(models, plots_dir, metric_keys, best_metric)
-    write_report(reports_dir, models, prompts, best, metric_keys, flat,
-                 embed_max_mb=float(ev.get("report_embed_max_mb") or 16.0))
-    log.info("evaluate: best step %d by %s (%s) in %.1f s", best.step, best_metric, best_mode, flat["seconds"])
+
+def eval_metrics(models: list[ModelEval], best: ModelEval, setup: EvalSetup, ev, variant: str, holdout_clips: int,
+                 seconds: float) -> dict[str, Any]:
+    """metrics/eval.json: the best checkpoint's and the base model's scores, and what they were measured on."""
+    extra = {"best_metric": ev.best_metric, "best_mode": ev.best_mode, "variant": variant,
+             "num_prompts": len(setup.prompts), "seeds": len(setup.seeds), "duration_s": setup.duration_s,
+             "holdout_clips": holdout_clips, "sampling_steps": setup.settings["num_inference_steps"],
+             **{f"{r.embedder.metric_id}_reference_clips": r.stats.n_clips for r in setup.references},
+             **{f"{r.embedder.metric_id}_reference_vectors": r.stats.n_vectors for r in setup.references},
+             "seconds": seconds}
+    flat = flat_metrics(models, best, metric_keys_of(setup), extra)
+    if setup.clap is None:
+        flat["clap_score_reason"] = setup.clap_reason
+    return flat
+
+
+def run_evaluate(cfg) -> dict[str, Any]:
+    """Stage entry: evaluate base + checkpoints, write samples, best/, metrics, plots and the report."""
+    from lofi_lora.backend import load_pipeline
+    from lofi_lora.dataset import read_cache
+    from lofi_lora.report import write_report
+    from lofi_lora.runtime import placement
+
+    t_start = time.perf_counter()
+    ev, seed, variant, paths = cfg.eval, cfg.seed, cfg.model.variant, cfg.paths
+    lora_dir = Path(paths.lora)
+    settings = sampling_settings(variant)
+    check_weight_paths(ev)
+    entries, manifest = select_checkpoints(lora_dir, ev.last_n)
+    rows = holdout_rows(Path(paths.dataset), Path(paths.clips))
+    prompts = prompt_set(rows, ev.num_prompts, seed)
+    cache, _ = read_cache(paths.cache, [str(r["clip_id"]) for r in rows])
+    place = placement(cfg.model.dtype)
+    device = str(place.device)
+    log.info("evaluate: base + %d checkpoints, %d prompts x %d seeds, %.1f s, %s %s, sampling %s",
+             len(entries), len(prompts), len(ev.seeds), ev.duration_s, device, place.weights_dtype, settings)
+    refs, unavailable = references(ev, [r["audio_path"] for r in rows], device)
+    clap, clap_reason = load_clap(ev.clap_path, ev.clap_min_vocab, device)
+    setup = EvalSetup(prompts, list(ev.seeds), float(ev.duration_s), settings, list(cache.values()), refs,
+                      unavailable, clap, clap_reason)
+
+    pipe = load_pipeline(cfg.model, paths.base_model, device=device, dtype=place.weights_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    models = [ModelEval(BASE, 0, None)] + [ModelEval(f"{int(e['step']):06d}", int(e["step"]), e["_dir"])
+                                           for e in entries]
+    samples_root = lora_dir / "samples"
+    with atomic_dir(samples_root) as tmp_samples:
+        for m in models:
+            evaluate_model(pipe, m, setup, tmp_samples / m.label, ev, seed, device)
+    for m in models:  # paths of the samples after the folder was swapped in
+        for s in m.samples:
+            s["path"] = str(samples_root / m.label / s["file"])
+
+    best = pick_best(models, ev.best_metric, ev.best_mode)
+    write_best(lora_dir, models, best, manifest, ev, variant, settings)
+    flat = eval_metrics(models, best, setup, ev, variant, len(rows), round(time.perf_counter() - t_start, 2))
+    atomic_write_json(Path(paths.metrics) / "eval.json", flat)
+    metric_keys = metric_keys_of(setup)
+    write_plots(models, Path(paths.plots) / "eval", metric_keys, ev.best_metric)
+    write_report(paths.reports, models, prompts, best, metric_keys, flat, embed_max_mb=float(ev.report_embed_max_mb))
+    log.info("evaluate: best step %d by %s (%s) in %.1f s", best.step, ev.best_metric, ev.best_mode, flat["seconds"])
     return {k: v for k, v in flat.items() if not isinstance(v, (dict, list))}

@@ -1,4 +1,5 @@
-"""Shared builders for the train/checkpoint/adapter tests: a toy base model folder, a seeded cache and a config.
+"""Builders for the train/checkpoint/adapter/evaluate tests: a toy base model folder, a seeded cache, and the real
+configuration (conf/ composed) pointed at them and shrunk to a few steps.
 
 The base model is diffusers' real AceStepTransformer1DModel at toy size, saved the way stage base_model saves it
 (transformer/ + condition_encoder weights + manifest.json), so `backend.load_transformer` loads it unchanged.
@@ -11,6 +12,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from helpers.config import real_config
+
 TINY_DIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=8, in_channels=192, patch_size=2, sliding_window=16)
 LATENT_C, CONTEXT_C, COND_H = 64, 128, 32
@@ -18,8 +21,9 @@ LATENT_C, CONTEXT_C, COND_H = 64, 128, 32
 TRAIN_CHILD = """
 import sys
 from omegaconf import OmegaConf
+from lofi_lora.config import load_config
 from lofi_lora.train import run_train
-cfg = OmegaConf.load(sys.argv[1])
+cfg = load_config(OmegaConf.load(sys.argv[1]))
 if len(sys.argv) > 2:
     cfg.train.resume_from = int(sys.argv[2])
 run_train(cfg)
@@ -36,12 +40,8 @@ def child_files(cfg, root: Path, script_text: str = TRAIN_CHILD) -> tuple[Path, 
 
 def child_env() -> dict[str, str]:
     """This environment with the project's src first on PYTHONPATH (kept: a device run adds its wheels there)."""
-    src = str(Path(__file__).parents[1] / "src")
+    src = str(Path(__file__).parents[2] / "src")
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-
-
-# One thread: the tiny matmuls run ~3x faster on a busy 2-core machine, and child processes match it.
-torch.set_num_threads(1)
 
 
 def tiny_transformer(seed: int = 0):
@@ -106,25 +106,19 @@ def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0, lat
     return dataset, cache
 
 
-def make_cfg(root: Path, base: Path, dataset: Path, cache: Path, *, variant: str = "turbo", **train):
-    t = dict(max_steps=12, batch_size=2, grad_accum=1, lr=3e-3, weight_decay=0.01, betas=[0.9, 0.999],
-             warmup_steps=2, schedule="cosine", min_lr_ratio=0.01, max_grad_norm=1.0, precision="auto",
-             grad_checkpointing=False, bucket_by_length=True, cfg_dropout="auto", timesteps="auto",
-             logit_mean=-0.4, logit_std=1.0, checkpoint_every=5, keep_last=2, resume_from=None, log_every=1)
-    t.update(train)
-    return OmegaConf.create({
-        "seed": 1234,
-        "paths": {"dataset": str(dataset), "cache": str(cache), "base_model": str(base),
-                  "lora": str(root / "models" / "lora"), "metrics": str(root / "metrics")},
-        "model": {"name": "tiny", "source": "build", "path": str(base), "hub_id": None, "revision": None,
-                  "variant": variant, "dtype": "bfloat16", "build": None},
-        "lora": {"r": 4, "alpha": 8, "rslora": False, "dropout": 0.0,
-                 "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]},
-        "train": t,
-    })
+# The train keys the toy runs change from conf/train/tiny.yaml: a dozen steps, checkpoints every 5
+SHRUNK_TRAIN = dict(max_steps=12, lr=3e-3, warmup_steps=2, checkpoint_every=5, keep_last=2)
+
+
+def train_config(root: Path, base: Path, dataset: Path, cache: Path, *, variant: str = "turbo", **train):
+    """The real configuration on the toy base model and cache, with SHRUNK_TRAIN and `train` overrides."""
+    return real_config(root, model={"path": str(base), "variant": variant},
+                       paths={"dataset": str(dataset), "cache": str(cache), "base_model": str(base),
+                              "lora": str(root / "models" / "lora"), "metrics": str(root / "metrics")},
+                       train={**SHRUNK_TRAIN, **train})
 
 
 def workspace(root: Path, variant: str = "turbo", n_clips: int = 6, **train):
     base = make_base_model(root, variant)
     dataset, cache = make_cache(root, n_clips)
-    return make_cfg(root, base, dataset, cache, variant=variant, **train)
+    return train_config(root, base, dataset, cache, variant=variant, **train)
