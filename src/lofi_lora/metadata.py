@@ -46,7 +46,10 @@ SOURCES_SCHEMA: dict[str, Any] = _tracks_file_schema({
     "type": "object",
     "required": ["file", "licence", "provenance", "attribution"],
     "properties": {"file": _nonempty, "licence": _nonempty, "provenance": _nonempty,
-                   "attribution": _nonempty, "url": {"type": "string"}, "notes": {"type": "string"}},
+                   "attribution": _nonempty, "url": {"type": "string"}, "notes": {"type": "string"},
+                   # Optional labels the user knows; stage annotate uses them instead of its estimates.
+                   "bpm": {"type": "number", "minimum": 30, "maximum": 240},
+                   "keyscale": {"type": "string", "pattern": r"^[A-Ga-g][#b]? (major|minor)$"}},
 })
 
 STYLE_MAPPING_SCHEMA: dict[str, Any] = _tracks_file_schema(

@@ -1,8 +1,12 @@
-"""One clip's musical attributes: tempo, key, meter and events, from audio in memory."""
+"""One clip's musical evidence: tempo, key, meter, events, and what the track-level step needs from it.
+
+A clip is analysed on its own (in a worker process); `lofi_lora.annotate.track` then combines the clips of a
+track into one tempo and one key (or a key change), so every value here is evidence, not the final label.
+"""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,21 +14,21 @@ import numpy as np
 from lofi_lora.annotate.events import Event, segment
 from lofi_lora.annotate.features import ANALYSIS_SR, compute_features, to_analysis_mono
 from lofi_lora.annotate.key import KeyEstimate, estimate_key
-from lofi_lora.annotate.tempo import TempoEstimate, estimate_beats_per_bar, estimate_tempo
+from lofi_lora.annotate.tempo import (MIN_BPM, TempoEstimate, _autocorr, estimate_beats_per_bar,
+                                      estimate_tempo, rhythm_bpm)
+
+RHYTHM_SR = 44100  # essentia's rhythm extractor assumes this rate
 
 
 @dataclass(frozen=True)
 class AnalysisOptions:
     key_profile: str = "temperley"
     bass_weight: float = 1.0
-    start_weight: float = 0.5      # opening-bar tonic cue; only for clips that open their track
     candidate_margin: float = 0.25
     min_event_s: float = 2.5
     novelty_threshold: float = 0.25
-
-    def for_clip(self, opens_track: bool) -> "AnalysisOptions":
-        """A clip cut from the middle of a track need not open a phrase: no opening-bar cue for it."""
-        return self if opens_track else replace(self, start_weight=0.0)
+    key_change_gain: float = 0.1     # profile-correlation gain two halves must show to count as a key change
+    min_key_segment_s: float = 15.0  # shortest stretch in one key that counts as a key change
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "AnalysisOptions":
@@ -35,34 +39,52 @@ class AnalysisOptions:
 @dataclass(frozen=True)
 class ClipAnalysis:
     duration_s: float
-    tempo: TempoEstimate
-    key: KeyEstimate
+    tempo: TempoEstimate           # onset-autocorrelation estimate (no range): fallback and traceability
+    rhythm_bpm: float              # essentia RhythmExtractor2013 on this clip; 0.0 when it found no beat
+    key: KeyEstimate               # this clip's own key, before the track decides
     beats_per_bar: int
     meter_confidence: float
+    chroma: np.ndarray             # [12, T] at chroma_hop_s: the track's key and key changes are read from these
+    bass_chroma: np.ndarray
+    chroma_hop_s: float
+    onset_ac: np.ndarray           # onset autocorrelation up to the 30 BPM lag: the clip's pulse at any tempo
+    onset_hop_s: float
     events: list[Event] = field(default_factory=list)
     analysis_s: float = 0.0
 
-    def rich_details(self) -> dict[str, Any]:
-        """Confidences and raw estimates kept in the sidecar's source.rich_details."""
-        return {
-            "bpm_confidence": round(float(self.tempo.confidence), 3),
-            "bpm_unweighted": round(float(self.tempo.unweighted_bpm), 2),
-            "key_confidence": round(float(self.key.confidence), 3),
-            "key_correlation": round(float(self.key.correlation), 3),
-            "beats_per_bar_estimate": int(self.beats_per_bar),
-            "meter_confidence": round(float(self.meter_confidence), 3),
-        }
+    @property
+    def own_bpm(self) -> float:
+        return self.rhythm_bpm or self.tempo.bpm
+
+    def beat_strength(self, bpm: float) -> float:
+        """Onset autocorrelation at the beat lag of `bpm` (best within +-2 %), 0-1."""
+        lag = 60.0 / bpm / self.onset_hop_s
+        lo, hi = int(np.floor(lag * 0.98)), int(np.ceil(lag * 1.02)) + 1
+        if lo >= len(self.onset_ac):
+            return 0.0
+        return float(np.clip(self.onset_ac[lo: hi + 1].max(), 0.0, 1.0))
 
 
-def analyze(audio: np.ndarray, sr: int, tempo_range: tuple[float, float],
-            opts: AnalysisOptions = AnalysisOptions()) -> ClipAnalysis:
+def analyze(audio: np.ndarray, sr: int, opts: AnalysisOptions = AnalysisOptions()) -> ClipAnalysis:
     """Estimate a clip's attributes; `audio` is `[channels, frames]` or `[frames]` at `sr`."""
     t0 = time.perf_counter()
     y = to_analysis_mono(audio, sr)
     feats = compute_features(y, ANALYSIS_SR)
-    tempo = estimate_tempo(feats, tempo_range)
-    bpb, meter_conf = estimate_beats_per_bar(feats, tempo.beat_period_s)  # cheap; used if annotate asks
-    key = estimate_key(feats, opts.key_profile, opts.bass_weight, start_s=bpb * tempo.beat_period_s,
-                       start_weight=opts.start_weight, candidate_margin=opts.candidate_margin)
-    events = segment(feats, tempo.beat_period_s, opts.min_event_s, opts.novelty_threshold)
-    return ClipAnalysis(feats.duration_s, tempo, key, bpb, meter_conf, events, time.perf_counter() - t0)
+    tempo = estimate_tempo(feats)
+    mono = np.asarray(audio, dtype=np.float32)
+    mono = mono.mean(axis=0) if mono.ndim == 2 else mono
+    if sr != RHYTHM_SR:
+        import librosa
+
+        mono = librosa.resample(mono, orig_sr=sr, target_sr=RHYTHM_SR, res_type="soxr_hq")
+    rbpm = rhythm_bpm(mono)
+    beat_s = 60.0 / (rbpm or tempo.bpm)
+    bpb, meter_conf = estimate_beats_per_bar(feats, beat_s)
+    key = estimate_key(feats, opts.key_profile, opts.bass_weight, candidate_margin=opts.candidate_margin)
+    events = segment(feats, beat_s, opts.min_event_s, opts.novelty_threshold)
+    max_lag = min(len(feats.onset_env) - 1, int(np.ceil(60.0 / MIN_BPM / feats.onset_hop_s * 1.03)) + 2)
+    ac = 0.5 * (_autocorr(feats.onset_env, max_lag) + _autocorr(feats.onset_env_low, max_lag)) if max_lag > 0 \
+        else np.zeros(1)
+    return ClipAnalysis(feats.duration_s, tempo, rbpm, key, bpb, meter_conf, feats.chroma.astype(np.float32),
+                        feats.bass_chroma.astype(np.float32), feats.chroma_hop_s, ac.astype(np.float32),
+                        feats.onset_hop_s, events, time.perf_counter() - t0)

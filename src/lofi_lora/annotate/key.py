@@ -3,9 +3,8 @@
 The time-averaged chroma is correlated with the 24 rotations of a major and a minor profile; the best
 correlation names the key. The bass register gets extra weight because in loop-based music the bass
 usually sits on the tonic, which separates a key from its relative major/minor, the commonest error.
-An opening-bar cue (start_weight) helps when a clip opens its track (intros establish the tonic) and hurts
-when it starts mid-phrase (benchmarks/annotation_accuracy.py --trim-bars measures both), so the stage
-applies it only to clips that start at 0 s of their track.
+There is no opening-bar cue: lofi progressions often open on ii or IV, and on held-out material the cue
+named the first chord's root instead of the tonic (benchmarks/NOTES.md).
 """
 from __future__ import annotations
 
@@ -69,28 +68,37 @@ def _profile_matrix(profile: str) -> np.ndarray:
     return np.stack(rows)
 
 
-def key_from_chroma(chroma: np.ndarray, bass_chroma: np.ndarray | None = None, profile: str = "temperley",
-                    bass_weight: float = 1.0, start_frames: int = 0, start_weight: float = 0.0,
-                    candidate_margin: float = 0.25) -> KeyEstimate:
-    """Key of a `[12, T]` chroma (and optional bass chroma of the same shape).
-
-    Profile correlation ranks the 24 keys. Keys within `candidate_margin` of the best (typically the
-    relative and fifth-related keys, which share most pitches) are then told apart by tonic evidence in the
-    bass: how much of the bass sits on each candidate's tonic overall, and in the first `start_frames`
-    frames (a phrase, and so a clip cut at a phrase start, usually opens on the tonic chord).
-    """
+def profile_correlations(chroma: np.ndarray, profile: str = "temperley") -> np.ndarray:
+    """[24] correlation of a `[12, T]` chroma's time summary with each key (0-11 major C..B, 12-23 minor)."""
     if profile != "combined" and profile not in PROFILES:
         raise ValueError(f"unknown key profile {profile!r} (one of {', '.join([*PROFILES, 'combined'])})")
     vec = _summarise(chroma)
     if not np.any(vec > 0):
-        return KeyEstimate("C", "major", 0.0, 0.0)
+        return np.zeros(24)
     z = (vec - vec.mean()) / (vec.std() + 1e-12)
-    corr = _profile_matrix(profile) @ z / 12.0
+    return _profile_matrix(profile) @ z / 12.0
+
+
+def key_index(keyscale: str) -> int:
+    """"A minor" -> 21: the row of `profile_correlations`."""
+    tonic, mode = keyscale.split()
+    return pitch_class(tonic) + (12 if mode.lower() == "minor" else 0)
+
+
+def key_from_chroma(chroma: np.ndarray, bass_chroma: np.ndarray | None = None, profile: str = "temperley",
+                    bass_weight: float = 1.0, candidate_margin: float = 0.25) -> KeyEstimate:
+    """Key of a `[12, T]` chroma (and optional bass chroma of the same shape).
+
+    Profile correlation ranks the 24 keys. Keys within `candidate_margin` of the best (typically the
+    relative and fifth-related keys, which share most pitches) are then told apart by tonic evidence in the
+    bass: how much of the bass sits on each candidate's tonic.
+    """
+    corr = profile_correlations(chroma, profile)
+    if not np.any(corr != 0):
+        return KeyEstimate("C", "major", 0.0, 0.0)
     score = corr.copy()
     if bass_chroma is not None and bass_chroma.size and bass_weight > 0:
-        bass_all = _summarise(bass_chroma)
-        bass_start = _summarise(bass_chroma[:, :start_frames]) if start_frames > 0 else np.zeros(12)
-        tonic_evidence = bass_weight * bass_all + start_weight * bass_start  # [12] per pitch class
+        tonic_evidence = bass_weight * _summarise(bass_chroma)  # [12] per pitch class
         near = corr >= corr.max() - candidate_margin
         score = np.where(near, corr + np.tile(tonic_evidence, 2), -np.inf)
     order = np.argsort(score)[::-1]
@@ -113,9 +121,7 @@ def _summarise(chroma: np.ndarray) -> np.ndarray:
     return v / (v.sum() + 1e-12)
 
 
-def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 1.0, start_s: float = 0.0,
-                 start_weight: float = 0.0, candidate_margin: float = 0.25) -> KeyEstimate:
-    """Key of a clip; `start_s` (about one bar) is the opening span used as tonic evidence."""
-    start_frames = int(round(start_s / feats.chroma_hop_s))
-    return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight, start_frames, start_weight,
-                           candidate_margin)
+def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 1.0,
+                 candidate_margin: float = 0.25) -> KeyEstimate:
+    """Key of one clip's features."""
+    return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight, candidate_margin)

@@ -1,7 +1,8 @@
 """Stage `annotate`: every clip of clips.json -> ACE-Step 1.5 sidecar + v1 pair, plus a repetition audit.
 
-Clips are analysed in parallel (tempo with the style's tempo range as prior, key, meter, events);
-captions are then composed in the main process, the external annotator (if enabled) is asked per clip
+Clips are analysed in parallel (tempo, key, meter, events); the clips of each track are then combined into
+one tempo and one key or key change (`track.py`; the style's tempo range only breaks near-ties, and BPM/key
+given in sources.json win), captions are composed in the main process, the external annotator (if enabled) is asked per clip
 through its cache, and the annotations folder is swapped in whole. metrics/annotate.json gets BPM/key
 coverage, confidences, the caption audit, speed and, when the corpus has ground truth (truth.json in the
 metadata folder), BPM Acc1 and the MIREX key score of the clips.
@@ -24,6 +25,7 @@ from lofi_lora.annotate.captions import compose_caption, compose_tags
 from lofi_lora.annotate.external import ExternalAnnotator, clean_rich_text, fold_into_caption
 from lofi_lora.annotate.scoring import bpm_acc1, mirex_key_score
 from lofi_lora.annotate.sidecar import write_sidecars
+from lofi_lora.annotate.track import ClipVerdict, TrackAnalysis, analyse_track
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import DataError
 from lofi_lora.parallel import map_processes
@@ -64,30 +66,37 @@ def _wav_path(clip: dict[str, Any], clips_dir: Path) -> Path:
     raise DataError(f"{clips_dir / 'clips.json'}: clip {clip['clip_id']}: audio file {clip['wav']} not found")
 
 
-def _analyse_clip(job: tuple[str, str, tuple[float, float], AnalysisOptions]) -> tuple[str, ClipAnalysis, float]:
-    clip_id, wav, tempo_range, opts = job
+def _analyse_clip(job: tuple[str, str, AnalysisOptions]) -> tuple[str, ClipAnalysis, float]:
+    clip_id, wav, opts = job
     c0 = time.process_time()
     audio, sr = audio_io.read(wav)
-    return clip_id, analyze(audio, sr, tempo_range, opts), time.process_time() - c0
+    return clip_id, analyze(audio, sr, opts), time.process_time() - c0
 
 
-def analyse_clips(jobs: list[tuple[str, str, tuple[float, float], AnalysisOptions]], workers: int
+def analyse_clips(jobs: list[tuple[str, str, AnalysisOptions]], workers: int
                   ) -> tuple[dict[str, ClipAnalysis], float]:
     """clip_id -> analysis, and the CPU seconds spent; parallel over clips when `workers` > 1."""
     results = map_processes(_analyse_clip, jobs, workers, desc="annotate", unit="clip")
     return {cid: a for cid, a, _ in results}, sum(c for _, _, c in results)
 
 
-def build_sidecar(clip: dict[str, Any], a: ClipAnalysis, presets: list[dict[str, Any]], acfg: Any,
-                  wav: Path) -> tuple[dict[str, Any], str]:
+def build_sidecar(clip: dict[str, Any], a: ClipAnalysis, track: TrackAnalysis, verdict: ClipVerdict,
+                  presets: list[dict[str, Any]], acfg: Any, wav: Path) -> tuple[dict[str, Any], str]:
     """The sidecar document and the v1 tag prompt of one clip (before any external annotator text)."""
-    bpm = int(round(a.tempo.bpm))
-    keyscale = a.key.keyscale
+    bpm = int(round(track.bpm))
+    keyscale = verdict.keyscale
     ts = str(a.beats_per_bar) if bool(acfg.get("estimate_timesignature", False)) else str(acfg.timesignature)
     caption = compose_caption(clip["clip_id"], presets, bpm, keyscale, ts, str(acfg.artist), a.events,
                               bool(acfg.event_captions), int(acfg.max_caption_chars))
-    details = {**a.rich_details(), "bpm_estimate": round(float(a.tempo.bpm), 2),
-               "tempo_range_prior": list(_union_range(presets)), "preset_names": [p["name"] for p in presets]}
+    details = {
+        "bpm_estimate": round(float(track.bpm), 2), "bpm_source": track.bpm_source,
+        "bpm_confidence": verdict.tempo_confidence, "track_bpm_confidence": track.bpm_confidence,
+        "bpm_audio": None if track.bpm_audio is None else round(float(track.bpm_audio), 2),
+        "clip_bpm": round(float(a.own_bpm), 2), "key_source": track.key_source,
+        "key_confidence": verdict.key_confidence, "clip_key": a.key.keyscale, "key_change": track.key_change,
+        "flags": verdict.flags, "beats_per_bar_estimate": int(a.beats_per_bar),
+        "meter_confidence": round(float(a.meter_confidence), 3),
+        "tempo_range_prior": list(_union_range(presets)), "preset_names": [p["name"] for p in presets]}
     doc = {
         "caption": caption,
         "lyrics": str(acfg.instrumental_lyrics),
@@ -130,6 +139,24 @@ def _truth_scores(metadata_dir: Path, docs: dict[str, dict[str, Any]]) -> dict[s
             "key_mirex": round(float(np.mean(keys)), 4), "key_exact": round(float(np.mean(np.array(keys) == 1.0)), 4)}
 
 
+def analyse_tracks(clips: list[dict[str, Any]], analyses: dict[str, ClipAnalysis],
+                   presets_of: dict[str, list[dict[str, Any]]], sources: dict[str, dict[str, Any]],
+                   opts: AnalysisOptions) -> tuple[dict[str, TrackAnalysis], dict[str, ClipVerdict]]:
+    """Track-level tempo and key from each track's clips in playing order; BPM/key from sources.json win."""
+    by_track: dict[str, list[dict[str, Any]]] = {}
+    for clip in clips:
+        by_track.setdefault(clip["track_id"], []).append(clip)
+    tracks, verdicts = {}, {}
+    for tid, members in by_track.items():
+        members.sort(key=lambda c: float(c.get("start_s") or 0.0))
+        given = sources.get(tid, {})
+        t = analyse_track([analyses[c["clip_id"]] for c in members], opts,
+                          _union_range(presets_of[members[0]["clip_id"]]), given.get("bpm"), given.get("keyscale"))
+        tracks[tid] = t
+        verdicts.update({c["clip_id"]: v for c, v in zip(members, t.clips)})
+    return tracks, verdicts
+
+
 def run_annotate(cfg: Any) -> dict[str, Any]:
     """Annotate every clip; returns headline numbers."""
     acfg = require(cfg, "annotate")
@@ -152,12 +179,11 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
         ids = meta.styles_of(clip["track_id"], str(metadata_dir / "style_mapping.json"))
         presets_of[clip["clip_id"]] = [library[i] for i in ids]
         wavs[clip["clip_id"]] = _wav_path(clip, clips_dir)
-        opens_track = float(clip.get("start_s") or 0.0) < 0.5
-        jobs.append((clip["clip_id"], str(wavs[clip["clip_id"]]), _union_range(presets_of[clip["clip_id"]]),
-                     opts.for_clip(opens_track)))
+        jobs.append((clip["clip_id"], str(wavs[clip["clip_id"]]), opts))
 
     t0 = time.perf_counter()
     analyses, cpu_s = analyse_clips(jobs, workers)
+    tracks, verdicts = analyse_tracks(clips, analyses, presets_of, meta.sources, opts)
     analysis_wall_s = time.perf_counter() - t0
 
     ext_cfg = to_plain(acfg.external)
@@ -167,7 +193,8 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
     prompts: dict[str, str] = {}
     for clip in clips:
         cid = clip["clip_id"]
-        doc, prompt = build_sidecar(clip, analyses[cid], presets_of[cid], acfg, wavs[cid])
+        doc, prompt = build_sidecar(clip, analyses[cid], tracks[clip["track_id"]], verdicts[cid], presets_of[cid],
+                                    acfg, wavs[cid])
         if annotator is not None:
             reply = annotator.annotate(cid, wavs[cid], {"bpm": doc["bpm"], "keyscale": doc["keyscale"],
                                                         "style_ids": doc["style_ids"]})
@@ -191,8 +218,13 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
         "tracks": len({d["track_id"] for d in docs.values()}),
         "bpm_coverage": round(sum(d["bpm"] is not None for d in docs.values()) / n, 4),
         "key_coverage": round(sum(d["keyscale"] is not None for d in docs.values()) / n, 4),
-        "mean_bpm_confidence": round(float(np.mean([a.tempo.confidence for a in analyses.values()] or [0])), 4),
-        "mean_key_confidence": round(float(np.mean([a.key.confidence for a in analyses.values()] or [0])), 4),
+        "mean_bpm_confidence": round(float(np.mean([v.tempo_confidence for v in verdicts.values()] or [0])), 4),
+        "mean_key_confidence": round(float(np.mean([v.key_confidence for v in verdicts.values()] or [0])), 4),
+        "one_key_per_track": round(float(np.mean([len({v.keyscale for v in t.clips}) == 1
+                                                   for t in tracks.values()] or [1])), 4),
+        "bpm_sources": dict(Counter(t.bpm_source for t in tracks.values())),
+        "key_changes": {tid: t.key_change for tid, t in tracks.items() if t.key_change},
+        "flagged_clips": {cid: v.flags for cid, v in verdicts.items() if v.flags},
         "events_per_clip": round(sum(len(d["events"]) for d in docs.values()) / n, 3),
         "event_types": dict(Counter(e["type"] for d in docs.values() for e in d["events"])),
         "event_captions": bool(acfg.event_captions),
