@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # dvc.yaml runs `python stages/...`: the venv's python must come first on PATH
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install sysdeps demo test test-fast params clean-outputs
+.PHONY: install sysdeps demo test test-fast params clean-outputs bench-annotate
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,14 @@ test-fast: $(STAMP) sysdeps
 # Recompose params.yaml from conf/ exactly as `dvc exp run` does (never edit params.yaml by hand).
 params: $(STAMP)
 	$(BIN)/python -m lofi_lora.params
+
+# Annotation accuracy on FluidSynth renders (benchmarks/NOTES.md); only this target installs FluidSynth + a GM soundfont.
+bench-annotate: $(STAMP)
+	@command -v fluidsynth >/dev/null 2>&1 && [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth fluid-soundfont-gm >/dev/null; \
+	  else echo "needs: sudo apt-get install fluidsynth fluid-soundfont-gm"; exit 1; fi; }
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets synth,gm --tracks 24 --workers 2 --compare \
+	  --cache "$${TMPDIR:-/tmp}/lofi-lora-annotation-bench"
 
 clean-outputs:
 	rm -rf outputs multirun

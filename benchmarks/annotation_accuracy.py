@@ -1,16 +1,23 @@
-"""Accuracy and speed of the annotate estimators (BPM, key) against known ground truth.
+"""Accuracy and speed of stage annotate's track-level tempo and key, on material it was not tuned to.
 
-Synthetic set (default): tracks from `lofi_lora.synth.render_track` over all presets, the 24 keys and the
-styles' tempo ranges; each is analysed exactly as stage annotate analyses a clip (with its preset's
-tempo_range). Real-instrument set (--real): MIDI files written here with known tempo and key (chords, bass,
-melody, drums) rendered to WAV by FluidSynth with the FluidR3 General MIDI soundfont
-(`apt-get install -y fluidsynth fluid-soundfont-gm`, `pip install mido==1.3.3`).
+Sets: `synth` (the project's own generator, for reference only: it shares the estimators' assumptions) and
+`gm` (benchmarks/gm_corpus.py: MIDI rendered by FluidSynth through the FluidR3 General MIDI soundfont, swung
+60-100 BPM, progressions that do not open on the tonic, four tracks that modulate). Variants of each:
+  full      the whole track as one clip
+  midphrase the track minus its first 1.37 bars (starts mid-phrase, mid-bar)
+  10s       a 10 s excerpt from 40 % into the track
+  pink10    pink noise added at 10 dB SNR
+  clips     cut by stage preprocess's own cutter (`audio.max_clip_seconds`), annotated as the stage does:
+            each clip analysed alone, then one tempo and one key (or key change) per track
+No style prior anywhere (`tempo_range=None`): the octave must come from the audio.
 
-Scores: BPM Acc1 (within 4 %), Acc2 (also x2, x1/2, x3, x1/3), key MIREX weighted score (mir_eval weights),
-exact-key rate, and speed as seconds of audio analysed per wall second with `--workers` processes.
+Scores: BPM Acc1 (within 4 %), Acc2 (also x2, x1/2, x3, x1/3), MIREX weighted key score (mir_eval weights),
+exact key; per track and, for `clips`, per clip (`clip-own` = each clip analysed alone, the old behaviour);
+one-key-per-track rate; key changes found; speed as audio seconds per wall second of the annotate analysis
+with `--workers` processes. `--compare` adds essentia's KeyExtractor (edma, temperley, shaath) per track.
 
-    python benchmarks/annotation_accuracy.py --tracks 40 --workers 2
-    python benchmarks/annotation_accuracy.py --real --tracks 24
+    make bench-annotate        # installs fluidsynth + the soundfont (root), then the full run below
+    python benchmarks/annotation_accuracy.py --sets synth,gm --tracks 24 --workers 2 --compare
 """
 from __future__ import annotations
 
@@ -18,25 +25,25 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from lofi_lora.annotate.analysis import AnalysisOptions, analyze
-from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score
-from lofi_lora.presets import PresetLibrary
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gm_corpus import gm_specs, render  # noqa: E402
+
+from lofi_lora.annotate.analysis import AnalysisOptions, analyze  # noqa: E402
+from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score  # noqa: E402
+from lofi_lora.annotate.track import analyse_track  # noqa: E402
+from lofi_lora.presets import PresetLibrary  # noqa: E402
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 CATEGORY_BPM = {"CORE": (70, 90), "JAZZ": (75, 95), "AMB": (60, 75), "CHILL": (85, 95), "DUSK": (60, 80)}
-
-
+SR = 44100
 def synth_specs(n: int, seconds: float, seed: int) -> list[dict]:
     """Tracks spread over every preset, all 24 keys and each style's tempo range (DUSK is minor only)."""
     ids = PresetLibrary().ids()
@@ -62,201 +69,198 @@ def _render_synth(spec: dict, cache_dir: str | None) -> tuple[np.ndarray, int]:
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + src).hexdigest()[:12]
     path = Path(cache_dir) / f"{spec['track_id']}_{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
-        return np.load(path), 44100
-    audio, _ = render_track(TrackSpec(**spec), sample_rate=44100)
+        return np.load(path), SR
+    audio, _ = render_track(TrackSpec(**spec), sample_rate=SR)
     if path is not None:
         np.save(path, audio)
-    return audio, 44100
+    return audio, SR
 
 
-def _analyse(job: tuple[dict, np.ndarray, int, tuple[float, float], AnalysisOptions]) -> dict:
-    spec, audio, sr, tempo_range, opts = job
-    t0, c0 = time.perf_counter(), time.process_time()
-    a = analyze(audio, sr, tempo_range, opts)
-    return {**spec, "est_bpm": a.tempo.bpm, "est_key": a.key.keyscale, "audio_s": audio.shape[-1] / sr,
-            "analysis_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "bpm_conf": a.tempo.confidence, "key_conf": a.key.confidence}
+def _gm_render(args: tuple) -> np.ndarray:
+    spec, cache_dir = args
+    digest = hashlib.sha256((repr(spec) + Path(__file__).with_name("gm_corpus.py").read_text()).encode()).hexdigest()
+    path = Path(cache_dir) / f"{spec.track_id}_{digest[:12]}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    with tempfile.TemporaryDirectory() as wd:
+        y = render(spec, Path(wd), SR)
+    if path is not None:
+        np.save(path, y)
+    return y
 
 
-def _warm(_: int) -> None:
-    analyze(np.random.default_rng(0).standard_normal((2, 44100 * 3)).astype(np.float32) * 0.1, 44100, (70, 90))
+def pink_noise(n: int, seed: int) -> np.ndarray:
+    """1/f noise: white noise shaped by 1/sqrt(f) in the frequency domain."""
+    spec = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    spec /= np.sqrt(np.maximum(np.arange(spec.size), 1.0))
+    y = np.fft.irfft(spec, n)
+    return y / y.std()
 
 
-def run_analysis(items: list[tuple[dict, np.ndarray, int, tuple[float, float]]], opts: AnalysisOptions,
-                 workers: int) -> tuple[list[dict], float]:
-    """Analyse every item with `workers` processes (warmed up first); returns rows and wall seconds."""
-    jobs = [(*it, opts) for it in items]
-    if workers <= 1:
-        _warm(0)
-        t0 = time.perf_counter()
-        rows = [_analyse(j) for j in jobs]
-        return rows, time.perf_counter() - t0
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_warm, range(workers)))
-        t0 = time.perf_counter()
-        rows = list(pool.map(_analyse, jobs, chunksize=1))
-        return rows, time.perf_counter() - t0
+def preprocess_cuts(y: np.ndarray, max_s: float, min_s: float) -> list[tuple[float, float]]:
+    """Clip spans as stage preprocess cuts them (bar-aligned quiet points)."""
+    from lofi_lora.preprocess import analyse as cut_curves, choose_cuts
+
+    cuts = choose_cuts(cut_curves(y, SR), y.shape[-1] / SR, max_s, min_s)
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
-# --------------------------------------------------------------------------------------------- real set
-PROGRESSIONS = {"major": [(0, "maj7"), (5, "min7"), (3, "maj7"), (4, "dom7")],      # I vi IV V
-                "minor": [(0, "min7"), (5, "maj7"), (3, "min7"), (4, "min7")]}      # i VI iv v
-SCALE = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
-CHORD = {"maj7": (0, 4, 7, 11), "min7": (0, 3, 7, 10), "dom7": (0, 4, 7, 10)}
-GM_KEYS = (0, 4, 5, 11, 24, 26, 48, 88)     # grand piano, EP, EP2, vibes, nylon gtr, jazz gtr, strings, pad
-GM_LEAD = (73, 65, 56, 11, 0)                # flute, alto sax, trumpet, vibes, piano
+def variant(name: str, y: np.ndarray, truth: dict, seed: int, max_s: float, min_s: float
+            ) -> list[tuple[float, float, np.ndarray]]:
+    """(start_s, end_s, audio) clips of one track for a variant."""
+    dur = y.shape[-1] / SR
+    if name == "full":
+        return [(0.0, dur, y)]
+    if name == "midphrase":
+        s = 1.37 * 4 * 60.0 / truth["bpm"]
+        return [(s, dur, y[:, int(s * SR):])]
+    if name == "10s":
+        s = 0.4 * dur
+        return [(s, s + 10.0, y[:, int(s * SR): int((s + 10.0) * SR)])]
+    if name == "pink10":
+        noise = pink_noise(y.shape[-1], seed)
+        noise *= np.sqrt(np.mean(y ** 2)) / 10 ** (10 / 20)
+        return [(0.0, dur, (y + noise[None]).astype(np.float32))]
+    if name == "clips":
+        return [(a, b, y[:, int(a * SR): int(b * SR)]) for a, b in preprocess_cuts(y, max_s, min_s)]
+    raise ValueError(name)
 
 
-def write_midi(path: Path, bpm: float, tonic: int, mode: str, bars: int, seed: int) -> None:
-    """A small arrangement in 4/4: chords, root bass, a scale melody and a boom-bap drum loop."""
-    import mido
-
-    rng = np.random.default_rng(seed)
-    tpb = 480
-    mid = mido.MidiFile(ticks_per_beat=tpb)
-    meta = mido.MidiTrack()
-    meta.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))
-    mid.tracks.append(meta)
-    events: list[tuple[int, mido.Message]] = []
-
-    def note(ch: int, pitch: int, start: int, dur: int, vel: int) -> None:
-        events.append((start, mido.Message("note_on", channel=ch, note=pitch, velocity=vel)))
-        events.append((start + dur, mido.Message("note_off", channel=ch, note=pitch, velocity=0)))
-
-    keys_prog, lead_prog = int(rng.choice(GM_KEYS)), int(rng.choice(GM_LEAD))
-    events += [(0, mido.Message("program_change", channel=0, program=keys_prog)),
-               (0, mido.Message("program_change", channel=1, program=33)),      # fingered bass
-               (0, mido.Message("program_change", channel=2, program=lead_prog))]
-    prog = PROGRESSIONS[mode]
-    scale = SCALE[mode]
-    bar = 4 * tpb
-    for b in range(bars):
-        deg, quality = prog[b % len(prog)]
-        root = 48 + tonic + scale[deg]
-        root = root - 12 if root > 59 else root
-        for iv in CHORD[quality]:
-            note(0, root + iv + 12 * (iv < 5), b * bar, bar - 30, 62)
-        note(1, 36 + (tonic + scale[deg]) % 12, b * bar, 2 * tpb - 20, 90)
-        note(1, 36 + (tonic + scale[deg]) % 12, b * bar + int(2.5 * tpb), tpb, 80)
-        for beat in range(4):
-            if rng.random() < 0.7:
-                step = int(rng.choice([0, 2, 4, 2, 0, 4, 6]))
-                pitch = 72 + tonic % 12 + scale[(deg + step) % 7] + 12 * ((deg + step) // 7) - 12 * (tonic > 6)
-                note(2, pitch, b * bar + beat * tpb, tpb - 40, 70)
-        for beat in range(4):                                      # drums on channel 10 (index 9)
-            t = b * bar + beat * tpb
-            note(9, 36 if beat in (0, 2) else 38, t, tpb // 4, 100 if beat in (0, 2) else 90)
-            note(9, 42, t, tpb // 8, 60)
-            note(9, 42, t + int(0.6 * tpb), tpb // 8, 45)
-    track = mido.MidiTrack()
-    events.sort(key=lambda e: (e[0], e[1].type == "note_on"))
-    now = 0
-    for t, msg in events:
-        track.append(msg.copy(time=t - now))
-        now = t
-    mid.tracks.append(track)
-    mid.save(path)
+def key_at(truth: dict, t: float) -> str:
+    return truth["keyscale2"] if truth.get("change_s") is not None and t >= truth["change_s"] else truth["keyscale"]
 
 
-def real_items(n: int, seconds: float, seed: int, workdir: Path) -> list[tuple[dict, np.ndarray, int, tuple[float, float]]]:
-    from lofi_lora import audio as audio_io
-
-    exe = shutil.which("fluidsynth")
-    sf2 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-    if exe is None or not sf2.is_file():
-        raise SystemExit("--real needs `apt-get install -y fluidsynth fluid-soundfont-gm`")
-    rng = np.random.default_rng(seed)
-    items = []
-    for i in range(n):
-        mode = ("major", "minor")[i % 2]
-        tonic = (i * 5) % 12
-        bpm = round(float(rng.uniform(60, 95)), 1)
-        bars = max(4, int(round(seconds / (4 * 60 / bpm))))
-        mid, wav = workdir / f"real{i:03d}.mid", workdir / f"real{i:03d}.wav"
-        write_midi(mid, bpm, tonic, mode, bars, seed + i)
-        subprocess.run([exe, "-ni", "-q", "-g", "0.6", "-r", "44100", "-F", str(wav), str(sf2), str(mid)],
-                       check=True, capture_output=True)
-        y, sr = audio_io.read(wav)
-        spec = {"track_id": f"real{i:03d}", "style_id": "GM", "bpm": bpm, "tonic": NOTE_NAMES[tonic], "mode": mode}
-        # The style prior a user would give: a +-15 % window around a lofi tempo, never centred on the truth.
-        lo = 60.0 if bpm < 78 else 75.0
-        items.append((spec, y, sr, (lo, lo + 20.0)))
-    return items
+def _analyse_clip(job: tuple) -> tuple:
+    clip, opts = job
+    c0, t0 = time.process_time(), time.perf_counter()
+    a = analyze(clip, SR, opts)
+    return a, time.process_time() - c0, time.perf_counter() - t0
 
 
-# --------------------------------------------------------------------------------------------- report
-def table(rows: list[dict], wall_s: float, workers: int, group: str) -> str:
-    by: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by[r[group]].append(r)
-    by["ALL"] = rows
-    lines = [f"{'group':8s} {'n':>3s} {'Acc1':>6s} {'Acc2':>6s} {'MIREX':>6s} {'exact':>6s}"]
-    for g, rs in by.items():
-        a1 = np.mean([bpm_acc1(r["est_bpm"], r["bpm"]) for r in rs])
-        a2 = np.mean([bpm_acc2(r["est_bpm"], r["bpm"]) for r in rs])
-        ks = [mirex_key_score(r["est_key"], f"{r['tonic']} {r['mode']}") for r in rs]
-        lines.append(f"{g:8s} {len(rs):3d} {a1:6.1%} {a2:6.1%} {np.mean(ks):6.3f} {np.mean(np.array(ks) == 1):6.1%}")
-    audio_s = sum(r["audio_s"] for r in rows)
-    cpu_s = sum(r["cpu_s"] for r in rows)
-    load = os.getloadavg()[0]
-    lines.append(f"speed: {audio_s:.0f} s of audio in {wall_s:.2f} s wall with {workers} worker(s) = "
-                 f"{audio_s / wall_s:.0f}x realtime (load average {load:.1f} on {os.cpu_count()} CPUs)")
-    lines.append(f"       CPU time {cpu_s:.2f} s = {audio_s / cpu_s:.0f}x realtime per core, "
-                 f"{workers * audio_s / cpu_s:.0f}x on {workers} cores without contention")
-    return "\n".join(lines)
+def _essentia_keys(y: np.ndarray) -> dict[str, str]:
+    import essentia.standard as es
+    from lofi_lora.annotate.key import normalise_tonic
+
+    out = {}
+    for prof in ("edma", "temperley", "shaath"):
+        k, scale = es.KeyExtractor(profileType=prof)(np.ascontiguousarray(y.mean(axis=0), dtype=np.float32))[:2]
+        out[prof] = f"{normalise_tonic(k)} {scale}"
+    return out
+
+
+def run_variant(tracks: list[tuple[dict, np.ndarray]], name: str, opts: AnalysisOptions, pool, args) -> dict:
+    """Analyse every clip of every track (in the pool), then each track as stage annotate does; score."""
+    per_track = [variant(name, y, t, i, args.max_clip_seconds, args.min_clip_seconds)
+                 for i, (t, y) in enumerate(tracks)]
+    jobs = [(audio, opts) for clips in per_track for _, _, audio in clips]
+    t0 = time.perf_counter()
+    results = list(pool.map(_analyse_clip, jobs, chunksize=1)) if pool else [_analyse_clip(j) for j in jobs]
+    it = iter(results)
+    rows, clip_rows = [], []
+    for (truth, _), clips in zip(tracks, per_track):
+        analyses = [next(it)[0] for _ in clips]
+        tr = analyse_track(analyses, opts)
+        start = clips[0][0]
+        first_key = tr.key_segments[0].key.keyscale
+        row = {"track_id": truth["track_id"], "bpm": truth["bpm"], "est_bpm": tr.bpm, "source": tr.bpm_source,
+               "key": key_at(truth, start), "est_key": first_key, "modulates": truth.get("change_s") is not None,
+               "key_change": tr.key_change, "one_key": len({v.keyscale for v in tr.clips}) == 1,
+               "flags": sum(bool(v.flags) for v in tr.clips), "clips": len(clips)}
+        if truth.get("change_s") is not None and name in ("full", "pink10", "clips"):
+            row["change_ok"] = bool(tr.key_change and tr.key_change["to"] == truth["keyscale2"]
+                                    and abs(tr.key_change["at_s"] + start - truth["change_s"]) < 6)
+        rows.append(row)
+        for (a, b, _), an, v in zip(clips, analyses, tr.clips):
+            clip_rows.append({"bpm": truth["bpm"], "key": key_at(truth, 0.5 * (a + b)), "est_bpm": tr.bpm,
+                              "est_key": v.keyscale, "own_bpm": an.own_bpm, "own_key": an.key.keyscale})
+    wall = time.perf_counter() - t0
+    audio_s = sum(b - a for clips in per_track for a, b, _ in clips)
+    cpu = sum(r[1] for r in results)
+    if args.compare and name != "clips":
+        for row, clips in zip(rows, per_track):
+            row["essentia"] = _essentia_keys(clips[0][2])
+    return {"rows": rows, "clip_rows": clip_rows, "audio_s": audio_s, "wall_s": wall, "cpu_s": cpu}
+
+
+def scores(rows: list[dict], bpm_key: str = "est_bpm", key_key: str = "est_key") -> dict:
+    steady = [r for r in rows if not r.get("modulates")] if rows and "modulates" in rows[0] else rows
+    ks = [mirex_key_score(r[key_key], r["key"]) for r in (steady if key_key == "est_key" else rows)]
+    return {"n": len(rows), "acc1": float(np.mean([bpm_acc1(r[bpm_key], r["bpm"]) for r in rows])),
+            "acc2": float(np.mean([bpm_acc2(r[bpm_key], r["bpm"]) for r in rows])),
+            "mirex": float(np.mean(ks)), "exact": float(np.mean(np.array(ks) == 1.0))}
+
+
+def report(set_name: str, name: str, res: dict, workers: int) -> dict:
+    rows, clip_rows = res["rows"], res["clip_rows"]
+    out = {"set": set_name, "variant": name, "track": scores(rows), "speed_x": res["audio_s"] / res["wall_s"],
+           "per_core_x": res["audio_s"] / res["cpu_s"]}
+    line = (f"{set_name:5s} {name:9s} tracks {out['track']['n']:3d}  Acc1 {out['track']['acc1']:.3f}  "
+            f"Acc2 {out['track']['acc2']:.3f}  MIREX {out['track']['mirex']:.3f}  exact {out['track']['exact']:.3f}")
+    if name == "clips":
+        out["clip"] = {k: v for k, v in scores([{**r, "modulates": False} for r in clip_rows]).items()}
+        out["clip_own"] = scores([{**r, "modulates": False} for r in clip_rows], "own_bpm", "own_key")
+        steady = [r for r in rows if not r["modulates"]]
+        out["one_key_per_track"] = float(np.mean([r["one_key"] for r in steady]))
+        line += (f"\n{'':16s}clips {out['clip']['n']:3d}  Acc1 {out['clip']['acc1']:.3f}  MIREX "
+                 f"{out['clip']['mirex']:.3f}   clip-own: Acc1 {out['clip_own']['acc1']:.3f}  MIREX "
+                 f"{out['clip_own']['mirex']:.3f}   one key per track {out['one_key_per_track']:.3f}")
+    mod = [r for r in rows if r.get("modulates") and "change_ok" in r]
+    if mod:
+        out["key_changes_found"] = f"{sum(r['change_ok'] for r in mod)}/{len(mod)}"
+        out["false_key_changes"] = f"{sum(bool(r['key_change']) for r in rows if not r['modulates'])}/" \
+                                   f"{sum(not r['modulates'] for r in rows)}"
+        line += f"  key changes found {out['key_changes_found']}, false {out['false_key_changes']}"
+    if rows and "essentia" in rows[0]:
+        steady = [r for r in rows if not r.get("modulates")]
+        out["essentia_mirex"] = {p: float(np.mean([mirex_key_score(r["essentia"][p], r["key"]) for r in steady]))
+                                 for p in rows[0]["essentia"]}
+        line += "  essentia KeyExtractor MIREX " + ", ".join(f"{p} {v:.3f}" for p, v in out["essentia_mirex"].items())
+    out["sources"] = {s: sum(r["source"] == s for r in rows) for s in {r["source"] for r in rows}}
+    line += (f"\n{'':16s}speed {out['speed_x']:.0f}x realtime with {workers} worker(s) "
+             f"({out['per_core_x']:.0f}x per core), bpm_source {out['sources']}")
+    print(line, flush=True)
+    return out
+
+
+def load_set(set_name: str, args) -> list[tuple[dict, np.ndarray]]:
+    if args.cache:
+        os.makedirs(args.cache, exist_ok=True)
+    with ProcessPoolExecutor(args.workers) as pool:
+        if set_name == "gm":
+            specs = gm_specs(args.tracks, args.seconds, args.seed, modulating=max(args.tracks // 6, 1))
+            audio = list(pool.map(_gm_render, [(s, args.cache) for s in specs]))
+            return [(s.truth(), y) for s, y in zip(specs, audio)]
+        specs = synth_specs(args.tracks, args.seconds, args.seed)
+        audio = [a for a, _ in pool.map(_render_synth, specs, [args.cache] * len(specs))]
+        return [({"track_id": s["track_id"], "bpm": s["bpm"], "keyscale": f"{s['tonic']} {s['mode']}"}, a)
+                for s, a in zip(specs, audio)]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tracks", type=int, default=40)
-    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--sets", default="synth,gm")
+    ap.add_argument("--variants", default="full,midphrase,10s,pink10,clips")
+    ap.add_argument("--tracks", type=int, default=24)
+    ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--real", action="store_true", help="FluidSynth renders of generated MIDI instead of the synth")
-    ap.add_argument("--key-profile", default="temperley")
-    ap.add_argument("--bass-weight", type=float, default=AnalysisOptions().bass_weight)
-    ap.add_argument("--start-weight", type=float, default=AnalysisOptions().start_weight)
-    ap.add_argument("--candidate-margin", type=float, default=AnalysisOptions().candidate_margin)
-    ap.add_argument("--cache", default=None, help="folder to keep rendered synth tracks between runs")
-    ap.add_argument("--json", default=None, help="also write the rows and scores here")
-    ap.add_argument("--verbose", action="store_true", help="one line per track")
-    ap.add_argument("--trim-bars", type=int, default=0,
-                    help="drop this many bars from each track's start (clips that do not open a phrase)")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--max-clip-seconds", type=float, default=30.0)
+    ap.add_argument("--min-clip-seconds", type=float, default=8.0)
+    ap.add_argument("--compare", action="store_true", help="also essentia's KeyExtractor profiles per track")
+    ap.add_argument("--cache", default=None, help="folder to keep rendered tracks between runs")
+    ap.add_argument("--json", default=None, help="also write every score here")
     args = ap.parse_args(argv)
-    opts = AnalysisOptions(key_profile=args.key_profile, bass_weight=args.bass_weight,
-                           start_weight=args.start_weight, candidate_margin=args.candidate_margin)
-
-    if args.real:
-        workdir = Path(tempfile.mkdtemp(prefix="annot_real_"))
-        try:
-            items = real_items(args.tracks, args.seconds, args.seed, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        group = "mode"
-    else:
-        if args.cache:
-            os.makedirs(args.cache, exist_ok=True)
-        specs = synth_specs(args.tracks, args.seconds, args.seed)
-        lib = PresetLibrary()
-        with ProcessPoolExecutor(args.workers) as pool:
-            rendered = list(pool.map(_render_synth, specs, [args.cache] * len(specs)))
-        items = [(s, a, sr, tuple(lib[s["style_id"]]["tempo_range"])) for s, (a, sr) in zip(specs, rendered)]
-        for s in specs:
-            s["category"] = s["style_id"].split("-")[0]
-        group = "category"
-    if args.trim_bars:  # like a clip cut mid-track: stage annotate then drops the opening-bar cue too
-        items = [(s, a[..., int(args.trim_bars * 4 * 60.0 / s["bpm"] * sr):], sr, r) for s, a, sr, r in items]
-        opts = opts.for_clip(opens_track=False)
-    rows, wall_s = run_analysis(items, opts, args.workers)
-    if args.verbose:
-        for r in rows:
-            print(f"{r['track_id']} {r['style_id']:9s} bpm {r['bpm']:6.1f} -> {r['est_bpm']:6.1f}   "
-                  f"key {r['tonic']} {r['mode']:5s} -> {r['est_key']:9s} ({mirex_key_score(r['est_key'], r['tonic'] + ' ' + r['mode']):.1f})")
-    print(f"\n{'real (FluidSynth GM)' if args.real else 'synthetic (render_track)'}: {len(rows)} tracks, "
-          f"{args.trim_bars} bar(s) trimmed, "
-          f"key profile {opts.key_profile}, {os.cpu_count()} CPUs visible")
-    print(table(rows, wall_s, args.workers, group))
+    opts = AnalysisOptions()
+    print(f"annotation accuracy: {args.tracks} tracks of {args.seconds:g} s per set, no style prior, "
+          f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}")
+    results = []
+    with ProcessPoolExecutor(args.workers) as pool:
+        for set_name in args.sets.split(","):
+            tracks = load_set(set_name, args)
+            for name in args.variants.split(","):
+                results.append(report(set_name, name, run_variant(tracks, name, opts, pool, args), args.workers))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "wall_s": wall_s}, indent=1, default=float))
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
     return 0
 
 

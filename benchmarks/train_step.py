@@ -2,16 +2,17 @@
 
 Full-size ACE-Step 1.5 DiT (diffusers AceStepTransformer1DModel default config, 1.58 B params, random weights),
 bf16 base, fp32 LoRA on to_q/to_k/to_v/to_out.0 under bf16 autocast, cached conditions (320 tokens).
-- plain: the anchor loop (shared/bench/plain_lora_step.py): batch 1, eager, foreach AdamW, mse, all-or-nothing
+- plain: the anchor loop (a plain diffusers LoRA loop): batch 1, eager, foreach AdamW, mse, all-or-nothing
   checkpointing.
-- project: what stage train runs (lofi_lora.train / train_speed): clips already on the GPU, several clips of one
-  length bucket per step, regional torch.compile of the DiT block, masked flow-matching loss without host syncs,
-  fused AdamW, clip_grad_norm_, selective activation checkpointing (`share` of blocks recomputed).
+- project: what stage train runs (`lofi_lora.train_state.train_step` with conf/train/gpu.yaml's optimizer and
+  schedule): clips already on the GPU, several clips of one length bucket per step, regional torch.compile of the
+  DiT block, masked flow-matching loss without host syncs, fused AdamW, clip_grad_norm_, selective activation
+  checkpointing (`share` of blocks recomputed).
 Model FLOPs per step = 2 x forward (linear/conv layers counted by hooks + attention with the sliding window's real
 key count; frozen base gets no weight grads; recompute not counted), MFU against 989 TFLOP/s (H100 SXM dense bf16).
 Before timing, the project step's loss and LoRA gradients are checked against the plain eager step on one batch.
 
-    python benchmarks/train_step.py                     # GPU, full size, the issue's grid
+    python benchmarks/train_step.py                     # GPU, full size: ranks 64/256 x clips 30/240 s
     python benchmarks/train_step.py --tiny              # CPU, toy size (a check of the code path)
     torchrun --nproc-per-node 2 benchmarks/train_step.py --ddp --only-project ...   # data-parallel throughput
 """
@@ -21,26 +22,27 @@ import argparse
 import contextlib
 import copy
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from lofi_lora import train, train_speed  # noqa: E402
+from kernel_profile import device_kernels, kernel_breakdown
+from lofi_lora import train_speed
+from lofi_lora.config import compose_config
+from lofi_lora.objective import Objective
+from lofi_lora.train_state import (BatchOrder, TrainState, add_lora, build_optimizer, build_scheduler, lora_params,
+                                   train_step)
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             head_dim=8, in_channels=192, patch_size=2, sliding_window=16)
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# the project's GPU profile (conf/train/gpu.yaml: lr, AdamW, schedule, clipping) and LoRA targets (conf/lora)
+CONFIG = ["train=gpu", "lora.dropout=0.0"]
 
 
 def build(tiny: bool, device: str, r: int, seed: int = 0):
     from diffusers import AceStepTransformer1DModel
-    from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -48,9 +50,8 @@ def build(tiny: bool, device: str, r: int, seed: int = 0):
     if device == "cuda":
         m = m.to(torch.bfloat16)
     torch.manual_seed(seed + 1)
-    train.add_lora(m, OmegaConf.create({"r": r, "alpha": r, "rslora": False, "dropout": 0.0,
-                                        "target_modules": TARGETS}))
-    for p in lora_params(m):
+    add_lora(m, compose_config([*CONFIG, f"lora.r={r}", f"lora.alpha={r}"]).lora)
+    for p in lora_params(m).values():
         p.data = p.data.float()  # fp32 LoRA params under bf16 autocast, as the anchor and stage train
     return m
 
@@ -96,10 +97,6 @@ def model_flops(m, batch: dict[str, torch.Tensor]) -> float:
     return 2 * (fwd[0] + B * att)
 
 
-def lora_params(m) -> list[torch.nn.Parameter]:
-    return list(train._lora_params(m).values())
-
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -107,7 +104,7 @@ def sync(device: str) -> None:
 
 def plain_loop(m, batch, ckpt: bool, device: str):
     """The anchor's loop: fp32 LoRA params, foreach AdamW, eager, plain mse, all-or-nothing checkpointing."""
-    params = lora_params(m)
+    params = list(lora_params(m).values())
     for p in params:
         p.data = p.data.float()
     m.enable_gradient_checkpointing() if ckpt else m.disable_gradient_checkpointing()
@@ -133,27 +130,26 @@ def plain_loop(m, batch, ckpt: bool, device: str):
 
 
 def project_loop(m, batch, share: float, compiled: bool, device: str, ddp_world=None, mode: str | None = None):
-    """Stage train's step (see run_train): the batch lives on the device, no host sync in the step."""
-    params = lora_params(m)
-    for p in params:
+    """Stage train's step (`lofi_lora.train_state.train_step`, the function stage train calls) on a batch that
+    lives on the device: no host sync in the step."""
+    for p in lora_params(m).values():
         p.data = p.data.float()
     fwd = m
     if ddp_world is not None:
         from lofi_lora import distributed
         fwd = distributed.wrap(m, ddp_world)
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device == "cuda")
-    gen = torch.Generator(device=device).manual_seed(0)
+    tcfg = compose_config(CONFIG).train
+    opt = build_optimizer(m, tcfg, torch.device(device))
     ac = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    n = batch["target_latents"].shape[0]
+    state = TrainState(m, opt, build_scheduler(opt, tcfg), torch.Generator(device=device).manual_seed(0),
+                       BatchOrder([batch["target_latents"].shape[1]] * n, n, 0, False),
+                       Objective("discrete_turbo", tcfg.logit_mean, tcfg.logit_std, autocast=ac), forward=fwd,
+                       compile_mode=mode)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        train_speed.step_begin(mode)
-        loss, frames = train.flow_matching_loss_async(fwd, batch, gen, scheme="discrete_turbo", logit_mean=-0.4,
-                                                      logit_std=1.0, cfg_ratio=0.0, null_condition=None, autocast=ac)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-    return step, batch["target_latents"].shape[0]
+        train_step(state, [batch], tcfg.max_grad_norm)
+    return step, n
 
 
 def prepare_project(m, share: float, compiled: bool, device: str, scope: str = "block", mode: str | None = None,
@@ -168,21 +164,19 @@ def prepare_project(m, share: float, compiled: bool, device: str, scope: str = "
 def grads_of(m, batch, device: str, mode: str | None = None):
     """Loss and LoRA gradients of one project-loss evaluation (fixed noise/timesteps)."""
     train_speed.step_begin(mode)
-    for p in lora_params(m):
+    for p in lora_params(m).values():
         p.grad = None
     ac = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
-    loss, _ = train.flow_matching_loss_async(m, batch, torch.Generator(device=device).manual_seed(1),
-                                             scheme="uniform", logit_mean=-0.4, logit_std=1.0, cfg_ratio=0.0,
-                                             null_condition=None, autocast=ac)
+    loss, _ = Objective("uniform", -0.4, 1.0, autocast=ac)(m, batch, torch.Generator(device=device).manual_seed(1))
     loss.backward()
-    return float(loss.detach()), torch.cat([p.grad.flatten().float() for p in lora_params(m)])
+    return float(loss.detach()), torch.cat([p.grad.flatten().float() for p in lora_params(m).values()])
 
 
 def equivalence(plain_m, fast_m, batch, device: str, mode: str | None = None) -> dict:
     """The fast step (compiled, selective checkpointing) against the eager plain model on the same batch."""
     # the plain side: lora_B is zero at init, so move it off zero first (identically in both) to test real grads
     with torch.no_grad():
-        for a, b in zip(lora_params(plain_m), lora_params(fast_m)):
+        for a, b in zip(lora_params(plain_m).values(), lora_params(fast_m).values()):
             a.normal_(0, 0.02, generator=torch.Generator(device=a.device).manual_seed(a.numel() % 9973))
             b.copy_(a)
     lp, gp = grads_of(plain_m, batch, device)
@@ -400,40 +394,6 @@ def main() -> None:
     if world_info is not None:
         from lofi_lora import distributed
         distributed.shutdown(world_info)
-
-
-# First match wins. Inductor names a fused kernel after the ops it came from, so a pointwise kernel next to
-# attention can carry "attention" in its name: triton_poi/red/per go first; flex_attention is a template (triton_tem).
-KERNEL_KINDS = (("fused pointwise (triton_poi)", ("triton_poi",)),
-                ("fused reduction (triton_red/per)", ("triton_red", "triton_per")),
-                ("attention", ("flex_attention", "flash", "fmha", "sdpa", "attention", "cudnn::fusion")),
-                ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "triton_tem", "triton_mm", "cublas", "splitk")),
-                ("copies/memset", ("memcpy", "memset", "copy")),
-                ("optimizer/other", ("",)))
-
-
-def device_kernels(evs, annotations: set[str]) -> list:
-    """The GPU kernels alone. Annotated ranges ("## Call CompiledFxGraph", "Optimizer.step#AdamW.step") also
-    carry the device time of the kernels inside them, host-side and as a GPU-side copy with no host time, and
-    would count it twice."""
-    return [e for e in evs if e.self_device_time_total > 0 and e.self_cpu_time_total == 0
-            and e.key not in annotations and not e.key.startswith("## ")]
-
-
-def kernel_breakdown(evs, annotations: set[str], steps: int) -> None:
-    """GPU time per step by kernel kind, and the costliest kernels of each kind: where the step's time goes."""
-    by_kind: dict[str, list] = {}
-    for e in sorted(device_kernels(evs, annotations), key=lambda e: -e.self_device_time_total):
-        name = e.key.lower()
-        by_kind.setdefault(next(k for k, pats in KERNEL_KINDS if any(p in name for p in pats)), []).append(e)
-    ms = {k: sum(e.self_device_time_total for e in v) / steps / 1e3 for k, v in by_kind.items()}
-    print("# GPU time per step by kernel kind: " + ", ".join(f"{k} {ms[k]:.2f} ms" for k in sorted(ms, key=ms.get,
-                                                                                                  reverse=True)))
-    for kind in sorted(ms, key=ms.get, reverse=True):
-        print(f"# {kind}: {ms[kind]:.2f} ms/step in {len(by_kind[kind])} kernels; costliest:")
-        for e in by_kind[kind][:6]:
-            print(f"#   {e.self_device_time_total / steps / 1e3:7.3f} ms/step {e.count // steps:5d} calls/step  "
-                  f"{e.key[:110]}")
 
 
 def profile(a, device, compiled):

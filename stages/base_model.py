@@ -1,11 +1,11 @@
 """Stage `base_model`: build the tiny ACE-Step 1.5 pipeline or verify a real one (dvc.yaml: base_model)."""
-from lofi_lora.backend import write_base_model
+from lofi_lora.base_model import run_base_model
 from lofi_lora.cli import stage_app
 
 
 @stage_app(outputs=["base_model"])
 def main(cfg):
-    return write_base_model(cfg)
+    return run_base_model(cfg)
 
 
 if __name__ == "__main__":

@@ -277,3 +277,25 @@ def test_stage_rejects_unknown_track_and_missing_audio(tmp_path):
     (tmp_path / "clips" / "clips.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match="clip t1__001: audio file nowhere.wav not found"):
         run_annotate(cfg)
+
+
+def test_metadata_check_cli_names_each_problem(tmp_path, capsys):
+    from lofi_lora.annotate.check import main as check_main
+
+    raw, meta = tmp_path / "raw", tmp_path / "meta"
+    raw.mkdir()
+    meta.mkdir()
+    (raw / "a.wav").write_bytes(b"")
+    entry = {"file": "a.wav", "licence": "CC-BY-4.0", "provenance": "mine", "attribution": "me", "bpm": 72,
+             "keyscale": "F# minor"}
+    (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": {"a": entry}}))
+    (meta / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": {"a": ["CORE-01"]}}))
+    args = ["--metadata-dir", str(meta), "--raw-dir", str(raw), "--presets", str(REPO_ROOT / "presets")]
+    assert check_main(args) == 0 and "1 track(s)" in capsys.readouterr().out
+    (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": {
+        "a": entry, "b": {**entry, "file": "b.wav"}}}))
+    assert check_main(args) == 1
+    err = capsys.readouterr().err
+    assert "tracks.b.file: b.wav not found" in err and "tracks.b: no style preset" in err
+    (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": {"a": {**entry, "keyscale": "H dorian"}}}))
+    assert check_main(args) == 1 and "tracks.a.keyscale" in capsys.readouterr().err

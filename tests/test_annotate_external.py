@@ -141,7 +141,7 @@ def test_wrong_endpoint_and_unreachable(server, clip, tmp_path):
 def test_config_errors(tmp_path):
     with pytest.raises(AnnotatorError, match="needs annotate.external.url"):
         ExternalAnnotator({"kind": "http", "url": None}, tmp_path)
-    with pytest.raises(AnnotatorError, match="expected http or command"):
+    with pytest.raises(AnnotatorError, match="expected http, openai or command"):
         ExternalAnnotator({"kind": "grpc", "url": "x"}, tmp_path)
 
 
@@ -171,3 +171,95 @@ def test_clean_and_fold():
     folded = fold_into_caption(caption, "Soft Rhodes chords. The bass drops out for a break.", 512)
     assert folded.startswith(caption) and folded.count("Rhodes") == 1 and "drops out" in folded
     assert len(fold_into_caption(caption, "x " * 400, 120)) <= 120
+
+
+# ------------------------------------------------------------------ OpenAI-compatible chat completions
+class ChatServer:
+    """A local stand-in for `vllm serve <audio model>`: POST /v1/chat/completions with an `input_audio` part.
+
+    It checks the request shape as vLLM's OpenAI server does (model, one user message, a text part and a base64
+    WAV part), decodes the WAV and answers in the chat-completions shape with what it heard (duration, rate);
+    it refuses a wrong bearer token with 401 and fails the first `fail_first` requests with 503."""
+
+    def __init__(self, model="audio-flamingo-3", token=None, fail_first=0):
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                status, reply = outer.answer(self.path, self.headers.get("Authorization"), body)
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.model, self.token, self.fail_first = model, token, fail_first
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/chat/completions"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, path, auth, body):
+        import base64
+        import io
+
+        import soundfile
+
+        if path != "/v1/chat/completions":
+            return 404, {"error": {"message": "Not Found"}}
+        if self.token and auth != f"Bearer {self.token}":
+            return 401, {"error": {"message": "Unauthorized"}}
+        if len(self.bodies) <= self.fail_first:
+            return 503, {"error": {"message": "busy"}}
+        if body.get("model") != self.model:
+            return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
+        (msg,) = body["messages"]
+        parts = {p["type"]: p for p in msg["content"]}
+        assert msg["role"] == "user" and set(parts) == {"text", "input_audio"}
+        assert parts["input_audio"]["input_audio"]["format"] == "wav"
+        y, sr = soundfile.read(io.BytesIO(base64.b64decode(parts["input_audio"]["input_audio"]["data"])))
+        text = f"A {len(y) / sr:.1f} second mono clip at {sr} Hz; soft keys. Prompt words: {len(parts['text']['text'].split())}."
+        return 200, {"id": "chatcmpl-1", "object": "chat.completion", "model": self.model,
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}]}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_openai_chat_completions_with_input_audio_and_cache(clip, tmp_path, monkeypatch):
+    srv = ChatServer(token="sekret", fail_first=1)
+    monkeypatch.setenv("LOFI_TEST_TOKEN", "sekret")
+    try:
+        sleeps = []
+        ann = ExternalAnnotator({"kind": "openai", "url": srv.url, "model": "audio-flamingo-3",
+                                 "token_env": "LOFI_TEST_TOKEN", "timeout_s": 5, "retries": 2, "backoff_s": 0.1},
+                                tmp_path / "cache", sleep=sleeps.append)
+        first = ann.annotate("clip__000", clip)
+        assert first["text"].startswith("A 1.0 second mono clip at 16000 Hz") and not first["cached"]
+        assert sleeps == [0.1] and len(srv.bodies) == 2             # one 503, retried, then the answer
+        assert srv.bodies[-1]["max_tokens"] == 256 and srv.bodies[-1]["temperature"] == 0
+        again = ann.annotate("clip__000", clip)
+        assert again["cached"] and again["text"] == first["text"] and len(srv.bodies) == 2
+        other = ExternalAnnotator({"kind": "openai", "url": srv.url, "model": "audio-flamingo-3",
+                                   "token_env": "LOFI_TEST_TOKEN", "prompt": "Only the instruments."},
+                                  tmp_path / "cache")
+        assert not other.annotate("clip__000", clip)["cached"]       # another prompt is another cache entry
+        monkeypatch.setenv("LOFI_TEST_TOKEN", "wrong")
+        with pytest.raises(AnnotatorError, match="HTTP 401.*LOFI_TEST_TOKEN was refused"):
+            ExternalAnnotator({"kind": "openai", "url": srv.url, "model": "audio-flamingo-3",
+                               "token_env": "LOFI_TEST_TOKEN", "prompt": "x"}, tmp_path / "c2").annotate("c", clip)
+        with pytest.raises(AnnotatorError, match="HTTP 404"):
+            ExternalAnnotator({"kind": "openai", "url": srv.url.replace("/v1/", "/v2/"), "model": "m",
+                               "token_env": "NOPE_UNSET"}, tmp_path / "c3").annotate("c", clip)
+    finally:
+        srv.close()
+    with pytest.raises(AnnotatorError, match="needs annotate.external.model"):
+        ExternalAnnotator({"kind": "openai", "url": "http://127.0.0.1:9/v1/chat/completions"}, tmp_path)

@@ -194,3 +194,24 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tmp_path):
     assert all(g.abs().max() > 0 for g in grads[1].values())
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)
+
+
+def test_metrics_buffer_reads_late_the_same_values_and_refuses_a_non_finite_loss():
+    """Reading step values every 4 steps (as on CUDA) gives the smoothed loss and last values of reading every step."""
+    from lofi_lora.errors import ModelError
+    from lofi_lora.train_log import MetricsBuffer
+
+    losses = [1.0, 0.8, 0.9, 0.7, 0.6, 0.65, 0.5]
+    every, late = MetricsBuffer(None, 1, 7), MetricsBuffer(None, 4, 7)
+    for step, loss in enumerate(losses, 1):
+        for buf in (every, late):
+            buf.add(step, torch.tensor(loss), torch.tensor(0.1 * step), 1e-3)
+        every.flush()
+        if step % 4 == 0:
+            late.flush()
+    late.flush()
+    assert late.ema_loss == every.ema_loss and late.last == every.last and not late.pending
+    bad = MetricsBuffer(None, 1, 3)
+    bad.add(3, torch.tensor(float("nan")), torch.tensor(1.0), 1e-3)
+    with pytest.raises(ModelError, match="train loss is nan at step 3"):
+        bad.flush()

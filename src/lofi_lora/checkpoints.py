@@ -7,8 +7,8 @@ Layout (`models/lora/checkpoints/`):
                     "scores":{"train_loss": ...}}]}
 
 A folder is built under a temp name and renamed whole, then the manifest is rewritten atomically, then old folders
-are pruned: a crash at any point leaves every manifest entry complete. DVC restores persisted outputs into queued
-sweep runs (shared/notes/dvc-hydra.md §6.3), so an entry whose config hash differs is never resumed.
+are pruned: a crash at any point leaves every manifest entry complete. A persisted checkpoint folder can
+reach another experiment of a queued sweep, so an entry whose config hash differs is never resumed.
 """
 from __future__ import annotations
 

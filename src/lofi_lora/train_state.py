@@ -191,7 +191,7 @@ def train_step(state: TrainState, micro_batches: list[dict[str, torch.Tensor]], 
     train_speed.step_begin(state.compile_mode)  # grads of all micro-steps stay live
     n = len(micro_batches)
     for i, batch in enumerate(micro_batches):
-        sync_grads = i == n - 1 or not hasattr(state.forward, "no_sync")  # DDP all-reduces on the last only
+        sync_grads = i == n - 1 or state.forward is state.model  # DDP (a wrapper) all-reduces on the last only
         with contextlib.nullcontext() if sync_grads else state.forward.no_sync():
             loss, frames = state.objective(state.forward, batch, state.gen)
             (loss / n).backward()

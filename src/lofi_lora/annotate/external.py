@@ -4,6 +4,12 @@ HTTP protocol (one POST per clip, JSON both ways):
     request  {"clip_id", "audio_sha256", "audio_format": "wav", "audio_b64", "prompt", "context": {...}}
              header `Authorization: Bearer $<token_env>` when the variable is set
     response 200 {"text": "<rich description>"}   ("caption" or "generated_text" are accepted too)
+OpenAI-compatible protocol (kind `openai`: what vLLM serves for Audio Flamingo 3, Qwen2.5-Omni, Ultravox):
+    POST <url> (e.g. http://host:8000/v1/chat/completions)
+    request  {"model", "max_tokens", "temperature": 0, "messages": [{"role": "user", "content": [
+               {"type": "text", "text": prompt}, {"type": "input_audio",
+               "input_audio": {"data": <base64 of a 16 kHz mono WAV>, "format": "wav"}}]}]}
+    response 200 {"choices": [{"message": {"content": "<rich description>"}}]}
 Command protocol: `argv + [clip path]`, the description on stdout (plain text or the same JSON).
 
 Responses are cached by the audio's sha256 in `cache_dir`, so a rerun (or a clip whose audio did not
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import io
 import json
 import logging
 import os
@@ -33,6 +41,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = ("Describe this music in detail: genre, instruments, production, mood, tempo feel and how "
                   "the arrangement changes over time.")
+
+
+CHAT_AUDIO_SR = 16000
 
 
 class AnnotatorError(LofiLoraError):
@@ -55,26 +66,34 @@ class ExternalAnnotator:
         self.retries = int(cfg.get("retries", 3))
         self.backoff_s = float(cfg.get("backoff_s", 2.0))
         self.prompt = str(cfg.get("prompt") or DEFAULT_PROMPT)
+        self.model = cfg.get("model")
+        self.max_tokens = int(cfg.get("max_tokens") or 256)
         self.cache_dir = Path(cache_dir)
         self.sleep = sleep
         self.requests = 0
         self.cache_hits = 0
-        if self.kind == "http" and not self.url:
-            raise AnnotatorError("annotate.external.kind=http needs annotate.external.url")
+        if self.kind in ("http", "openai") and not self.url:
+            raise AnnotatorError(f"annotate.external.kind={self.kind} needs annotate.external.url")
+        if self.kind == "openai" and not self.model:
+            raise AnnotatorError("annotate.external.kind=openai needs annotate.external.model (the served model name)")
         if self.kind == "command" and not self.command:
             raise AnnotatorError("annotate.external.kind=command needs annotate.external.command (an argv list)")
-        if self.kind not in ("http", "command"):
-            raise AnnotatorError(f"annotate.external.kind={self.kind!r}: expected http or command")
+        if self.kind not in ("http", "openai", "command"):
+            raise AnnotatorError(f"annotate.external.kind={self.kind!r}: expected http, openai or command")
 
     @property
     def endpoint(self) -> str:
+        if self.kind == "openai":
+            return f"{self.url} ({self.model})"
         return str(self.url) if self.kind == "http" else " ".join(self.command)
 
     def annotate(self, clip_id: str, audio_path: str | Path, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Rich text for one clip: `{"text", "audio_sha256", "cached", "annotator"}`."""
         audio_path = Path(audio_path)
         digest = sha256_file(audio_path)
-        cache_file = self.cache_dir / f"{digest}.json"
+        # A chat model's answer depends on the model and the prompt too: they are part of its cache key.
+        tag = "" if self.kind != "openai" else "-" + hashlib.sha256(f"{self.model}\n{self.prompt}".encode()).hexdigest()[:10]
+        cache_file = self.cache_dir / f"{digest}{tag}.json"
         if cache_file.is_file():
             entry = read_json(cache_file)
             if isinstance(entry, dict) and isinstance(entry.get("text"), str):
@@ -109,9 +128,13 @@ class ExternalAnnotator:
     def _request(self, clip_id: str, audio_path: Path, digest: str, context: Mapping[str, Any]) -> str:
         if self.kind == "command":
             return self._run_command(audio_path)
-        body = json.dumps({"clip_id": clip_id, "audio_sha256": digest, "audio_format": audio_path.suffix.lstrip("."),
-                           "audio_b64": base64.b64encode(audio_path.read_bytes()).decode("ascii"),
-                           "prompt": self.prompt, "context": dict(context)}).encode()
+        if self.kind == "openai":
+            body = json.dumps(self._chat_body(audio_path)).encode()
+        else:
+            body = json.dumps({"clip_id": clip_id, "audio_sha256": digest,
+                               "audio_format": audio_path.suffix.lstrip("."),
+                               "audio_b64": base64.b64encode(audio_path.read_bytes()).decode("ascii"),
+                               "prompt": self.prompt, "context": dict(context)}).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         token = self._token()
         if token:
@@ -140,6 +163,21 @@ class ExternalAnnotator:
             raise _Retryable(f"cannot reach endpoint ({e.reason})") from e
         return _parse(raw)
 
+    def _chat_body(self, audio_path: Path) -> dict[str, Any]:
+        """One user message: the prompt and the clip as a 16 kHz mono WAV (the rate audio LLMs take)."""
+        import soundfile
+
+        from lofi_lora import audio as audio_io
+
+        y, sr = audio_io.read(audio_path)
+        y = audio_io.resample(audio_io.to_channels(y, 1), sr, CHAT_AUDIO_SR)[0]
+        buf = io.BytesIO()
+        soundfile.write(buf, y, CHAT_AUDIO_SR, format="WAV", subtype="PCM_16")
+        audio_part = {"type": "input_audio",
+                      "input_audio": {"data": base64.b64encode(buf.getvalue()).decode("ascii"), "format": "wav"}}
+        return {"model": str(self.model), "max_tokens": self.max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": self.prompt}, audio_part]}]}
+
     def _run_command(self, audio_path: Path) -> str:
         env = dict(os.environ)
         try:
@@ -164,6 +202,14 @@ def _parse(raw: bytes, allow_plain: bool = False) -> str:
         raise _Retryable(f"bad response (not JSON): {text[:80]!r}")
     if isinstance(doc, list) and doc and isinstance(doc[0], dict):  # HF inference endpoints wrap in a list
         doc = doc[0]
+    if isinstance(doc, dict) and isinstance(doc.get("choices"), list):  # OpenAI chat completions
+        msg = (doc["choices"][0] if doc["choices"] and isinstance(doc["choices"][0], dict) else {}).get("message")
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):  # content parts
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if isinstance(content, str) and content.strip():
+            return content
+        raise _Retryable(f"bad response (no choices[0].message.content): {text[:80]!r}")
     if isinstance(doc, dict):
         for key in ("text", "caption", "generated_text"):
             if isinstance(doc.get(key), str) and doc[key].strip():

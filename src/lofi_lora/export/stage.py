@@ -35,13 +35,13 @@ def run_export(cfg) -> dict:
     """Stage entry: load base pipeline + best adapter, then `export_pipeline` into paths.onnx."""
     from lofi_lora import adapters, backend
 
-    from lofi_lora.runtime import pick_device
+    from lofi_lora.runtime import placement
 
     best = Path(require(cfg, "paths.lora")) / "best"
-    device = pick_device()
-    torch.backends.cuda.matmul.allow_tf32 = False  # the FP32 reference must be FP32
+    place = placement(cfg.model.dtype, precision="fp32")  # the FP32 reference must be FP32
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    pipe = backend.load_pipeline(cfg.model, require(cfg, "paths.base_model"), device, torch.float32)
+    pipe = backend.load_pipeline(cfg.model, require(cfg, "paths.base_model"), str(place.device), place.weights_dtype)
     adapters.load_into_pipeline(pipe, best)
     metrics_path = Path(require(cfg, "paths.metrics")) / "export.json"
     return export_pipeline(pipe, require(cfg, "export"), Path(require(cfg, "paths.onnx")), metrics_path)

@@ -1,0 +1,37 @@
+"""GPU time of a profiled train step by kernel kind (matmul, attention, fused pointwise, ...): where the step's
+time goes. Used by benchmarks/train_step.py --profile."""
+from __future__ import annotations
+
+
+# First match wins. Inductor names a fused kernel after the ops it came from, so a pointwise kernel next to
+# attention can carry "attention" in its name: triton_poi/red/per go first; flex_attention is a template (triton_tem).
+KERNEL_KINDS = (("fused pointwise (triton_poi)", ("triton_poi",)),
+                ("fused reduction (triton_red/per)", ("triton_red", "triton_per")),
+                ("attention", ("flex_attention", "flash", "fmha", "sdpa", "attention", "cudnn::fusion")),
+                ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "triton_tem", "triton_mm", "cublas", "splitk")),
+                ("copies/memset", ("memcpy", "memset", "copy")),
+                ("optimizer/other", ("",)))
+
+
+def device_kernels(evs, annotations: set[str]) -> list:
+    """The GPU kernels alone. Annotated ranges ("## Call CompiledFxGraph", "Optimizer.step#AdamW.step") also
+    carry the device time of the kernels inside them, host-side and as a GPU-side copy with no host time, and
+    would count it twice."""
+    return [e for e in evs if e.self_device_time_total > 0 and e.self_cpu_time_total == 0
+            and e.key not in annotations and not e.key.startswith("## ")]
+
+
+def kernel_breakdown(evs, annotations: set[str], steps: int) -> None:
+    """GPU time per step by kernel kind, and the costliest kernels of each kind: where the step's time goes."""
+    by_kind: dict[str, list] = {}
+    for e in sorted(device_kernels(evs, annotations), key=lambda e: -e.self_device_time_total):
+        name = e.key.lower()
+        by_kind.setdefault(next(k for k, pats in KERNEL_KINDS if any(p in name for p in pats)), []).append(e)
+    ms = {k: sum(e.self_device_time_total for e in v) / steps / 1e3 for k, v in by_kind.items()}
+    print("# GPU time per step by kernel kind: " + ", ".join(f"{k} {ms[k]:.2f} ms" for k in sorted(ms, key=ms.get,
+                                                                                                  reverse=True)))
+    for kind in sorted(ms, key=ms.get, reverse=True):
+        print(f"# {kind}: {ms[kind]:.2f} ms/step in {len(by_kind[kind])} kernels; costliest:")
+        for e in by_kind[kind][:6]:
+            print(f"#   {e.self_device_time_total / steps / 1e3:7.3f} ms/step {e.count // steps:5d} calls/step  "
+                  f"{e.key[:110]}")

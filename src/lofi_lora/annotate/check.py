@@ -1,0 +1,49 @@
+"""`python -m lofi_lora.annotate.check`: validate your own music's metadata before running the pipeline.
+
+Checks sources.json and style_mapping.json against their schemas (including the optional per-track `bpm`
+and `keyscale`), that every styled track has a licence entry and every preset id exists, and that each
+`file` named in sources.json is under the raw folder. Prints one line per problem and exits 1 if any.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lofi_lora.errors import DataError
+from lofi_lora.metadata import SOURCES_FILE, STYLE_MAPPING_FILE, load_metadata
+from lofi_lora.presets import PresetLibrary
+
+
+def check(metadata_dir: Path, raw_dir: Path, presets: Path) -> list[str]:
+    """Problems found, one line each (empty: all good)."""
+    try:
+        meta = load_metadata(metadata_dir, PresetLibrary(presets))
+    except DataError as e:
+        return [str(e)]
+    problems = []
+    for tid, entry in meta.sources.items():
+        if not (raw_dir / entry["file"]).is_file():
+            problems.append(f"{metadata_dir / SOURCES_FILE}: tracks.{tid}.file: {entry['file']} not found under {raw_dir}")
+        if tid not in meta.styles:
+            problems.append(f"{metadata_dir / STYLE_MAPPING_FILE}: tracks.{tid}: no style preset (annotate needs one)")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lofi_lora.annotate.check", description=__doc__.splitlines()[0])
+    ap.add_argument("--metadata-dir", type=Path, default=Path("data/metadata"))
+    ap.add_argument("--raw-dir", type=Path, default=Path("data/raw/local"))
+    ap.add_argument("--presets", type=Path, default=Path("presets"))
+    args = ap.parse_args(argv)
+    problems = check(args.metadata_dir, args.raw_dir, args.presets)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
+        n = len(load_metadata(args.metadata_dir, PresetLibrary(args.presets)).sources)
+        print(f"{args.metadata_dir}: {n} track(s), sources.json and style_mapping.json are valid")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
