@@ -120,7 +120,7 @@ class Problem:
 
     file: str
     key: str
-    reason: str  # bad_metadata | no_licence | no_style
+    reason: str  # bad_metadata (unsafe id or path, unknown preset) | no_licence | no_style
     detail: str
     track_id: str = ""
     raw_file: str | None = None  # the raw file the entry names, when it names one
@@ -154,7 +154,8 @@ def raw_path_problem(file: str, raw_dir: str | Path | None) -> str | None:
     return None
 
 
-def _read_tracks(path: str | Path, entry_schema: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+def _read_tracks(path: str | Path, entry_schema: Mapping[str, Any], reason: str = "bad_metadata"
+                 ) -> tuple[dict[str, Any], list[Problem]]:
     """The entries of a per-track file that pass the id and entry schema, and a Problem for every other one.
 
     A malformed file (invalid JSON, wrong version, no `tracks`) is a DataError: nothing in it can be trusted.
@@ -171,7 +172,7 @@ def _read_tracks(path: str | Path, entry_schema: Mapping[str, Any]) -> tuple[dic
             continue
         err = _first_error(entry, entry_schema)
         if err:
-            problems.append(Problem(str(path), f"tracks.{tid}", "bad_metadata", err, tid, file))
+            problems.append(Problem(str(path), f"tracks.{tid}", reason, err, tid, file))
             continue
         good[tid] = entry
     return good, problems
@@ -185,7 +186,7 @@ def _strict(result: tuple[dict[str, Any], list[Problem]]) -> dict[str, Any]:
 
 def check_sources(path: str | Path, raw_dir: str | Path | None = None) -> tuple[dict[str, dict[str, str]], list[Problem]]:
     """sources.json: usable track_id -> {file, licence, provenance, attribution}, and the entries left out."""
-    tracks, problems = _read_tracks(path, SOURCES_ENTRY_SCHEMA)
+    tracks, problems = _read_tracks(path, SOURCES_ENTRY_SCHEMA, "no_licence")  # licence/provenance incomplete
     owner: dict[str, str] = {}
     for tid, entry in list(tracks.items()):
         why = raw_path_problem(entry["file"], raw_dir)
@@ -269,7 +270,8 @@ def load_metadata(metadata_dir: str | Path, presets: Any, raw_dir: str | Path | 
     d = Path(metadata_dir)
     sources, problems = check_sources(d / SOURCES_FILE, raw_dir)
     styles, style_problems = check_style_mapping(d / STYLE_MAPPING_FILE, presets, sources)
-    problems += style_problems
+    reported = {p.track_id for p in problems}  # a bad licence entry is reported once, not again for its style
+    problems += [p for p in style_problems if not (p.reason == "no_licence" and p.track_id in reported)]
     bad_styles = {p.track_id for p in style_problems}
     for tid in sorted(set(sources) - set(styles)):
         why = ("its style entry is not usable" if tid in bad_styles
