@@ -271,7 +271,7 @@ def load_metadata(metadata_dir: str | Path, presets: Any, raw_dir: str | Path | 
     sources, problems = check_sources(d / SOURCES_FILE, raw_dir)
     styles, style_problems = check_style_mapping(d / STYLE_MAPPING_FILE, presets, sources)
     reported = {p.track_id for p in problems}  # a bad licence entry is reported once, not again for its style
-    problems += [p for p in style_problems if not (p.reason == "no_licence" and p.track_id in reported)]
+    problems += [p for p in style_problems if p.track_id not in reported]
     bad_styles = {p.track_id for p in style_problems}
     for tid in sorted(set(sources) - set(styles)):
         why = ("its style entry is not usable" if tid in bad_styles
