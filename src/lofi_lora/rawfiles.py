@@ -76,7 +76,7 @@ def scan(raw_dir: str | Path) -> tuple[list[Path], list[Refused]]:
 def _ignore_pattern(rel: str) -> str:
     """A .dvcignore (gitignore syntax) pattern matching exactly the path `rel`, whatever characters it holds."""
     out = "".join("\\" + c if c in "\\*?[]!#" else c for c in rel)
-    return "/" + (out[:-1] + "\\ " if out.endswith(" ") else out)
+    return "/" + (out[:-1] + "[ ]" if out.endswith(" ") else out)  # DVC strips a trailing space, even escaped
 
 
 def ignore_refused(raw_dir: str | Path, root: str | Path = ".") -> list[Refused]:
