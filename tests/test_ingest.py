@@ -281,3 +281,15 @@ def test_equal_copies_keep_the_lossless_one(tmp_path):
     run_ingest(ingest_cfg(root))
     [dup] = json.loads((root / "interim" / "ingest.json").read_text())["duplicates"]
     assert (dup["kept"], dup["why"]) == ("same", "lossless")
+
+
+def test_duplicate_evidence_dynamics_beat_loudness_and_sample_rate_alone_is_none():
+    from lofi_lora.ingest import Probe, _evidence
+
+    orig = Probe(44100, 2, 44100 * 18, "flac", bandwidth_hz=20000.0, lufs=-14.9, plr_db=11.9)
+    limited = Probe(44100, 2, 44100 * 18, "wav", bandwidth_hz=20000.0, lufs=-8.9, plr_db=8.7)  # louder remaster
+    upsampled = Probe(48000, 2, 48000 * 18, "wav", bandwidth_hz=20050.0, lufs=-14.9, plr_db=11.9)
+    mp3 = Probe(44100, 2, 44100 * 18, "mp3", bandwidth_hz=16000.0, lufs=-14.8, plr_db=12.1)
+    assert _evidence(orig, limited) == "3.2 dB more peak-to-loudness range" and _evidence(limited, orig) is None
+    assert _evidence(orig, upsampled) is None and _evidence(upsampled, orig) is None
+    assert _evidence(orig, mp3) == "4000 Hz more bandwidth"

@@ -55,6 +55,7 @@ class Probe:
     fingerprint: Fingerprint | None = None
     bandwidth_hz: float = 0.0  # measured: a lossy or upsampled copy ends lower
     lufs: float = float("-inf")  # measured: a copy turned down is quieter
+    plr_db: float = 0.0  # peak-to-loudness ratio: a limited or clipped (louder) remaster has less
     error: str | None = None
     reason: str = "undecodable"  # quarantine reason when `error` is set
 
@@ -76,9 +77,11 @@ def probe(path: Path) -> Probe:
     except (DataError, OSError) as e:
         return Probe(error=str(e))
     clean = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    lufs, peak = quality.integrated_lufs(clean, sr), float(np.abs(clean).max(initial=0.0))
     return Probe(sample_rate=sr, channels=int(data.shape[0]), frames=int(data.shape[1]),
                  format=path.suffix.lower().lstrip("."), sha256=sha256_file(path), fingerprint=fingerprint(clean, sr),
-                 bandwidth_hz=quality.bandwidth_hz(clean, sr), lufs=quality.integrated_lufs(clean, sr))
+                 bandwidth_hz=quality.bandwidth_hz(clean, sr), lufs=lufs,
+                 plr_db=20 * np.log10(peak) - lufs if peak > 0 and np.isfinite(lufs) else 0.0)
 
 
 def licence_problem(entry: dict[str, Any] | None, allowed: set[str]) -> str | None:
@@ -97,9 +100,11 @@ def licence_problem(entry: dict[str, Any] | None, allowed: set[str]) -> str | No
 
 # What makes one copy of a duplicate pair the better original, in order, with the margin that counts as a
 # real difference: more audio (the other is trimmed), wider bandwidth (the other went through a lossy codec or
-# was upsampled), louder (the other was turned down), then lossless, sample rate, channels.
-_EVIDENCE = (("duration_s", 0.25, "s longer"), ("bandwidth_hz", 500.0, "Hz more bandwidth"),
-             ("lufs", 1.0, "LU louder"))
+# was resampled down), more dynamics (the other was limited or clipped louder; 2 dB covers codec overshoot),
+# louder at equal dynamics (the other was turned down), then lossless, channels. A higher sample rate alone is
+# no evidence (an upsampled copy has one); bandwidth is its measured form.
+_EVIDENCE = (("duration_s", 0.25, "s longer"), ("bandwidth_hz", 1000.0, "Hz more bandwidth"),
+             ("plr_db", 2.0, "dB more peak-to-loudness range"), ("lufs", 1.0, "LU louder"))
 
 
 def _evidence(a: Probe, b: Probe) -> str | None:
@@ -110,7 +115,7 @@ def _evidence(a: Probe, b: Probe) -> str | None:
         if abs(x - y) > margin:
             return f"{x - y:.4g} {what}" if x > y else None
     for better, what in (((a.format in LOSSLESS) - (b.format in LOSSLESS), "lossless"),
-                         (a.sample_rate - b.sample_rate, "higher sample rate"), (a.channels - b.channels, "more channels")):
+                         (a.channels - b.channels, "more channels")):
         if better:
             return what if better > 0 else None
     return None
