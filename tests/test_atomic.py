@@ -80,6 +80,7 @@ def test_ingest_killed_between_its_two_files_keeps_the_old_output(tmp_path):
     audio.write(tmp_path / "raw" / "a.wav", make_track(42, 4.0), SR)
     (tmp_path / "meta" / "sources.json").write_text(json.dumps({"version": 1, "tracks": {
         "a": {"file": "a.wav", "licence": "generated", "provenance": "test", "attribution": "x"}}}))
+    (tmp_path / "meta" / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": {"a": ["CORE-01"]}}))
     interim = tmp_path / "interim"
     interim.mkdir()
     (interim / "ingest.json").write_text('{"accepted": [], "duplicates": [], "old": true}\n')
@@ -148,3 +149,23 @@ def test_preprocess_failing_midway_keeps_the_old_output(tmp_path, monkeypatch):
     pre.preprocess(interim, clips, scores, metrics, PARAMS)  # the rerun replaces the old output whole
     assert [c["clip_id"] for c in json.loads((clips / "clips.json").read_text())["clips"]] == ["a__000", "b__000"]
     assert not (clips / "wav" / "old__000.wav").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["../x.wav", "a/b.wav", "/etc/x", ".hidden", "x;rm -rf y.wav", "ok.wav\n", ""])
+def test_path_inside_refuses_names_that_could_leave_the_folder(tmp_path, name):
+    from lofi_lora.errors import DataError
+    from lofi_lora.fsutil import path_inside
+
+    with pytest.raises(DataError, match="refusing to write"):
+        path_inside(tmp_path, name)
+
+
+def test_path_inside_refuses_a_symlink_out_of_the_folder(tmp_path):
+    from lofi_lora.errors import DataError
+    from lofi_lora.fsutil import path_inside
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "t__000.wav").symlink_to(tmp_path / "elsewhere.wav")
+    assert path_inside(tmp_path / "out", "t__001.wav") == tmp_path / "out" / "t__001.wav"
+    with pytest.raises(DataError, match="outside"):
+        path_inside(tmp_path / "out", "t__000.wav")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 
 from lofi_lora import audio
 from lofi_lora.ingest import find_duplicates, licence_problem, run_ingest
+from lofi_lora.params import REPO_ROOT
 from test_audio import make_track
 
 SR = 44100
@@ -71,13 +73,14 @@ def build_corpus(root: Path) -> dict[str, str]:
         subprocess.run([exe, "-v", "error", "-i", str(src), "-c:a", "aac", "-b:a", "128k", str(raw / "aac.m4a")], check=True)
         add("aac", "aac.m4a")
     (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": tracks}))
+    (meta / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": {t: ["CORE-01"] for t in tracks}}))
     return expected
 
 
 def ingest_cfg(root: Path, workers: int = 1):
     return OmegaConf.create({
         "data": {"raw_dir": str(root / "raw"), "metadata_dir": str(root / "meta")},
-        "paths": {"interim": str(root / "interim")},
+        "paths": {"interim": str(root / "interim"), "presets": str(REPO_ROOT / "presets")},
         "ingest": {"extensions": ["wav", "flac", "mp3", "ogg", "m4a", "aac"],
                    "allowed_licences": ["generated", "CC0-1.0"], "min_seconds": 2.0,
                    "duplicate_threshold": 0.2, "workers": workers},
@@ -163,3 +166,130 @@ def test_m4a_without_ffmpeg_is_an_unsupported_format(tmp_path, monkeypatch):
     monkeypatch.setattr(audio, "ffmpeg_exe", lambda: None)
     p = probe(tmp_path / "x.m4a")
     assert p.reason == "unsupported_format" and "imageio-ffmpeg" in p.error
+
+
+# ------------------------------------------------------------------ hostile metadata, symlinks, duplicates (issue 15)
+def _small_tree(root: Path, tracks: dict[str, str], styles: dict[str, list[str]] | None = None) -> Path:
+    """raw/<file> for each {track_id: file} (distinct 9 s tracks), sources.json + style_mapping.json."""
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    for k, (tid, rel) in enumerate(tracks.items()):
+        (root / "raw" / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (root / "raw" / rel).exists():
+            audio.write(root / "raw" / rel, make_track(40 + k, 9.0), SR)
+    entry = {"licence": "generated", "provenance": "unit test", "attribution": "tests"}
+    (root / "meta" / "sources.json").write_text(json.dumps(
+        {"version": 1, "tracks": {tid: {"file": rel, **entry} for tid, rel in tracks.items()}}))
+    styles = {tid: ["CORE-01"] for tid in tracks} if styles is None else styles
+    (root / "meta" / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": styles}))
+    return root
+
+
+def _outcome(root: Path) -> dict[str, tuple[str, str]]:
+    """path relative to root (or the metadata file) -> (reason or 'accepted', detail)."""
+    interim = root / "interim"
+    out = {Path(a["path"]).relative_to(root).as_posix(): ("accepted", a["track_id"])
+           for a in json.loads((interim / "ingest.json").read_text())["accepted"]}
+    for q in json.loads((interim / "quarantine.json").read_text())["quarantined"]:
+        out[Path(q["path"]).relative_to(root).as_posix()] = (q["reason"], q["detail"])
+    return out
+
+
+def test_escaping_track_id_is_quarantined_at_ingest_with_file_key_and_reason(tmp_path):
+    root = _small_tree(tmp_path, {"fine": "fine.wav", "../../../../ESCAPED": "esc.wav",
+                                  "we ird $(touch PWNED) 'name'; rm -rf x": "we ird $(touch PWNED) 'name'; rm -rf x.wav"})
+    run_ingest(ingest_cfg(root))
+    out = _outcome(root)
+    assert out["raw/fine.wav"][0] == "accepted"
+    for rel in ("raw/esc.wav", "raw/we ird $(touch PWNED) 'name'; rm -rf x.wav"):
+        reason, detail = out[rel]
+        assert reason == "bad_metadata" and "sources.json: tracks." in detail and "must match" in detail
+
+
+def test_style_entry_without_licence_is_reported_and_the_others_go_on(tmp_path):
+    root = _small_tree(tmp_path, {"a": "a.wav", "b": "b.wav"},
+                       styles={"a": ["CORE-01"], "b": ["CORE-01"], "ghost": ["CORE-01"]})
+    run_ingest(ingest_cfg(root))
+    out = _outcome(root)
+    assert out["raw/a.wav"][0] == out["raw/b.wav"][0] == "accepted"
+    assert out["meta/style_mapping.json"] == (
+        "no_licence", f"{root / 'meta' / 'style_mapping.json'}: tracks.ghost: track has no usable entry in sources.json "
+                      "(licence unknown)")
+
+
+def test_unknown_preset_is_found_at_ingest(tmp_path):
+    root = _small_tree(tmp_path, {"a": "a.wav", "b": "b.wav"}, styles={"a": ["CORE-01"], "b": ["CORE-99"]})
+    run_ingest(ingest_cfg(root))
+    out = _outcome(root)
+    assert out["raw/a.wav"][0] == "accepted"
+    assert out["raw/b.wav"][0] == "no_style" and "unknown preset `CORE-99`" in json.dumps(
+        json.loads((root / "interim" / "quarantine.json").read_text()))
+
+
+def test_symlink_loops_escapes_and_fifos_are_quarantined_and_inside_links_followed(tmp_path):
+    root = _small_tree(tmp_path, {"a": "a.wav", "via_link": "inside_link.wav"})
+    raw = root / "raw"
+    (raw / "inside_link.wav").unlink()
+    (raw / "inside_link.wav").symlink_to("a.wav")  # a link that stays inside: followed
+    audio.write(tmp_path / "outside.wav", make_track(60, 9.0), SR)
+    (raw / "escape.wav").symlink_to(tmp_path / "outside.wav")
+    (raw / "loop.wav").symlink_to("loop.wav")
+    (raw / "gone.wav").symlink_to("nothing.wav")
+    (raw / "up").symlink_to("..")
+    (raw / "sub").mkdir()
+    (raw / "sub" / "back").symlink_to("..")
+    os.mkfifo(raw / "pipe.wav")
+    run_ingest(ingest_cfg(root))
+    out = _outcome(root)
+    assert out["raw/a.wav"][0] == "accepted"
+    assert out["raw/inside_link.wav"] == ("duplicate", "duplicate of a (similarity 1.0)")  # same bytes as a.wav
+    assert {k: v[0] for k, v in out.items() if k not in ("raw/a.wav", "raw/inside_link.wav")} == {
+        "raw/escape.wav": "symlink_escape", "raw/loop.wav": "symlink_loop", "raw/gone.wav": "broken_symlink",
+        "raw/up": "symlink_escape", "raw/sub/back": "symlink_loop", "raw/pipe.wav": "not_a_file"}
+
+
+def test_unicode_file_name_matches_its_entry_in_either_normal_form(tmp_path):
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café ☕ – théme.wav")
+    root = _small_tree(tmp_path, {"cafe": nfd})
+    sources = json.loads((root / "meta" / "sources.json").read_text())
+    sources["tracks"]["cafe"]["file"] = unicodedata.normalize("NFC", nfd)  # the editor wrote NFC, the disk NFD
+    (root / "meta" / "sources.json").write_text(json.dumps(sources, ensure_ascii=False))
+    run_ingest(ingest_cfg(root))
+    assert list(_outcome(root).values()) == [("accepted", "cafe")]
+
+
+def test_trimmed_quieter_flac_reencode_loses_to_the_ogg_original(tmp_path):
+    root = _small_tree(tmp_path, {"orig": "orig.ogg"})
+    original = make_track(70, 14.0) + 0.01 * np.random.default_rng(0).standard_normal((2, int(14.0 * SR)))
+    audio.write(root / "raw" / "orig.ogg", original * 0.8, SR)
+    decoded, _ = audio.read(root / "raw" / "orig.ogg")
+    audio.write(root / "raw" / "copy.flac", decoded[:, SR:] * 10 ** (-4 / 20), SR)  # 1 s trimmed, -4 dB, lossless
+    _small_tree(root, {"orig": "orig.ogg", "copy": "copy.flac"})
+    run_ingest(ingest_cfg(root))
+    [dup] = json.loads((root / "interim" / "ingest.json").read_text())["duplicates"]
+    assert (dup["kept"], dup["dropped"]) == ("orig", "copy")
+    assert dup["why"].endswith("s longer")
+
+
+def test_equal_copies_keep_the_lossless_one(tmp_path):
+    root = _small_tree(tmp_path, {"orig": "orig.ogg"})
+    audio.write(root / "raw" / "orig.ogg", make_track(71, 10.0), SR)
+    decoded, _ = audio.read(root / "raw" / "orig.ogg")
+    audio.write(root / "raw" / "same.flac", decoded, SR)
+    _small_tree(root, {"orig": "orig.ogg", "same": "same.flac"})
+    run_ingest(ingest_cfg(root))
+    [dup] = json.loads((root / "interim" / "ingest.json").read_text())["duplicates"]
+    assert (dup["kept"], dup["why"]) == ("same", "lossless")
+
+
+def test_duplicate_evidence_dynamics_beat_loudness_and_sample_rate_alone_is_none():
+    from lofi_lora.ingest import Probe, _evidence
+
+    orig = Probe(44100, 2, 44100 * 18, "flac", bandwidth_hz=20000.0, lufs=-14.9, plr_db=11.9)
+    limited = Probe(44100, 2, 44100 * 18, "wav", bandwidth_hz=20000.0, lufs=-8.9, plr_db=8.7)  # louder remaster
+    upsampled = Probe(48000, 2, 48000 * 18, "wav", bandwidth_hz=20050.0, lufs=-14.9, plr_db=11.9)
+    mp3 = Probe(44100, 2, 44100 * 18, "mp3", bandwidth_hz=16000.0, lufs=-14.8, plr_db=12.1)
+    assert _evidence(orig, limited) == "3.2 dB more peak-to-loudness range" and _evidence(limited, orig) is None
+    assert _evidence(orig, upsampled) is None and _evidence(upsampled, orig) is None
+    assert _evidence(orig, mp3) == "4000 Hz more bandwidth"

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from lofi_lora import audio, quality
 from lofi_lora.params import REPO_ROOT
-from lofi_lora.preprocess import analyse, choose_cuts, merge_scores, preprocess
+from lofi_lora.preprocess import analyse, choose_cuts, merge_scores, preprocess, process_track
 from test_audio import make_track
 
 SR = 44100
@@ -176,6 +176,7 @@ def test_stage_scripts_run_alone_with_an_override(tmp_path):
     tracks = {t: {"file": f, "licence": "generated", "provenance": "test", "attribution": "x"}
               for t, f in (("t1", "t1.wav"), ("t2", "t2.flac"))}
     (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": tracks}))
+    (meta / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": {t: ["CORE-01"] for t in tracks}}))
     paths = [f"paths.interim={tmp_path / 'interim'}", f"paths.clips={tmp_path / 'clips'}",
              f"paths.metrics={tmp_path / 'metrics'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
@@ -221,3 +222,15 @@ def test_synth_corpus_every_bad_kind_gets_its_reason(tmp_path):
     with_clips = {c["track_id"] for c in json.loads((tmp_path / "clips" / "clips.json").read_text())["clips"]}
     got = {tid: reasons.get(tid, "ok" if tid in with_clips else "missing") for tid in truth}
     assert got == {tid: EXPECTED_BY_KIND[t["kind"]] for tid, t in truth.items()}
+
+
+def test_unsafe_track_id_in_interim_writes_nothing_outside_the_clips_folder(tmp_path):
+    """Whatever reaches preprocess from upstream, a clip file is only ever written inside its folder."""
+    audio.write(tmp_path / "raw" / "t.wav", make_track(33, 9.0), SR)
+    out = tmp_path / "a" / "b" / "clips"
+    (out / "wav").mkdir(parents=True)
+    (out / "mp3").mkdir()
+    for tid in ("../../../../ESCAPED", "we ird $(touch PWNED) 'name'; rm -rf x"):
+        r = process_track({"track_id": tid, "path": str(tmp_path / "raw" / "t.wav")}, PARAMS, out)
+        assert r["clips"] == [] and r["quarantine"][0]["reason"] == "bad_metadata"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["t.wav"]

@@ -69,3 +69,31 @@ def test_normalised_loudness_within_half_lu_and_true_peak_under_ceiling(level_db
 def test_normalising_silence_is_an_error():
     with pytest.raises(ValueError, match="silence"):
         quality.normalise(np.zeros((2, SR * 2), np.float32), SR, -14.0, -1.0)
+
+
+def _pcm(x: np.ndarray, subtype: str, sr: int = 44100) -> np.ndarray:
+    """`x` after a round trip through a WAV file of `subtype` (what the decoder hands preprocess)."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x.T, sr, subtype=subtype, format="WAV")
+    buf.seek(0)
+    return sf.read(buf, dtype="float32", always_2d=True)[0].T
+
+
+@pytest.mark.parametrize("hz", [55.0, 440.0, 1000.0, 4000.0])
+def test_clean_half_amplitude_sine_in_8bit_pcm_is_not_clipping(hz):
+    t = np.arange(44100 * 10) / 44100
+    x = _pcm(np.tile(0.5 * np.sin(2 * np.pi * hz * t), (2, 1)), "PCM_U8")
+    m = quality.measure(x, 44100, 44100, LIMITS["silence_db"])
+    assert m.sample_bits == 8 and m.clipping_ratio == 0.0
+    assert "clipping" not in reasons(x, 44100, 44100)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "FLOAT"])
+def test_clipped_music_is_caught_at_every_bit_depth(track, subtype):
+    x = _pcm(np.clip(track * 6.0, -1.0, 1.0), subtype, SR)
+    assert "clipping" in reasons(x)
+    assert "clipping" not in reasons(_pcm(track, subtype, SR))

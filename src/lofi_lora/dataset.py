@@ -22,7 +22,7 @@ import torch
 
 from lofi_lora import audio as audio_io
 from lofi_lora.errors import DataError
-from lofi_lora.fsutil import atomic_write_json, read_json, save_safetensors, sha256_file
+from lofi_lora.fsutil import atomic_write_json, path_inside, read_json, save_safetensors, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, weights_has
                                   max_text_tokens=max_text_tokens, max_lyric_tokens=max_lyric_tokens)
         for (r, h), t in zip(batch, tensors):
             name = f"{r['clip_id']}.safetensors"
-            save_safetensors(cache_dir / name, t, {"clip_id": r["clip_id"], "input_hash": h, "model": weights_hash})
+            save_safetensors(path_inside(cache_dir, name), t, {"clip_id": r["clip_id"], "input_hash": h, "model": weights_hash})
             entries[r["clip_id"]] = {"file": name, "sha256": sha256_file(cache_dir / name), "input_hash": h,
                                      "latent_frames": int(t["target_latents"].shape[0]),
                                      "condition_tokens": int(t["encoder_hidden_states"].shape[0])}

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,6 +67,33 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # track/clip ids and the file names built from them
+_SAFE_NAME = re.compile(SAFE_NAME)
+
+
+def is_safe_name(name: object) -> bool:
+    """True for a string usable as one file name everywhere: no separator, no leading dot, no shell syntax."""
+    return isinstance(name, str) and _SAFE_NAME.fullmatch(name) is not None
+
+
+def path_inside(folder: str | os.PathLike, name: str) -> Path:
+    """`folder/name` for a single file name built from validated ids, refused when it could land elsewhere.
+
+    Every writer that names a file after a track or clip id goes through this, so an id that slipped past
+    validation upstream (`../../x`, `a/b`, a shell string) can never write outside `folder`.
+    """
+    from lofi_lora.errors import DataError
+
+    folder = Path(folder)
+    if not is_safe_name(name):
+        raise DataError(f"{folder}: refusing to write {name!r}: a file name must match {SAFE_NAME}")
+    out = folder / name
+    real, base = os.path.realpath(out), os.path.realpath(folder)
+    if os.path.commonpath([real, base]) != base:
+        raise DataError(f"{out}: resolves to {real}, outside {base}")
+    return out
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -2,26 +2,31 @@
 
 A file gets in only with a licence/provenance entry whose licence is allowed, when it decodes, is long
 enough and is not a duplicate of a file already kept (audio fingerprints, so a re-encoded, gain-changed or
-trimmed copy is caught where a byte hash is not). Every file left out gets a machine-readable reason in
-quarantine.json and the run goes on. Raw files are only ever opened for reading.
+trimmed copy is caught where a byte hash is not). All metadata is validated first, with the schema every stage
+uses; symlinks are followed only inside the raw folder (rawfiles.py). Every file or metadata entry left out gets
+a machine-readable reason in quarantine.json and the run goes on. Raw files are only ever opened for reading.
 """
 from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
+import numpy as np
 from tqdm import tqdm
 
-from lofi_lora import audio
+from lofi_lora import audio, quality, rawfiles
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import DataError
 from lofi_lora.fingerprint import Fingerprint, fingerprint, match_all
-from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
+from lofi_lora.fsutil import atomic_dir, atomic_write_json, sha256_file
+from lofi_lora.metadata import Problem, load_metadata
+from lofi_lora.presets import PresetLibrary
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ class Probe:
     format: str = ""
     sha256: str = ""
     fingerprint: Fingerprint | None = None
+    bandwidth_hz: float = 0.0  # measured: a lossy or upsampled copy ends lower
+    lufs: float = float("-inf")  # measured: a copy turned down is quieter
+    plr_db: float = 0.0  # peak-to-loudness ratio: a limited or clipped (louder) remaster has less
     error: str | None = None
     reason: str = "undecodable"  # quarantine reason when `error` is set
 
@@ -68,33 +76,12 @@ def probe(path: Path) -> Probe:
         data, sr = audio.read(path)
     except (DataError, OSError) as e:
         return Probe(error=str(e))
+    clean = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    lufs, peak = quality.integrated_lufs(clean, sr), float(np.abs(clean).max(initial=0.0))
     return Probe(sample_rate=sr, channels=int(data.shape[0]), frames=int(data.shape[1]),
-                 format=path.suffix.lower().lstrip("."), sha256=sha256_file(path), fingerprint=fingerprint(data, sr))
-
-
-def list_audio_files(raw_dir: Path) -> list[Path]:
-    """Every non-hidden file under raw_dir, sorted (the order decides nothing but the log)."""
-    if not raw_dir.is_dir():
-        raise DataError(f"data.raw_dir {raw_dir} does not exist or is not a folder")
-    return sorted(p for p in raw_dir.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts))
-
-
-def load_sources(path: Path) -> dict[str, dict[str, Any]]:
-    """sources.json -> {file relative to raw_dir (posix): entry with its track_id}."""
-    if not path.exists():
-        log.warning("%s not found: every file will be quarantined as no_licence", path)
-        return {}
-    doc = read_json(path)
-    tracks = doc.get("tracks") if isinstance(doc, dict) else None
-    if not isinstance(tracks, dict):
-        raise DataError(f"{path}: expected {{\"version\": 1, \"tracks\": {{track_id: {{file, licence, ...}}}}}}")
-    by_file: dict[str, dict[str, Any]] = {}
-    for track_id, entry in tracks.items():
-        if not isinstance(entry, dict) or not entry.get("file"):
-            raise DataError(f"{path}: tracks.{track_id} has no `file`")
-        by_file[Path(entry["file"]).as_posix()] = {**entry, "track_id": track_id}
-    return by_file
+                 format=path.suffix.lower().lstrip("."), sha256=sha256_file(path), fingerprint=fingerprint(clean, sr),
+                 bandwidth_hz=quality.bandwidth_hz(clean, sr), lufs=lufs,
+                 plr_db=20 * np.log10(peak) - lufs if peak > 0 and np.isfinite(lufs) else 0.0)
 
 
 def licence_problem(entry: dict[str, Any] | None, allowed: set[str]) -> str | None:
@@ -111,15 +98,34 @@ def licence_problem(entry: dict[str, Any] | None, allowed: set[str]) -> str | No
     return None
 
 
-def _quality_rank(track_id: str, p: Probe) -> tuple:
-    """Smaller is better: lossless first, then higher rate, more channels, longer, then the name."""
-    return (p.format not in LOSSLESS, -p.sample_rate, -p.channels, -p.frames / max(p.sample_rate, 1), track_id)
+# What makes one copy of a duplicate pair the better original, in order, with the margin that counts as a
+# real difference: more audio (the other is trimmed), wider bandwidth (the other went through a lossy codec or
+# was resampled down), more dynamics (the other was limited or clipped louder; 2 dB covers codec overshoot),
+# louder at equal dynamics (the other was turned down), then lossless, channels. A higher sample rate alone is
+# no evidence (an upsampled copy has one); bandwidth is its measured form.
+_EVIDENCE = (("duration_s", 0.25, "s longer"), ("bandwidth_hz", 1000.0, "Hz more bandwidth"),
+             ("plr_db", 2.0, "dB more peak-to-loudness range"), ("lufs", 1.0, "LU louder"))
+
+
+def _evidence(a: Probe, b: Probe) -> str | None:
+    """Why copy `a` is the better original than `b`, or None when it is not."""
+    for field, margin, what in _EVIDENCE:
+        x, y = getattr(a, field), getattr(b, field)
+        x, y = (x if np.isfinite(x) else -1e9), (y if np.isfinite(y) else -1e9)
+        if abs(x - y) > margin:
+            return f"{x - y:.4g} {what}" if x > y else None
+    for better, what in (((a.format in LOSSLESS) - (b.format in LOSSLESS), "lossless"),
+                         (a.channels - b.channels, "more channels")):
+        if better:
+            return what if better > 0 else None
+    return None
 
 
 def find_duplicates(ids: list[str], probes: list[Probe], threshold: float) -> list[dict[str, Any]]:
-    """Group matching files (fingerprint or identical bytes) and keep the best of each group.
+    """Group matching files (fingerprint or identical bytes) and keep the better original of each group by
+    measured evidence (`_EVIDENCE`), not by container format alone.
 
-    Returns `[{"kept", "dropped", "similarity", "offset_s"}]` sorted by `dropped`.
+    Returns `[{"kept", "dropped", "similarity", "offset_s", "why"}]` sorted by `dropped`.
     """
     edges: dict[tuple[int, int], tuple[float, float]] = {}
     for m in match_all([p.fingerprint for p in probes], threshold):
@@ -146,7 +152,11 @@ def find_duplicates(ids: list[str], probes: list[Probe], threshold: float) -> li
     for members in groups.values():
         if len(members) < 2:
             continue
-        keep = min(members, key=lambda i: _quality_rank(ids[i], probes[i]))
+        members.sort(key=lambda i: ids[i])
+        keep = members[0]
+        for i in members[1:]:
+            if _evidence(probes[i], probes[keep]):
+                keep = i
         for i in members:
             if i == keep:
                 continue
@@ -155,24 +165,45 @@ def find_duplicates(ids: list[str], probes: list[Probe], threshold: float) -> li
             if direct and i < keep:
                 offset = -offset
             pairs.append({"kept": ids[keep], "dropped": ids[i], "similarity": round(sim, 4),
-                          "offset_s": round(offset, 3) if direct else None})
+                          "offset_s": round(offset, 3) if direct else None,
+                          "why": _evidence(probes[keep], probes[i]) or "equal evidence; first id kept"})
     return sorted(pairs, key=lambda d: d["dropped"])
 
 
-def ingest(raw_dir: Path, sources_path: Path, extensions: Iterable[str], allowed_licences: Iterable[str],
-           min_seconds: float, duplicate_threshold: float, workers: int = 1) -> tuple[dict, dict]:
-    """Decide for every file under raw_dir: accepted or quarantined (with a reason). Returns (ingest, quarantine)."""
+def _rel_key(path: str) -> str:
+    """How a raw file is matched to its sources.json `file`: posix, `./` dropped, Unicode NFC (macOS writes NFD)."""
+    return unicodedata.normalize("NFC", Path(path).as_posix())
+
+
+def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable[str],
+           allowed_licences: Iterable[str], min_seconds: float, duplicate_threshold: float, workers: int = 1,
+           quality_scores: Path | None = None) -> tuple[dict, dict]:
+    """Decide for every file under raw_dir: accepted or quarantined (with a reason). Returns (ingest, quarantine).
+
+    The metadata is validated first (metadata.load_metadata, the validation annotate applies too); a track whose
+    entries are unusable is quarantined with the file, key and reason, never trusted further.
+    """
     exts = {e.lower().lstrip(".") for e in extensions}
     allowed = set(allowed_licences)
-    sources = load_sources(sources_path)
-    files = list_audio_files(raw_dir)
+    meta = load_metadata(metadata_dir, presets, raw_dir, quality_scores)
+    sources = {_rel_key(e["file"]): {**e, "track_id": tid} for tid, e in meta.sources.items()}
+    problems: dict[str, list[Problem]] = {}
     quarantined: list[dict[str, Any]] = []
+    for pr in meta.problems:
+        problems.setdefault(_rel_key(pr.raw_file) if pr.raw_file else "", []).append(pr)
+    files, refused = rawfiles.scan(raw_dir)
+    for r in refused:
+        quarantined.append(_q(r.path, r.path.stem, r.reason, r.detail))
     candidates: list[tuple[Path, dict[str, Any]]] = []
     seen_files: set[str] = set()
     for f in files:
-        rel = f.relative_to(raw_dir).as_posix()
+        rel = _rel_key(f.relative_to(raw_dir).as_posix())
         seen_files.add(rel)
         entry = sources.get(rel)
+        if entry is None and rel in problems:
+            pr = problems[rel][0]
+            quarantined.append(_q(f, pr.track_id, pr.reason, str(pr)))
+            continue
         track_id = entry["track_id"] if entry else f.stem
         if f.suffix.lower().lstrip(".") not in exts:
             quarantined.append(_q(f, track_id, "unsupported_format", f"extension {f.suffix!r} not in ingest.extensions"))
@@ -184,6 +215,8 @@ def ingest(raw_dir: Path, sources_path: Path, extensions: Iterable[str], allowed
         candidates.append((f, entry))
     for rel in sorted(set(sources) - seen_files):
         log.warning("sources.json lists %s (track %s) but no such file is under %s", rel, sources[rel]["track_id"], raw_dir)
+    for pr in (pr for rel, prs in problems.items() if rel not in seen_files for pr in prs):
+        quarantined.append(_q(Path(pr.file), pr.track_id, pr.reason, str(pr)))  # no such raw file: the entry itself
 
     probes = map_with_progress(probe, [f for f, _ in candidates], workers, "ingest: decode + fingerprint")
     usable: list[tuple[Path, dict[str, Any], Probe]] = []
@@ -211,7 +244,7 @@ def ingest(raw_dir: Path, sources_path: Path, extensions: Iterable[str], allowed
                          "licence": entry["licence"], "attribution": entry.get("attribution", ""),
                          "provenance": entry.get("provenance", "")})
     accepted.sort(key=lambda a: a["track_id"])
-    quarantined.sort(key=lambda q: q["path"])
+    quarantined.sort(key=lambda q: (q["path"], q["track_id"]))
     return {"version": 1, "accepted": accepted, "duplicates": duplicates}, {"quarantined": quarantined}
 
 
@@ -221,12 +254,14 @@ def _q(path: Path, track_id: str, reason: str, detail: str) -> dict[str, str]:
 
 
 def run_ingest(cfg) -> dict[str, Any]:
-    """Stage entry: read data.raw_dir + data.metadata_dir/sources.json, write paths.interim/{ingest,quarantine}.json."""
+    """Stage entry: data.raw_dir + the metadata of data.metadata_dir -> paths.interim/{ingest,quarantine}.json."""
     t0 = time.perf_counter()
     raw_dir = Path(require(cfg, "data.raw_dir"))
     ing = to_plain(require(cfg, "ingest"))
+    scores = cfg.get("audio", {}).get("quality_scores")
     result, quarantine = ingest(
-        raw_dir, Path(require(cfg, "data.metadata_dir")) / "sources.json",
+        raw_dir, Path(require(cfg, "data.metadata_dir")), PresetLibrary(require(cfg, "paths.presets")),
+        quality_scores=Path(scores) if scores else None,
         extensions=ing["extensions"], allowed_licences=ing["allowed_licences"], min_seconds=float(ing["min_seconds"]),
         duplicate_threshold=float(ing["duplicate_threshold"]), workers=int(ing.get("workers", 1)))
     with atomic_dir(require(cfg, "paths.interim")) as tmp:

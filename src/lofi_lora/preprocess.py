@@ -22,7 +22,7 @@ from lofi_lora import audio as audio_io
 from lofi_lora import quality
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import ConfigError, DataError
-from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json
+from lofi_lora.fsutil import atomic_dir, atomic_write_json, is_safe_name, path_inside, read_json
 from lofi_lora.parallel import map_processes
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,8 @@ def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) 
         result["quarantine"].append(entry)
         return result
 
+    if not is_safe_name(tid):  # ingest refuses these; checked again because clip files are named after it
+        return quarantine([("bad_metadata", f"track id {tid!r} is not a safe file name")], {})
     try:
         native, native_sr = audio_io.read(path)
     except DataError as e:
@@ -177,7 +179,7 @@ def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) 
             k += 1
             continue
         norm = quality.normalise(clip, sr, float(params["target_lufs"]), float(params["true_peak_dbfs"]))
-        wav, mp3 = out_dir / "wav" / f"{clip_id}.wav", out_dir / "mp3" / f"{clip_id}.mp3"
+        wav, mp3 = path_inside(out_dir / "wav", f"{clip_id}.wav"), path_inside(out_dir / "mp3", f"{clip_id}.mp3")
         audio_io.write(wav, norm.audio, sr, subtype="PCM_24")
         audio_io.write(mp3, norm.audio, sr, bitrate_kbps=int(params["mp3_bitrate_kbps"]))
         result["clips"].append({

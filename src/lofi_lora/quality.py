@@ -21,22 +21,64 @@ OVERSAMPLE = 4
 LIMITER_LOOKAHEAD_S = 0.005
 
 
-def clipping_ratio(audio: np.ndarray, tolerance: float = 1e-4) -> float:
-    """Fraction of samples in flat runs (>= 2 samples) at their channel's own peak.
+def sample_bits(audio: np.ndarray) -> int | None:
+    """The PCM bit depth (8, 16 or 24) whose grid holds every sample, or None (float, lossy, processed audio).
 
-    Relative to the peak, so a clipped file that was later turned down is still caught; an unclipped
-    signal reaches its peak in isolated samples only.
+    Measured from the samples rather than read from a header, so it also holds for a 16-bit file in a 24-bit
+    container.
+    """
+    for bits in (8, 16, 24):
+        scaled = audio * float(2 ** (bits - 1))
+        if np.array_equal(scaled, np.round(scaled)):
+            return bits
+    return None
+
+
+def clipping_ratio(audio: np.ndarray, bits: int | None = None, tolerance: float = 1e-4) -> float:
+    """Fraction of samples in flat runs at their channel's peak that quantisation cannot explain.
+
+    At the format's full scale (within one step of the bit depth `bits`), any run of >= 2 samples is clipping.
+    Below full scale (a clipped file later turned down) a run counts when it is >= 3 samples long and the
+    signal arrives at it and leaves it steeply (by more than 4 quantisation steps or 0.1% of the peak): a
+    smooth peak stored at a low bit depth also repeats its top code, but its neighbours sit one or two steps
+    below (a clean half-amplitude sine in 8-bit PCM has 4-sample plateaus at its peaks, not clipping).
     """
     a = np.abs(audio)
     if not a.size:
         return 0.0
-    peak = a.max(axis=1, keepdims=True)  # per channel: a clipped channel may sit beside a quieter one
-    at_peak = (a >= peak * (1.0 - tolerance)) & (peak > 0.0)
-    run = at_peak[:, 1:] & at_peak[:, :-1]
-    in_run = np.zeros_like(at_peak)
-    in_run[:, 1:] |= run
-    in_run[:, :-1] |= run
-    return float(in_run.sum()) / a.size
+    lsb = 2.0 ** (1 - bits) if bits else 0.0
+    clipped = 0
+    for ch in a:  # per channel: a clipped channel may sit beside a quieter one
+        peak = float(ch.max())
+        if peak <= 0.0:
+            continue
+        full_scale = 1.0 - max(1.5 * lsb, tolerance)  # PCM's top code is one step below 1.0 on the + side
+        at = ch >= (full_scale if peak >= full_scale else peak - max(peak * tolerance, lsb / 2))
+        edges = np.diff(np.r_[0, at.astype(np.int8), 0])
+        starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+        length = ends - starts
+        if peak >= full_scale:
+            runs = length >= 2
+        else:
+            step = max(4 * lsb, 1e-3 * peak)
+            before, after = ch[np.maximum(starts - 1, 0)], ch[np.minimum(ends, ch.size - 1)]
+            runs = (length >= 3) & (peak - before > step) & (peak - after > step)
+        clipped += int(length[runs].sum())
+    return clipped / a.size
+
+
+def bandwidth_hz(audio: np.ndarray, sample_rate: int, floor_db: float = -70.0) -> float:
+    """Highest frequency whose average power is within `floor_db` of the strongest frequency.
+
+    Evidence of a copy's history: a lossy encode is low-passed (often at 15-19 kHz) and an upsampled copy
+    holds nothing above its old Nyquist frequency.
+    """
+    mono = audio.mean(axis=0) if audio.size else np.zeros(1)
+    f, p = signal.welch(mono.astype(np.float64), sample_rate, nperseg=min(4096, mono.size))
+    if not np.any(p > 0):
+        return 0.0
+    above = np.nonzero(10.0 * np.log10(p / p.max() + 1e-30) > floor_db)[0]
+    return float(f[above[-1]])
 
 
 def frame_rms_db(audio: np.ndarray, sample_rate: int, frame_s: float = 0.05) -> np.ndarray:
@@ -130,6 +172,7 @@ class Measures:
     dc_offset: float
     lufs: float
     sample_peak_dbfs: float
+    sample_bits: int | None = None  # measured PCM grid; None for float/lossy audio
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) and np.isfinite(v) else (None if isinstance(v, float) else v))
@@ -141,11 +184,12 @@ def measure(audio: np.ndarray, sample_rate: int, source_sample_rate: int, silenc
     bad = ~np.isfinite(audio)
     clean = np.where(bad, 0.0, audio) if bad.any() else audio
     peak = float(np.max(np.abs(clean))) if clean.size else 0.0
+    bits = sample_bits(clean)
     return Measures(
         duration_s=audio.shape[1] / sample_rate, source_sample_rate=int(source_sample_rate), non_finite=int(bad.sum()),
-        clipping_ratio=clipping_ratio(clean), silence_ratio=silence_ratio(clean, sample_rate, silence_db),
+        clipping_ratio=clipping_ratio(clean, bits), silence_ratio=silence_ratio(clean, sample_rate, silence_db),
         dc_offset=dc_offset(clean), lufs=integrated_lufs(clean, sample_rate),
-        sample_peak_dbfs=20.0 * np.log10(peak) if peak > 0 else float("-inf"))
+        sample_peak_dbfs=20.0 * np.log10(peak) if peak > 0 else float("-inf"), sample_bits=bits)
 
 
 def check(m: Measures, limits: dict[str, Any]) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lofi_lora.errors import DataError
-from lofi_lora.fsutil import atomic_write_json, atomic_write_text, read_json
+from lofi_lora.fsutil import atomic_write_json, atomic_write_text, path_inside, read_json
 from lofi_lora.metadata import validate
 
 KEYSCALE_RE = r"^[A-G](#|b)? (major|minor)$"
@@ -62,9 +62,9 @@ def write_sidecars(out_dir: Path, doc: dict[str, Any], prompt: str) -> None:
     """`<clip_id>.json` (1.5) plus `<clip_id>_prompt.txt` / `<clip_id>_lyrics.txt` (v1), each atomically."""
     cid = doc["clip_id"]
     check_sidecar(doc, out_dir / f"{cid}.json")
-    atomic_write_json(out_dir / f"{cid}.json", doc)
-    atomic_write_text(out_dir / f"{cid}_prompt.txt", prompt + "\n")
-    atomic_write_text(out_dir / f"{cid}_lyrics.txt", doc["lyrics"] + "\n")
+    atomic_write_json(path_inside(out_dir, f"{cid}.json"), doc)
+    atomic_write_text(path_inside(out_dir, f"{cid}_prompt.txt"), prompt + "\n")
+    atomic_write_text(path_inside(out_dir, f"{cid}_lyrics.txt"), doc["lyrics"] + "\n")
 
 
 def load_sidecar(path: str | Path) -> dict[str, Any]:
