@@ -61,10 +61,14 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
                 hc = HydraConfig.get()
                 multirun = hc.mode == RunMode.MULTIRUN
                 if multirun:
-                    from lofi_lora.multirun import enter_job
+                    from lofi_lora.multirun import JobRefused, enter_job
 
                     sweep["dir"] = Path(hc.sweep.dir)
-                    job = enter_job(root, Path(inspect.getfile(fn)).stem, cfg, list(hc.overrides.task))
+                    try:
+                        job = enter_job(root, Path(inspect.getfile(fn)).stem, cfg, list(hc.overrides.task))
+                    except JobRefused as e:  # the next jobs would refuse alike: stop the sweep, say why
+                        print(f"refused: {e}", file=sys.stderr)
+                        raise SystemExit(2) from None
                     log.info("multirun job %s: files under %s", hc.job.num, job.dir)
                 from lofi_lora.runtime import seed_everything
 
@@ -103,6 +107,7 @@ def print_sweep_summary(sweep_dir: Path) -> None:
                      "folder": os.path.relpath(rec["job_dir"])})
     if not rows:
         return
-    table = markdown_table(rows)
+    empty = {k for k in rows[0] if all(r[k] is None for r in rows)}  # figures this stage does not make
+    table = markdown_table([{k: v for k, v in r.items() if k not in empty} for r in rows])
     atomic_write_text(sweep_dir / "summary.md", table)
     print(f"\nmultirun summary ({sweep_dir / 'summary.md'}):\n{table}")
