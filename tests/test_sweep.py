@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lofi_lora.multirun import job_key
 from lofi_lora.params import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -100,7 +101,7 @@ def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_u
     _run([sys.executable, "stages/train.py", "-m", *over], cwd=clone)
     scored = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone)
     jobs = clone / "multirun" / "jobs"
-    evals = {r: json.loads((jobs / ",".join(sorted([f"lora.r={r}", *TINY])) / "metrics" / "eval.json").read_text())
+    evals = {r: json.loads((jobs / job_key([f"lora.r={r}", *TINY]) / "metrics" / "eval.json").read_text())
              for r in (2, 8)}
     assert evals[2]["best_step"] == 4 and evals[8]["best_step"] == 4  # this job's 4-step checkpoints
     assert evals[2]["val_loss_best"] != evals[8]["val_loss_best"]

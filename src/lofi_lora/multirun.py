@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def job_key(overrides: Sequence[str]) -> str:
     text = ",".join(sorted(o for o in overrides if not o.startswith("hydra.")))
     if not text:
         return "no-overrides"
-    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    safe = re.sub(r"[^A-Za-z0-9._=,+\[\]-]", "_", text)
     if safe != text or len(safe) > 100:
         safe = f"{safe[:60]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
     return safe
@@ -254,7 +255,7 @@ def enter_job(root: Path, stage: str, cfg: Any, overrides: Sequence[str]) -> Job
         needed = set(missing) | {a for m in missing for a in ancestors(m, prod)
                                  if not _valid(root, a, cfg, stages, prod, record)}
         todo = [s for s in stages if s in needed]
-        cmd = " ".join(["-m", *overrides])
+        cmd = " ".join(["-m", *map(shlex.quote, overrides)])
         steps = "\n".join(f"  python stages/{s}.py {cmd}" for s in todo)
         raise JobRefused(
             f"stage `{stage}` under -m: this job ({', '.join(overrides) or 'no overrides'}) has no outputs of "
