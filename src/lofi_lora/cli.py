@@ -92,6 +92,7 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
 
 def print_sweep_summary(sweep_dir: Path) -> None:
     """Print one row per multirun job (its overrides and headline figures) and write it to `summary.md`."""
+    from lofi_lora.fsutil import atomic_write_text
     from lofi_lora.headline import headline_metrics
     from lofi_lora.sweep import markdown_table
 
