@@ -19,7 +19,7 @@ ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COM
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 # README "Sweeps" prints this command; the test runs it as printed
 SWEEP = ("python stages/sweep.py -m lora.r=2,8 train.max_steps=4 train.checkpoint_every=2 eval.last_n=1 "
-         "eval.num_prompts=1 'eval.seeds=[0]'")
+         "eval.num_prompts=1 'eval.seeds=[0]' 'export.precisions=[fp32,int4]'")
 TINY = ["train.max_steps=4", "train.checkpoint_every=2", "eval.last_n=1", "eval.num_prompts=1", "eval.seeds=[0]"]
 
 
