@@ -68,6 +68,7 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
     jobs = summary["jobs"]
     assert [j["status"] for j in jobs] == ["ok", "ok"], jobs
     assert [j["lora.r"] for j in jobs] == [2, 8] and [j["overrides"].split()[0] for j in jobs] == ["lora.r=2", "lora.r=8"]
+    assert "every job: train.max_steps=4" in (sweep_dir / "sweep.md").read_text()
     assert jobs[0]["adapter"] != jobs[1]["adapter"], jobs
     assert jobs[0]["val_loss"] != jobs[1]["val_loss"] and jobs[0]["fd"] != jobs[1]["fd"], jobs
     for j in jobs:  # each row traces to its own adapter: the dvc.lock hash in the row is a rank-r LoRA in the cache

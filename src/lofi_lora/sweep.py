@@ -129,13 +129,23 @@ def table_rows(jobs: Sequence[dict[str, Any]], metric: str) -> list[dict[str, An
     """Rows people read: job, best mark, overrides, the headline columns that hold a value (and ALWAYS), hashes."""
     b = best_index(jobs, metric)
     shown = [c for c in HEADLINES if c in ALWAYS or any(j.get(c) is not None for j in jobs)]
+    common = common_overrides(jobs)
     rows = []
     for i, j in enumerate(jobs):
         adapter = (j.get("adapter") or "").removesuffix(".dir")[:10] or None
+        own = " ".join(o for o in (j.get("overrides") or "").split() if o not in common)
         rows.append({"job": j.get("job"), "best": "*" if i == b else "", "experiment": j.get("experiment"),
-                     "overrides": j.get("overrides"), **{c: j.get(c) for c in shown}, "adapter": adapter,
+                     "overrides": own, **{c: j.get(c) for c in shown}, "adapter": adapter,
                      "status": j.get("status")})
     return rows
+
+
+def common_overrides(jobs: Sequence[dict[str, Any]]) -> list[str]:
+    """Overrides every job shares (printed once above the table, not in every row); none for a single job."""
+    sets = [(j.get("overrides") or "").split() for j in jobs]
+    if len(sets) < 2:
+        return []
+    return [o for o in sets[0] if all(o in s for s in sets[1:])]
 
 
 def plot_metric(jobs: Sequence[dict[str, Any]], metric: str, path: Path) -> bool:
@@ -191,7 +201,8 @@ def write_summary(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     rows = table_rows(jobs, metric)
     b = best_index(jobs, metric)
     promote = (f"dvc exp branch {jobs[b]['experiment']} exp/{jobs[b]['experiment']}" if b is not None else None)
-    table = markdown_table(rows)
+    common = " ".join(common_overrides(jobs))
+    table = (f"every job: {common}\n\n" if common else "") + markdown_table(rows)
     atomic_write_text(sweep_dir / "sweep.md", f"# sweep {sweep_dir.name}: best by {metric} marked *\n\n{table}"
                       + (f"\nPromote the best: `{promote}`\n" if promote else ""))
     atomic_write_json(sweep_dir / "sweep.json", {"metric": metric, "better": better(metric), "best": b,
@@ -201,7 +212,8 @@ def write_summary(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
             f"<style>{CSS}</style></head><body><h1>Sweep {html.escape(sweep_dir.name)}</h1>"
             f"<p>One row per job, each a DVC experiment (<code>dvc exp show</code>). Best by "
             f"<b>{html.escape(metric)}</b> ({better(metric) or '-'} is better) in bold. "
-            "adapter = dvc.lock hash of the job's models/lora/final.</p>" + _html_table(rows)
+            "adapter = dvc.lock hash of the job's models/lora/final."
+            + (f" Every job: <code>{html.escape(common)}</code>." if common else "") + "</p>" + _html_table(rows)
             + (f"<p>Promote the best: <code>{html.escape(promote)}</code></p>" if promote else "")
             + ("<img src='sweep.png' alt='metric against lora.r and lora.alpha'>" if has_plot else
                f"<p>No job has a value of {html.escape(metric)} to plot.</p>") + "</body></html>\n")
