@@ -169,6 +169,9 @@ def plot_metric(jobs: Sequence[dict[str, Any]], metric: str, path: Path) -> bool
                 label="best")
     if all(r > 0 for r, _, _ in pts):
         ax.set_xscale("log", base=2)
+    ranks = sorted({r for r, _, _ in pts})
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.minorticks_off()
     ax.set_xlabel("lora.r")
     ax.set_ylabel(metric + (f" ({better(metric)} is better)" if better(metric) else ""))
     ax.grid(alpha=0.3)
