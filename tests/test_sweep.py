@@ -13,7 +13,6 @@ import yaml
 from lofi_lora.multirun import job_key
 from lofi_lora.params import REPO_ROOT
 
-pytestmark = pytest.mark.slow
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -60,6 +59,7 @@ def test_readme_prints_the_sweep_command_this_test_runs():
     assert SWEEP in (REPO_ROOT / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clone):
     before = _run(["git", "status", "--porcelain"], cwd=clone).stdout
     proc = _run(_py(SWEEP), cwd=clone)
@@ -93,6 +93,7 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
     assert _run(["git", "status", "--porcelain"], cwd=clone).stdout == before  # the workspace was not touched
 
 
+@pytest.mark.slow
 def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_uses_it(clone):
     over = ["lora.r=2,8", *TINY]
     refused = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone, check=False)
