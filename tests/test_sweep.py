@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lofi_lora.headline import HEADLINES, headline_metrics
 from lofi_lora.multirun import job_key
 from lofi_lora.params import REPO_ROOT
 
@@ -83,13 +84,15 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
     # the experiments are DVC's: exp show lists them with their params, metrics diff compares them
     shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=clone).stdout)
     names = {e["name"]: e["revs"][0]["data"] for rev in shown for e in (rev.get("experiments") or [])}
+    file, key, _ = HEADLINES["val_loss"]  # the metrics files' names live in lofi_lora.headline alone
     for j in jobs:
         data = names[j["experiment"]]
         assert data["params"]["params.yaml"]["data"]["lora"]["r"] == j["lora.r"]
-        assert data["metrics"]["metrics/eval.json"]["data"]["val_loss_best"] == j["val_loss"]
+        shown_metrics = {f.split("/")[-1]: m["data"] for f, m in data["metrics"].items()}
+        assert headline_metrics(shown_metrics.get)["val_loss"] == j["val_loss"]
     diff = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "diff", jobs[0]["experiment"], jobs[1]["experiment"],
                             "--json"], cwd=clone).stdout)
-    assert "val_loss_best" in diff["metrics/eval.json"], diff
+    assert key in next(v for f, v in diff.items() if f.endswith(file)), diff
     assert _run(["git", "status", "--porcelain"], cwd=clone).stdout == before  # the workspace was not touched
 
 
