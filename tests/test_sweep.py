@@ -44,12 +44,12 @@ def clone(tmp_path_factory):
     return dst
 
 
-def _cached_adapter_rank(repo: Path, dir_md5: str) -> int:
-    """Rank of the LoRA in the DVC cache object `dir_md5` (models/lora/final): the adapter a table row names."""
+def _cached_adapter_rank(repo: Path, dir_hash: str) -> int:
+    """Rank of the LoRA in the DVC cache object `dir_hash` ("<md5>.dir" of models/lora/final): a row's adapter."""
     from safetensors import safe_open
 
     cache = repo / ".dvc" / "cache" / "files" / "md5"
-    listing = json.loads((cache / dir_md5[:2] / dir_md5[2:]).read_text())
+    listing = json.loads((cache / dir_hash[:2] / dir_hash[2:]).read_text())
     entry = next(e for e in listing if e["relpath"].endswith(".safetensors"))
     with safe_open(str(cache / entry["md5"][:2] / entry["md5"][2:]), "pt") as f:
         key = next(k for k in f.keys() if "lora_A" in k)
@@ -73,7 +73,7 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
     assert jobs[0]["adapter"] != jobs[1]["adapter"], jobs
     assert jobs[0]["val_loss"] != jobs[1]["val_loss"] and jobs[0]["fd"] != jobs[1]["fd"], jobs
     for j in jobs:  # each row traces to its own adapter: the dvc.lock hash in the row is a rank-r LoRA in the cache
-        assert _cached_adapter_rank(clone, j["adapter"].removesuffix(".dir")) == j["lora.r"], j
+        assert _cached_adapter_rank(clone, j["adapter"]) == j["lora.r"], j
         assert j["best_step"] == 4 and 0.99 < j["int4_cosine"] <= 1.0, j
     assert summary["best"] in (0, 1) and summary["promote"].startswith(f"dvc exp branch {jobs[summary['best']]['experiment']}")
     table = (sweep_dir / "sweep.md").read_text()
