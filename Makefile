@@ -16,7 +16,7 @@ $(BIN)/python:
 # torch first, from its exact pin: a bare requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,optuna]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,8 +2,8 @@
 
 Under DVC no override is passed, so a stage runs on exactly the parameters DVC tracks. By hand,
 `python stages/<stage>.py key=value` overrides single values, and `-m key=a,b` runs a Hydra multirun in
-which every job writes its outputs under its own job folder (never over the DVC outputs), followed by a
-summary table of the jobs' results.
+which every job reads and writes only its own files under `multirun/jobs/<overrides>/` (never the DVC outputs;
+see `lofi_lora.multirun`), followed by a table of the jobs' headline figures.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
     """Decorate `fn(cfg) -> dict | None` as a stage entry point.
 
     Args:
-        outputs: keys of `paths` that this stage writes; in a multirun they are rebased under the job folder.
+        outputs: keys of `paths` that this stage writes (documentation: under `-m`, `lofi_lora.multirun` rebases
+            every path dvc.yaml names under the job folder and checks the stage's inputs belong to the job).
     """
 
     def deco(fn: Callable[[Any], Any]) -> Callable[[], None]:
@@ -57,7 +58,8 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
             import hydra
             from hydra.core.hydra_config import HydraConfig
             from hydra.types import RunMode
-            from omegaconf import open_dict
+
+            from lofi_lora.fsutil import atomic_write_text
 
             sweep: dict[str, Any] = {}
 
@@ -66,23 +68,30 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
                 hc = HydraConfig.get()
                 multirun = hc.mode == RunMode.MULTIRUN
                 if multirun:
-                    job_dir = Path(hc.runtime.output_dir)
+                    from lofi_lora.multirun import JobRefused, enter_job
+
                     sweep["dir"] = Path(hc.sweep.dir)
-                    with open_dict(cfg):
-                        for key in outputs:
-                            cfg.paths[key] = str(job_dir / cfg.paths[key])
-                    log.info("multirun job %s: outputs under %s", hc.job.num, job_dir)
                 from lofi_lora.config import load_config
-                from lofi_lora.runtime import seed_everything
 
                 cfg = _report_errors(lambda: load_config(cfg))  # before any data, model or output is touched
+                if multirun:
+                    try:
+                        job = enter_job(root, Path(inspect.getfile(fn)).stem, cfg, list(hc.overrides.task))
+                    except JobRefused as e:  # the next jobs would refuse alike: stop the sweep, say why
+                        print(f"refused: {e}", file=sys.stderr)
+                        raise SystemExit(2) from None
+                    log.info("multirun job %s: files under %s", hc.job.num, job.dir)
+                from lofi_lora.runtime import seed_everything
+
                 if cfg.model.source != "hub":
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched unless asked for
                 seed_everything(cfg.seed)
                 result = _report_errors(lambda: fn(cfg))
                 if multirun:
-                    record = {"overrides": list(hc.overrides.task), "result": result or {}}
-                    (job_dir / "result.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+                    job.finish()
+                    record = {"overrides": job.overrides, "job_dir": str(job.dir), "result": result or {}}
+                    atomic_write_text(Path(hc.runtime.output_dir) / "result.json",
+                                      json.dumps(record, indent=2, default=str) + "\n")
                 return result
 
             _app()
@@ -95,22 +104,24 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
 
 
 def print_sweep_summary(sweep_dir: Path) -> None:
-    """Print one row per multirun job: its overrides and the scalar results it returned."""
+    """Print one row per multirun job (its overrides and headline figures) and write it to `summary.md`."""
+    from lofi_lora.fsutil import atomic_write_text
+    from lofi_lora.headline import headline_metrics
+    from lofi_lora.sweep import markdown_table
+
     rows = []
     for f in sorted(sweep_dir.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0):
         rec = json.loads(f.read_text())
-        flat = {k: v for k, v in (rec.get("result") or {}).items() if isinstance(v, (int, float, str)) or v is None}
-        rows.append((f.parent.name, " ".join(rec["overrides"]), flat))
+        metrics_dir = Path(rec["job_dir"]) / "metrics"
+
+        def read(name: str, d: Path = metrics_dir) -> Any:
+            return json.loads((d / name).read_text()) if (d / name).is_file() else None
+
+        rows.append({"job": f.parent.name, "overrides": " ".join(rec["overrides"]), **headline_metrics(read),
+                     "folder": os.path.relpath(rec["job_dir"])})
     if not rows:
         return
-    keys = sorted({k for _, _, r in rows for k in r})
-    header = ["job", "overrides", *keys]
-    table = [header] + [[j, o, *[_fmt(r.get(k)) for k in keys]] for j, o, r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    print(f"\nmultirun summary ({sweep_dir}):")
-    for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else ("-" if v is None else str(v))
+    empty = {k for k in rows[0] if all(r[k] is None for r in rows)}  # figures this stage does not make
+    table = markdown_table([{k: v for k, v in r.items() if k not in empty} for r in rows])
+    atomic_write_text(sweep_dir / "summary.md", table)
+    print(f"\nmultirun summary ({sweep_dir / 'summary.md'}):\n{table}")

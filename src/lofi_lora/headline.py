@@ -1,0 +1,34 @@
+"""The few figures a sweep table shows, read in one place so the metrics files' key names can change here alone."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+# column -> (file under paths.metrics, dotted key, better): the only place that knows the metrics files' layout
+HEADLINES: dict[str, tuple[str, str, str]] = {
+    "train_loss": ("train.json", "train_loss_smoothed", "min"),
+    "best_step": ("eval.json", "best_step", ""),
+    "val_loss": ("eval.json", "val_loss_best", "min"),
+    "fd": ("eval.json", "fd_logmel128_v1_best", "min"),          # log-mel FD, always computed offline
+    "fad_vggish": ("eval.json", "fad_vggish_best", "min"),       # only with eval.embedding=vggish
+    "clap": ("eval.json", "clap_score_best", "max"),             # only with eval.clap_path
+    "int4_cosine": ("export.json", "precisions.int4.parity.cosine", "max"),  # INT4 ONNX vs PyTorch FP32
+}
+
+
+def headline_metrics(read: Callable[[str], Any]) -> dict[str, Any]:
+    """`read(name)` returns the parsed metrics file `name` (e.g. "eval.json") or None; every column, None if absent."""
+    files: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    for column, (name, key, _) in HEADLINES.items():
+        if name not in files:
+            files[name] = read(name)
+        value = files[name]
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        out[column] = value
+    return out
+
+
+def better(column: str) -> str:
+    """"min", "max", or "" for columns that are not scores."""
+    return HEADLINES[column][2]

@@ -1,0 +1,119 @@
+"""Sweeps whose numbers belong to their own job: the whole-chain sweep (each job a DVC experiment) and stage
+scripts under `-m`, on the embedded default in a throwaway clone (tiny steps; slow: real training and export)."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lofi_lora.headline import HEADLINES, headline_metrics
+from lofi_lora.multirun import job_key
+from lofi_lora.params import REPO_ROOT
+
+ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+# README "Sweeps" prints this command; the test runs it as printed
+SWEEP = ("python stages/sweep.py -m lora.r=2,8 train.max_steps=4 train.checkpoint_every=2 eval.last_n=1 "
+         "eval.num_prompts=1 'eval.seeds=[0]' 'export.precisions=[fp32,int4]'")
+TINY = ["train.max_steps=4", "train.checkpoint_every=2", "eval.last_n=1", "eval.num_prompts=1", "eval.seeds=[0]"]
+
+
+def _run(args, cwd, check=True):
+    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _py(cmd: str) -> list[str]:
+    args = shlex.split(cmd)
+    return [sys.executable, *args[1:]] if args[0] == "python" else args
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A fresh clone with the stages before train reproduced (the sweep jobs rerun train, evaluate, export)."""
+    dst = tmp_path_factory.mktemp("sweep") / "repo"
+    _run(["git", "clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(dst)], cwd=REPO_ROOT)
+    _run([sys.executable, "-m", "dvc", "repro", "dataset"], cwd=dst)
+    return dst
+
+
+def _cached_adapter_rank(repo: Path, dir_hash: str) -> int:
+    """Rank of the LoRA in the DVC cache object `dir_hash` ("<md5>.dir" of models/lora/final): a row's adapter."""
+    from safetensors import safe_open
+
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
+    listing = json.loads((cache / dir_hash[:2] / dir_hash[2:]).read_text())
+    entry = next(e for e in listing if e["relpath"].endswith(".safetensors"))
+    with safe_open(str(cache / entry["md5"][:2] / entry["md5"][2:]), "pt") as f:
+        key = next(k for k in f.keys() if "lora_A" in k)
+        return int(f.get_slice(key).get_shape()[0])
+
+
+def test_readme_prints_the_sweep_command_this_test_runs():
+    assert SWEEP in (REPO_ROOT / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clone):
+    before = _run(["git", "status", "--porcelain"], cwd=clone).stdout
+    proc = _run(_py(SWEEP), cwd=clone)
+    sweep_dir = max((clone / "multirun" / "sweeps").iterdir(), key=lambda p: p.stat().st_mtime)
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    jobs = summary["jobs"]
+    assert [j["status"] for j in jobs] == ["ok", "ok"], jobs
+    assert [j["lora.r"] for j in jobs] == [2, 8] and [j["overrides"].split()[0] for j in jobs] == ["lora.r=2", "lora.r=8"]
+    assert "every job: train.max_steps=4" in (sweep_dir / "sweep.md").read_text()
+    assert jobs[0]["adapter"] != jobs[1]["adapter"], jobs
+    assert jobs[0]["val_loss"] != jobs[1]["val_loss"] and jobs[0]["fd"] != jobs[1]["fd"], jobs
+    for j in jobs:  # each row traces to its own adapter: the dvc.lock hash in the row is a rank-r LoRA in the cache
+        assert _cached_adapter_rank(clone, j["adapter"]) == j["lora.r"], j
+        assert j["best_step"] == 4 and 0.99 < j["int4_cosine"] <= 1.0, j
+    assert summary["best"] in (0, 1) and summary["promote"].startswith(f"dvc exp branch {jobs[summary['best']]['experiment']}")
+    table = (sweep_dir / "sweep.md").read_text()
+    assert table.count("| * |") == 1 and "val_loss" in table and "int4_cosine" in table, table
+    assert (sweep_dir / "sweep.png").stat().st_size > 1000 and "sweep.png" in (sweep_dir / "index.html").read_text()
+    assert "sweep summary" in proc.stdout
+
+    # the experiments are DVC's: exp show lists them with their params, metrics diff compares them
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=clone).stdout)
+    names = {e["name"]: e["revs"][0]["data"] for rev in shown for e in (rev.get("experiments") or [])}
+    file, key, _ = HEADLINES["val_loss"]  # the metrics files' names live in lofi_lora.headline alone
+    for j in jobs:
+        data = names[j["experiment"]]
+        assert data["params"]["params.yaml"]["data"]["lora"]["r"] == j["lora.r"]
+        shown_metrics = {f.split("/")[-1]: m["data"] for f, m in data["metrics"].items()}
+        assert headline_metrics(shown_metrics.get)["val_loss"] == j["val_loss"]
+    diff = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "diff", jobs[0]["experiment"], jobs[1]["experiment"],
+                            "--json"], cwd=clone).stdout)
+    assert key in next(v for f, v in diff.items() if f.endswith(file)), diff
+    assert _run(["git", "status", "--porcelain"], cwd=clone).stdout == before  # the workspace was not touched
+
+
+@pytest.mark.slow
+def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_uses_it(clone):
+    over = ["lora.r=2,8", *TINY]
+    refused = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone, check=False)
+    assert refused.returncode != 0 and "python stages/train.py -m" in refused.stderr, refused.stderr[-3000:]
+    assert not (clone / "models" / "lora" / "samples").exists()  # nothing scored, nothing written to the main run
+
+    _run([sys.executable, "stages/train.py", "-m", *over], cwd=clone)
+    scored = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone)
+    jobs = clone / "multirun" / "jobs"
+    evals = {r: json.loads((jobs / job_key([f"lora.r={r}", *TINY]) / "metrics" / "eval.json").read_text())
+             for r in (2, 8)}
+    assert evals[2]["best_step"] == 4 and evals[8]["best_step"] == 4  # this job's 4-step checkpoints
+    assert evals[2]["val_loss_best"] != evals[8]["val_loss_best"]
+    assert not (clone / "models" / "lora").exists(), "a multirun stage wrote into the main run"
+    assert "val_loss" in scored.stdout and "multirun summary" in scored.stdout
+
+    # export with an override evaluate never saw: its `best/` would not be this job's, so it refuses
+    refused = _run([sys.executable, "stages/export.py", "-m", "lora.r=2", *TINY, "lora.alpha=2"], cwd=clone, check=False)
+    assert refused.returncode != 0 and "python stages/evaluate.py -m" in refused.stderr, refused.stderr[-3000:]
+    yaml.safe_load((clone / "params.yaml").read_text())  # params.yaml untouched and valid
