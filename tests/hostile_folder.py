@@ -23,7 +23,7 @@ METACHAR = "we ird $(touch PWNED) 'name'; rm -rf x"
 UNICODE = "café – thème ☕"
 
 
-def _music(k: int, seconds: float = 20.0) -> np.ndarray:
+def _music(k: int, seconds: float = 12.0) -> np.ndarray:
     style = ("CORE-01", "JAZZ-03", "AMB-01", "CHILL-01", "CORE-02")[k % 5]
     spec = TrackSpec(f"h{k}", style, 76.0 + 4 * k, ("A", "D", "F", "C", "G")[k % 5], ("minor", "major")[k % 2],
                      seconds, 900 + k)

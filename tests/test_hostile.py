@@ -24,8 +24,9 @@ AUDIO = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac")
 
 
 def _tree(folder: Path, skip: Path | None = None) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
-            for p in sorted(folder.rglob("*")) if not p.is_symlink() and (skip is None or skip not in p.parents)}
+    """path -> sha256 of every file (through symlinks that resolve; `dvc add` turns a symlink into a copy)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and (skip is None or skip not in p.parents)}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,9 @@ def test_nothing_is_written_outside_the_repo_and_raw_files_are_unchanged(hostile
 
 def test_experiment_commit_holds_no_raw_audio(hostile_run):
     _, _, _, _, _, run = hostile_run
-    [exp] = run("git", "for-each-ref", "refs/exps", "--format=%(objectname)").split()
-    files = run("git", "ls-tree", "-r", "--name-only", exp).splitlines()
-    assert "data/raw/local.dvc" in files
-    assert not [f for f in files if f.startswith("data/raw/local/") or f.lower().endswith(AUDIO)]
+    refs = run("git", "for-each-ref", "refs/exps", "--format=%(refname) %(objectname)").splitlines()
+    assert any("/exec/" not in r for r in refs), refs  # the experiment itself, beside DVC's EXEC_HEAD
+    for ref in refs:
+        files = run("git", "ls-tree", "-r", "--name-only", ref.split()[1]).splitlines()
+        assert "data/raw/local.dvc" in files
+        assert not [f for f in files if f.startswith("data/raw/local/") or f.lower().endswith(AUDIO)], ref

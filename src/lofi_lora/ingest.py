@@ -183,6 +183,8 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
     The metadata is validated first (metadata.load_metadata, the validation annotate applies too); a track whose
     entries are unusable is quarantined with the file, key and reason, never trusted further.
     """
+    if not Path(raw_dir).is_dir():
+        raise DataError(f"data.raw_dir {raw_dir} does not exist or is not a folder")
     exts = {e.lower().lstrip(".") for e in extensions}
     allowed = set(allowed_licences)
     meta = load_metadata(metadata_dir, presets, raw_dir, quality_scores)
@@ -201,7 +203,7 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
         seen_files.add(rel)
         entry = sources.get(rel)
         if entry is None and rel in problems:
-            pr = problems[rel][0]
+            pr = problems.pop(rel)[0]
             quarantined.append(_q(f, pr.track_id, pr.reason, str(pr)))
             continue
         track_id = entry["track_id"] if entry else f.stem
@@ -215,8 +217,8 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
         candidates.append((f, entry))
     for rel in sorted(set(sources) - seen_files):
         log.warning("sources.json lists %s (track %s) but no such file is under %s", rel, sources[rel]["track_id"], raw_dir)
-    for pr in (pr for rel, prs in problems.items() if rel not in seen_files for pr in prs):
-        quarantined.append(_q(Path(pr.file), pr.track_id, pr.reason, str(pr)))  # no such raw file: the entry itself
+    for pr in (pr for prs in problems.values() for pr in prs):  # not tied to a file left out: the entry itself
+        quarantined.append(_q(Path(pr.file), pr.track_id, pr.reason, str(pr)))
 
     probes = map_with_progress(probe, [f for f, _ in candidates], workers, "ingest: decode + fingerprint")
     usable: list[tuple[Path, dict[str, Any], Probe]] = []

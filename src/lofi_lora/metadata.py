@@ -3,8 +3,7 @@
 Each file has a JSON schema, applied once per entry: a malformed file raises DataError, a bad entry becomes a
 Problem naming the file, the key and the reason (e.g. `style_mapping.json: tracks.t003[1]: unknown preset
 CORE-99`) and its track is left out. Stage ingest runs this validation first and quarantines those tracks;
-annotate runs the same one. Formats are in
-docs/ARCHITECTURE.md. quality_scores.json is written by stage preprocess; this module owns its schema,
+annotate runs the same one. Formats are in docs/ARCHITECTURE.md. quality_scores.json is written by stage preprocess; this module owns its schema,
 validator (the merge that keeps human scores across runs lives in preprocess).
 """
 from __future__ import annotations
@@ -111,10 +110,16 @@ def _key(err: jsonschema.ValidationError) -> str:
 
 def validate(doc: Any, schema: Mapping[str, Any], path: str | Path) -> None:
     """Check `doc` against `schema`; the DataError names the file, the key and the reason."""
+    err = _first_error(doc, schema)
+    if err is not None:
+        raise DataError(f"{path}: {err}")
+
+
+def _first_error(doc: Any, schema: Mapping[str, Any]) -> str | None:
+    """`key: reason` of the most relevant schema violation (the key left out at the top level), or None."""
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     err = jsonschema.exceptions.best_match(validator.iter_errors(doc))
-    if err is not None:
-        raise DataError(f"{path}: {_key(err)}: {err.message}")
+    return None if err is None else f"{_key(err)}: {err.message}".removeprefix("<top level>: ")
 
 
 @dataclass(frozen=True)
@@ -130,12 +135,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}: {self.key}: {self.detail}"
-
-
-def _first_error(doc: Any, schema: Mapping[str, Any]) -> str | None:
-    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-    err = jsonschema.exceptions.best_match(validator.iter_errors(doc))
-    return None if err is None else f"{_key(err)}: {err.message}".removeprefix("<top level>: ")
 
 
 def raw_path_problem(file: str, raw_dir: str | Path | None) -> str | None:
