@@ -254,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"annotation accuracy: {args.tracks} tracks of {args.seconds:g} s per set, no style prior, "
           f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}")
     results = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        for set_name in args.sets.split(","):
-            tracks = load_set(set_name, args)
+    for set_name in args.sets.split(","):
+        tracks = load_set(set_name, args)
+        # A fresh pool per set, started after the renders' pool is gone, warmed before timing.
+        with ProcessPoolExecutor(args.workers) as pool:
+            list(pool.map(_analyse_clip, [(tracks[0][1][:, : 10 * SR], opts)] * args.workers))
             for name in args.variants.split(","):
                 results.append(report(set_name, name, run_variant(tracks, name, opts, pool, args), args.workers))
     if args.json:
