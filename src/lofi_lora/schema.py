@@ -149,8 +149,10 @@ class Audio:
 @dataclass
 class AnnotateExternal:
     enabled: bool = key()
-    kind: str = key(choices=("http", "command"))
+    kind: str = key(choices=("http", "openai", "command"))
     url: Optional[str] = key()
+    model: Optional[str] = key()
+    max_tokens: int = key(ge=1)
     command: Optional[List[str]] = key()
     token_env: str = key()
     timeout_s: Number = key(gt=0)
@@ -172,8 +174,9 @@ class Annotate:
     workers: int = key(**WORKERS)
     key_profile: str = key(choices=("temperley", "krumhansl", "combined"))
     bass_weight: Number = key(ge=0)
-    start_weight: Number = key(ge=0)
     candidate_margin: Number = key(ge=0)
+    key_change_gain: Number = key(ge=0)
+    min_key_segment_s: Number = key(gt=0)
     min_event_s: Number = key(gt=0)
     novelty_threshold: Number = key(ge=0)
     audit_ngram: int = key(ge=1)
