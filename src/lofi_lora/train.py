@@ -157,6 +157,17 @@ def train_metrics(run: dict[str, Any], metrics, state: TrainState, place, world)
     }
 
 
+def checkpoint(state: TrainState, store, info: CheckpointInfo, metrics, world) -> None:
+    """Every rank's RNG state gathered (a collective all ranks call), the checkpoint written by the main rank,
+    then all ranks wait for it."""
+    from lofi_lora import distributed
+
+    rng_ranks = distributed.gather_objects(rng_state(state.gen), world)
+    if world.is_main:
+        save_checkpoint(state, store, info, metrics, rng_ranks)
+    distributed.barrier(world)
+
+
 class _StopFlag:
     """SIGTERM/SIGINT set a flag; the loop saves a checkpoint after the current step and exits."""
 
@@ -222,13 +233,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     live = open_live(Path(cfg.paths.metrics) / "train", resumed_from) if world.is_main else None
     metrics = MetricsBuffer(live, max(1, tcfg.log_every), max_steps, saved.get("ema_loss"), saved.get("last"))
 
-    def checkpoint() -> None:
-        rng_ranks = distributed.gather_objects(rng_state(state.gen), world)  # collective: every rank calls it
-        if world.is_main:
-            save_checkpoint(state, store, CheckpointInfo(chash, lora_info(cfg.lora), tcfg.keep_last,
-                                                         metrics.ema_loss, metrics.last), rng_ranks)
-        distributed.barrier(world)
-
+    info = CheckpointInfo(chash, lora_info(cfg.lora), tcfg.keep_last)
     frames_total, t0, start_step = torch.zeros((), device=place.device), time.perf_counter(), state.step
     sync_every_step = place.device.type != "cuda" or step_callback is not None
     try:
@@ -246,13 +251,13 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
                     metrics.flush()
                     bar.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{metrics.last['lr']:.2e}")
                 if at_checkpoint:
-                    checkpoint()
+                    checkpoint(state, store, info, metrics, world)
                 if step_callback is not None:
                     step_callback(step)
                 if stop.signum is not None and step < max_steps:
                     metrics.flush()
                     if step % ckpt_every != 0:
-                        checkpoint()
+                        checkpoint(state, store, info, metrics, world)
                     log.warning("stopped by signal %d at step %d; checkpoint saved, resume by running again",
                                 stop.signum, step)
                     raise SystemExit(128 + stop.signum)

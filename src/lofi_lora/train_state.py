@@ -247,17 +247,17 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
 
 @dataclass
 class CheckpointInfo:
-    """What a checkpoint records beside the train state: identity, adapter shape and the metrics state."""
+    """What a checkpoint records beside the train state: the run's identity, adapter shape and retention."""
 
     config_hash: str
     lora_info: dict[str, Any]
     keep_last: int
-    ema_loss: float | None = None
-    last: dict[str, float] = field(default_factory=dict)
 
 
-def save_checkpoint(state: TrainState, store: CheckpointStore, info: CheckpointInfo, rng_ranks: list[dict]) -> None:
-    """`checkpoint-<step>`: unbaked adapter + optimizer, scheduler, RNG and data position (main rank only).
+def save_checkpoint(state: TrainState, store: CheckpointStore, info: CheckpointInfo, metrics: Any,
+                    rng_ranks: list[dict]) -> None:
+    """`checkpoint-<step>`: unbaked adapter + optimizer, scheduler, RNG, data position and the smoothed loss
+    (`metrics`: a `train_log.MetricsBuffer`), written by the main rank.
 
     `rng_ranks` is every rank's `rng_state`, gathered by the caller (a collective all ranks take part in).
     """
@@ -266,14 +266,14 @@ def save_checkpoint(state: TrainState, store: CheckpointStore, info: CheckpointI
     def write(tmp: Path) -> None:
         adapters.save_diffusers_adapter(adapter_state(state.model), tmp, bake=False, **info.lora_info,
                                         extra_info={"step": step, "config_hash": info.config_hash})
-        saved = {"step": step, "ema_loss": info.ema_loss, "last": dict(info.last),
+        saved = {"step": step, "ema_loss": metrics.ema_loss, "last": dict(metrics.last),
                  "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
                  "rng": rng_ranks[0], "data": state.order.state_dict(), "config_hash": info.config_hash}
         if len(rng_ranks) > 1:
             saved["rng_ranks"] = rng_ranks
         torch.save(saved, tmp / STATE_FILE)
 
-    scores = {"train_loss": info.ema_loss} if info.ema_loss is not None else {}
+    scores = {"train_loss": metrics.ema_loss} if metrics.ema_loss is not None else {}
     store.save(step, write, info.config_hash, scores, info.keep_last)
 
 
