@@ -38,6 +38,7 @@ COPY = ["src", "stages", "conf", "presets", "dvc.yaml", "params.yaml", "pyprojec
         ".gitignore", "data/.gitignore", "data/metadata/.gitignore", "data/raw/.gitignore", "models/.gitignore",
         "models/lora/.gitignore"]
 GIB = 2**30
+DATA_STAGES = ("synth", "ingest", "preprocess", "annotate")  # model-independent: another rehearsal's run-cache
 
 HOOK = '''"""Written by benchmarks/rehearsal.py: the peak GPU memory PyTorch reserved, appended at exit."""
 import atexit, os, sys
@@ -101,12 +102,18 @@ def copy_repo(work: Path, cache_dir: Path | None) -> None:
         elif src.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
-    if shutil.which("git"):
-        subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    else:  # the GPU image has no git binary: dulwich (a DVC dependency) writes the same .git
+    who = "rehearsal <rehearsal@localhost>"
+    if shutil.which("git"):  # one commit: DVCLive asks for HEAD
+        env = {**os.environ, "GIT_AUTHOR_NAME": "rehearsal", "GIT_AUTHOR_EMAIL": "rehearsal@localhost",
+               "GIT_COMMITTER_NAME": "rehearsal", "GIT_COMMITTER_EMAIL": "rehearsal@localhost"}
+        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "rehearsal"]):
+            subprocess.run(["git", *cmd], cwd=work, check=True, env=env)
+    else:  # a machine without the git binary: dulwich (a DVC dependency) writes the same repository
         from dulwich import porcelain
 
         porcelain.init(str(work))
+        porcelain.add(str(work))
+        porcelain.commit(str(work), message=b"rehearsal", author=who.encode(), committer=who.encode())
     if cache_dir is not None:
         (work / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache_dir}\n    type = \"hardlink,copy\"\n")
 
@@ -299,7 +306,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=None, help="DVC cache shared with other rehearsals")
     ap.add_argument("--notify-after", nargs=2, default=None, metavar=("STAGE", "FILE"),
                     help="create FILE once STAGE is done (another rehearsal can --wait-for it)")
-    ap.add_argument("--wait-for", type=Path, default=None, help="start the stages once this file exists")
+    ap.add_argument("--wait-for", type=Path, default=None, help="start the data stages once this file exists")
+    ap.add_argument("--early", nargs="*", default=[], help="stages to run first (base_model needs no data)")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "rehearsal.json")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (last wins)")
     args = ap.parse_args()
@@ -313,12 +321,9 @@ def main() -> None:
     sys.path.insert(0, str(work / "src"))
     run: dict = {"variant": args.variant, "device": device_name(), "status": "running", "stages": {}}
     overrides = list(spec["model"])
+    ckpt = None
     if spec["build"]:
         ckpt = (args.checkpoint or work.parent / f"native-{spec['build']}").resolve()
-        t0 = time.perf_counter()
-        run["checkpoint"] = build_native(spec["build"], ckpt, work / "presets")
-        run["checkpoint"]["build_s"] = round(time.perf_counter() - t0, 1)
-        print(f"built native {spec['build']} checkpoint: {run['checkpoint']}", flush=True)
         overrides += [f"model.path={ckpt}"]
     overrides += corpus_overrides(args.tracks, tuple(args.seconds), args.max_clip, args.workers)
     overrides += spec["run"] + args.overrides
@@ -327,11 +332,24 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "lofi_lora.params", *overrides], cwd=work, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     stages = list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
-    if args.wait_for:
-        wait_for(args.wait_for)
+    order = [s for s in args.early if s in stages] + [s for s in stages if s not in args.early]
+
+    def build_checkpoint() -> None:  # just before base_model, so the data stages of another rehearsal start at once
+        t0 = time.perf_counter()
+        try:
+            run["checkpoint"] = build_native(spec["build"], ckpt, work / "presets")
+        except Exception as e:  # recorded like a failed stage
+            raise RuntimeError(f"building the native {spec['build']} checkpoint failed: {e!r}") from e
+        run["checkpoint"]["build_s"] = round(time.perf_counter() - t0, 1)
+        print(f"built native {spec['build']} checkpoint: {run['checkpoint']}", flush=True)
+
     nvml = NvmlPeak()
     try:
-        for stage in stages:
+        for stage in order:
+            if stage == "base_model" and ckpt is not None:
+                build_checkpoint()
+            if args.wait_for and stage in DATA_STAGES:
+                wait_for(args.wait_for)
             print(f"== {stage}", flush=True)
             if stage == "train" and args.kill_at_step:
                 rec, run["kill_resume"] = train_with_kill(work, logs, nvml, args.kill_at_step)
