@@ -174,3 +174,19 @@ def test_stage_base_model_takes_a_native_checkpoint(native_2b, tmp_path):
     cfg.model.variant = "turbo"
     with pytest.raises(ModelError, match="model_version='base'"):
         write_base_model(cfg)
+
+
+def test_switching_variant_changes_the_weights_fingerprint_that_keys_cached_conditions(tmp_path):
+    from lofi_lora.backend import model_fingerprint, write_base_model
+
+    root = tmp_path / "checkpoints"
+    fps = {}
+    for variant, seed in (("sft", 1), ("base", 2), ("sft", 1)):
+        name = nc.build(root, "tiny", variant, seed=seed, dtype=torch.float32, device="cpu")
+        cfg = OmegaConf.create({"seed": 0, "paths": {"base_model": str(tmp_path / f"base-{variant}"), "presets": "presets"},
+                                "model": {"name": f"m_{variant}", "source": "native", "path": str(root),
+                                          "native_dir": name, "variant": variant}})
+        write_base_model(cfg)
+        fps.setdefault(variant, set()).add(model_fingerprint(tmp_path / f"base-{variant}"))
+    assert len(fps["sft"]) == 1  # rebuilt with the same seed: same content, same key, cache reused
+    assert fps["sft"] != fps["base"]  # dataset.input_hash takes this fingerprint: a new variant recomputes

@@ -549,13 +549,13 @@ def converted_pipeline(path: str | Path, variant_dir: str | None = None, cache_d
     record_f = out / "conversion.json"
     if record_f.is_file() and read_json(record_f).get("key") == key:
         log.info("native checkpoint %s/%s: reusing conversion %s", root, name, out)
-        return out, read_json(record_f)
+        return out, {**read_json(record_f), "root": str(root)}
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = convert(root, name, out)
-    record = {"key": key, "converter": CONVERTER_VERSION, "root": str(root), "variant_dir": name, "inputs": inputs,
-              **summary}
+    # Content only (no paths, no times): the record is hashed into the base model's fingerprint.
+    record = {"key": key, "converter": CONVERTER_VERSION, "variant_dir": name, "inputs": inputs, **summary}
     atomic_write_json(record_f, record)
-    return out, record
+    return out, {**record, "root": str(root)}
 
 
 # --------------------------------------------------------------------------------------------------------------
