@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+import lofi_lora.ace_step_xl  # noqa: F401  (registers the XL condition encoder that native XL conversions name)
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import ConfigError, ModelError
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
@@ -37,7 +38,7 @@ COMPONENTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "text_encoder": (("transformers",), None),
     "tokenizer": (("transformers",), None),
     "transformer": (("diffusers",), "AceStepTransformer1DModel"),
-    "condition_encoder": (("ace_step", "diffusers"), "AceStepConditionEncoder"),
+    "condition_encoder": (("ace_step", "diffusers", "lofi_lora.ace_step_xl"), None),  # XL: see ace_step_xl.py
     "scheduler": (("diffusers",), "FlowMatchEulerDiscreteScheduler"),
 }
 WEIGHT_COMPONENTS = ("vae", "text_encoder", "transformer", "condition_encoder")
@@ -485,7 +486,14 @@ def verify_pipeline_dir(folder: str | Path, variant: str, key: str = "model.path
 def _resolve_weights(model_cfg) -> tuple[Path, dict]:
     """The folder of a real model (local path or pinned hub snapshot) and the manifest fields naming it."""
     source = str(_req(model_cfg, "source"))
-    if source == "local":
+    if source == "native":  # upstream's checkpoints/ layout, converted once into a cache next to it
+        from lofi_lora.native_checkpoint import converted_pipeline
+
+        path, record = converted_pipeline(str(_req(model_cfg, "path")), model_cfg.get("native_dir"),
+                                          model_cfg.get("converted_dir"))
+        return path, {"weights_dir": str(path), "native_root": record["root"],
+                      "native_dir": record["variant_dir"], "native_key": record["key"]}
+    if source in ("local", "diffusers"):
         path = Path(str(_req(model_cfg, "path"))).expanduser().resolve()
         return path, {"weights_dir": str(path)}
     if source == "hub":
@@ -501,7 +509,7 @@ def _resolve_weights(model_cfg) -> tuple[Path, dict]:
         except Exception as e:  # offline, unknown repo or revision
             raise ModelError(f"`model.hub_id` = {hub_id} at `model.revision` = {revision}: cannot fetch ({e})") from e
         return path, {"weights_dir": str(path), "hub_id": hub_id, "revision": str(revision)}
-    raise ConfigError(f"`model.source` = {source!r}: expected build, local or hub")
+    raise ConfigError(f"`model.source` = {source!r}: expected build, diffusers (or local), native or hub")
 
 
 def write_base_model(cfg) -> dict:

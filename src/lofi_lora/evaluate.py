@@ -387,7 +387,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     seeds = [int(s) for s in require(ev, "seeds")]
     duration_s = float(require(ev, "duration_s"))
     variant = str(require(cfg, "model.variant"))
-    settings = sampling_settings(variant)
+    settings = sampling_settings(variant) | dict(cfg.model.get("sampling") or {})  # conf/model/*.yaml `sampling`
     best_metric, best_mode = str(require(ev, "best_metric")), str(require(ev, "best_mode"))
     timesteps = [float(t) for t in (ev.get("val_timesteps") or [0.1, 0.3, 0.5, 0.7, 0.9])]
 

@@ -158,10 +158,10 @@ class BatchOrder:
 # flow-matching objective
 # --------------------------------------------------------------------------------------------------------------
 
-def timestep_scheme(train_cfg, variant: str) -> str:
+def timestep_scheme(train_cfg, variant: str, model_scheme: str | None = None) -> str:
     scheme = str(train_cfg.get("timesteps", "auto"))
-    if scheme == "auto":
-        return "discrete_turbo" if variant == "turbo" else "logit_normal"
+    if scheme == "auto":  # the model config's `train_timesteps`, else what the variant implies
+        scheme = model_scheme or ("discrete_turbo" if variant == "turbo" else "logit_normal")
     if scheme not in SCHEMES:
         raise ConfigError(f"train.timesteps={scheme!r}: expected auto or one of {SCHEMES}")
     return scheme
@@ -416,7 +416,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
         raise ConfigError("train.max_steps, train.batch_size, train.grad_accum and train.pad_multiple must be >= 1")
     ckpt_every = int(tcfg.get("checkpoint_every", 0)) or max_steps
     variant = str(mcfg.get("variant", "turbo"))
-    scheme, cfg_ratio = timestep_scheme(tcfg, variant), cfg_dropout_ratio(tcfg, variant)
+    scheme, cfg_ratio = timestep_scheme(tcfg, variant, mcfg.get("train_timesteps")), cfg_dropout_ratio(tcfg, variant)
     ckpt_share = train_speed.checkpoint_share(tcfg.get("grad_checkpointing", False))
 
     world = distributed.setup(tcfg.get("distributed", "auto"))
