@@ -13,6 +13,6 @@ python3 benchmarks/rehearsal.py --variant 2b --work "$root/2b" --cache-dir "$roo
   --notify-after annotate "$root/data-ready" --kill-at-step "$kill_at" --json "$out/rehearsal-2b.json" \
   >"$out/2b.log" 2>&1 &
 python3 benchmarks/rehearsal.py --variant xl --work "$root/xl" --cache-dir "$root/dvc-cache" \
-  --early base_model --wait-for "$root/data-ready" --json "$out/rehearsal-xl.json" >"$out/xl.log" 2>&1 &
+  --early base_model --wait-for "$root/data-ready" --data-from "$root/2b" --json "$out/rehearsal-xl.json" >"$out/xl.log" 2>&1 &
 wait
 touch "$out/done"
