@@ -248,10 +248,11 @@ def checkpoint_steps(work: Path) -> list[int]:
 
 
 def train_with_kill(work: Path, logs: Path, nvml: NvmlPeak, kill_at: int) -> tuple[dict, dict]:
-    """Train, SIGKILL once step `kill_at` is logged past a checkpoint, train again; compare the redone steps."""
+    """Train, SIGKILL once step `kill_at` is logged and a logged step lies past the newest checkpoint, train again;
+    compare the losses of the steps the resumed run redoes."""
     def due() -> bool:
         losses, ckpts = logged_losses(work), checkpoint_steps(work)
-        return bool(ckpts) and bool(losses) and max(losses) >= kill_at and min(ckpts) < max(losses)
+        return bool(ckpts) and bool(losses) and max(losses) >= kill_at and max(ckpts) < max(losses)
 
     first = run_stage("train", work, logs, nvml, kill_when=due)
     if not first.get("killed"):
