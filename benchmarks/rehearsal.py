@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -219,8 +220,11 @@ def run_stage(stage: str, work: Path, logs: Path, nvml: NvmlPeak, kill_when=None
             time.sleep(0.5)
         wall = time.perf_counter() - t0
     peak, devices = read_peak(peak_file)
-    rec = {"wall_s": round(wall, 1), "peak_gpu_gib": peak, "peak_gpu_used_gib": nvml.gib(devices)}
     text = log_path.read_text(errors="replace")
+    # a SIGKILLed process writes no peak, and a process whose compiled graphs reset the allocator's peak writes 0:
+    # then the GPU it claimed (lofi_lora.runtime logs "using cuda:N") and NVML's figure for it are what is known
+    devices = devices or sorted({int(d) for d in re.findall(r"using cuda:(\d+)", text)})
+    rec = {"wall_s": round(wall, 1), "peak_gpu_gib": peak or None, "peak_gpu_used_gib": nvml.gib(devices)}
     if "skipping run" in text or "didn't change, skipping" in text:
         rec["dvc"] = "restored from the run-cache" if "skipping run" in text else "unchanged, skipped"
     if killed:

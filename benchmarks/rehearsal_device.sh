@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The 2B and XL rehearsals at once on a host with two GPUs (benchmarks/NOTES.md, "Full-size rehearsal").
-# The 2B rehearsal runs the data stages; the XL one waits for them and takes them from the shared DVC run-cache,
-# then each runs its model stages on a GPU of its own (stages claim a free GPU: lofi_lora.runtime.pick_device).
+# The 2B rehearsal runs the data stages; the XL one converts its checkpoint meanwhile, then takes the data stages'
+# outputs and dvc.lock entries from the 2B work folder; each runs its model stages on a GPU of its own (stages
+# claim a free GPU: lofi_lora.runtime.pick_device). The whole run takes about 25 minutes on 2 x H200.
 #   bash benchmarks/rehearsal_device.sh WORK_ROOT RESULTS_DIR [2B kill step]
+# WORK_ROOT holds about 60 GB (checkpoints, conversions, ONNX files): keep it outside the checkout, where nothing
+# that syncs or cleans the checkout can remove it while the rehearsals run (that ended the first attempt).
 set -u
 root=${1:?work root}
 out=${2:?results folder}
