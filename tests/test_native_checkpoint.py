@@ -190,3 +190,21 @@ def test_switching_variant_changes_the_weights_fingerprint_that_keys_cached_cond
         fps.setdefault(variant, set()).add(model_fingerprint(tmp_path / f"base-{variant}"))
     assert len(fps["sft"]) == 1  # rebuilt with the same seed: same content, same key, cache reused
     assert fps["sft"] != fps["base"]  # dataset.input_hash takes this fingerprint: a new variant recomputes
+
+
+@pytest.mark.parametrize("size", ["2b", "xl"])
+def test_real_size_layouts_map_onto_diffusers_models_key_for_key(size):
+    """At full 2B / XL size, on the meta device (no memory): the mapping the converter checks before writing."""
+    cfg = nc.native_config_from(nc.SIZES[size]["dit"], "turbo")
+    mapped: dict[str, dict] = {}
+    for key, shape in nc.native_shapes(cfg).items():
+        comp, new = nc.diffusers_key(key)
+        mapped.setdefault(comp, {})[new] = torch.empty(shape, device="meta")
+    mapped["condition_encoder"]["silence_latent"] = torch.empty(1, nc.SILENCE_FRAMES, 64, device="meta")
+    configs, classes = nc.component_configs(cfg), nc.component_classes(cfg)
+    expected = {}
+    for comp, cls in classes.items():
+        with torch.device("meta"):
+            expected[comp] = {k: tuple(v.shape) for k, v in cls(**configs[comp]).state_dict().items()}
+    nc._check_against(expected, mapped, {})  # raises naming any missing / unexpected / mis-shaped key
+    assert sum(len(v) for v in expected.values()) == len(nc.native_shapes(cfg)) + 1
