@@ -463,12 +463,9 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
             if (root / TEXT_DIR / f).is_file():
                 _link_or_copy(root / TEXT_DIR / f, tmp / "tokenizer" / f)
         vae_cls = read_json(root / VAE_DIR / "config.json").get("_class_name", "AutoencoderOobleck")
-        text_cls = (read_json(root / TEXT_DIR / "config.json").get("architectures") or ["Qwen3Model"])[0]
-        tok_cls = read_json(root / TEXT_DIR / "tokenizer_config.json").get("tokenizer_class", "Qwen2TokenizerFast") \
-            if (root / TEXT_DIR / "tokenizer_config.json").is_file() else "Qwen2TokenizerFast"
+        text_cls, tok_cls = _text_classes(root / TEXT_DIR)
         index.update(vae=["diffusers", vae_cls], text_encoder=["transformers", text_cls],
-                     tokenizer=["transformers", tok_cls if tok_cls != "TokenizersBackend" else "PreTrainedTokenizerFast"],
-                     scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"])
+                     tokenizer=["transformers", tok_cls], scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"])
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0).save_pretrained(str(tmp / "scheduler"))
         atomic_write_json(tmp / "model_index.json", index)
         loading = _loading_report(tmp, classes)
@@ -477,6 +474,18 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
                "silence_latent": list(silence.shape), "loading": loading}
     log.info("converted %s -> %s: %s", src, out, summary["keys"])
     return summary
+
+
+def _text_classes(text_dir: Path) -> tuple[str, str]:
+    """(text-encoder class, tokenizer class) as transformers' Auto classes resolve them (the base model, as
+    diffusers' converter: Qwen3-Embedding's weights have no LM head)."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    model_type = read_json(text_dir / "config.json").get("model_type")
+    if model_type not in MODEL_MAPPING_NAMES:
+        raise ModelError(f"{text_dir}/config.json: model_type {model_type!r} is not a transformers model")
+    return MODEL_MAPPING_NAMES[model_type], type(AutoTokenizer.from_pretrained(str(text_dir))).__name__
 
 
 def _diffusers_version() -> str:
