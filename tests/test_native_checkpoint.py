@@ -92,7 +92,7 @@ def test_2b_conversion_maps_every_key_and_loads_in_diffusers(native_2b, tmp_path
 def test_sharded_xl_conversion_keeps_the_narrow_condition_encoder_and_its_cls_token(native_xl_sharded, tmp_path):
     from diffusers import AceStepConditionEncoder, AceStepPipeline
 
-    from lofi_lora.ace_step_xl import AceStepXLConditionEncoder
+    from lofi_lora.ace_step_xl import AceStepXLConditionEncoder, stock_xl_warning
 
     root, name = native_xl_sharded
     out = tmp_path / "diffusers"
@@ -113,6 +113,12 @@ def test_sharded_xl_conversion_keeps_the_narrow_condition_encoder_and_its_cls_to
         stock_after = stock.timbre_encoder(timbre, torch.zeros(1, dtype=torch.long))[0]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(stock_before, stock_after)
+    # A diffusers-format XL folder with the stock class (converted elsewhere) is flagged by stage base_model.
+    assert stock_xl_warning(out) is None
+    index = json.loads((out / "model_index.json").read_text())
+    index["condition_encoder"] = ["diffusers", "AceStepConditionEncoder"]
+    (out / "model_index.json").write_text(json.dumps(index))
+    assert "CLS token" in stock_xl_warning(out)
 
 
 def test_unmapped_or_missing_native_keys_are_named(native_2b, tmp_path):

@@ -537,6 +537,8 @@ def write_base_model(cfg) -> dict:
         folder, fields = _resolve_weights(model_cfg)
         key = "model.hub_id" if source == "hub" else "model.path"
         components = verify_pipeline_dir(folder, variant, key=key)
+        if (warning := lofi_lora.ace_step_xl.stock_xl_warning(folder)):
+            log.warning(warning)
         files = files_record(folder)
         manifest.update(fields, components=components, files=files, fingerprint=_fingerprint(files))
         with atomic_dir(out) as tmp:
