@@ -37,6 +37,7 @@ about one shard), on the GPU when there is one:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
@@ -45,7 +46,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -171,7 +171,7 @@ def _random_tensor(key: str, shape: tuple[int, ...], gen: torch.Generator, dtype
                    device: str) -> torch.Tensor:
     """Norm weights near 1, everything else N(0, 0.02): finite, non-trivial activations at any depth."""
     t = torch.randn(shape, generator=gen, device=device, dtype=dtype).mul_(0.02)
-    if key.endswith("norm.weight") or key.endswith("layernorm.weight") or "norm_out" in key:
+    if key.endswith(("norm.weight", "norm_out.weight")):
         t.add_(1.0)
     return t.cpu()
 
@@ -355,10 +355,11 @@ def component_configs(cfg: dict) -> dict[str, dict]:
 
 
 def component_classes(cfg: dict) -> dict[str, type]:
-    from diffusers import AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepTransformer1DModel
+    """The diffusers class of each converted model (XL: the condition encoder with upstream's timbre CLS token)."""
+    from diffusers import (AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder,
+                           AceStepTransformer1DModel)
 
     from lofi_lora.ace_step_xl import AceStepXLConditionEncoder
-    from diffusers import AceStepConditionEncoder
 
     return {"transformer": AceStepTransformer1DModel,
             "condition_encoder": AceStepXLConditionEncoder if is_xl(cfg) else AceStepConditionEncoder,
@@ -401,7 +402,7 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
         ModelError: a missing file, a key without a diffusers counterpart, a shape mismatch, or any key diffusers
         reports missing/unexpected/mismatched when loading the result (all named).
     """
-    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from safetensors.torch import save_file
 
     root, out = Path(root), Path(out_dir)
@@ -432,8 +433,7 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
     if not isinstance(silence, torch.Tensor) or silence.dim() != 3 or silence.shape[1] != cfg["timbre_hidden_dim"]:
         raise ModelError(f"{src}/silence_latent.pt: expected a [1, {cfg['timbre_hidden_dim']}, T] tensor, got "
                          f"{getattr(silence, 'shape', type(silence).__name__)}")
-    enc_dtype = states["condition_encoder"]["text_projector.weight"].dtype if \
-        "text_projector.weight" in states["condition_encoder"] else torch.float32
+    enc_dtype = getattr(states["condition_encoder"].get("null_condition_emb"), "dtype", torch.float32)
     states["condition_encoder"]["silence_latent"] = silence.transpose(1, 2).to(enc_dtype).contiguous()
 
     expected = {}
@@ -469,7 +469,6 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0).save_pretrained(str(tmp / "scheduler"))
         atomic_write_json(tmp / "model_index.json", index)
         loading = _loading_report(tmp, classes)
-        AceStepPipeline.load_config(str(tmp))  # model_index.json parses
     summary = {"xl": is_xl(cfg), "variant_dir": variant_dir, "keys": {c: len(v) for c, v in expected.items()},
                "silence_latent": list(silence.shape), "loading": loading}
     log.info("converted %s -> %s: %s", src, out, summary["keys"])
@@ -556,14 +555,16 @@ def converted_pipeline(path: str | Path, variant_dir: str | None = None, cache_d
     out = Path(cache_dir).expanduser().resolve() if cache_dir else root / CACHE_DIR
     out = out / f"{name}-{key[:16]}"
     record_f = out / "conversion.json"
-    if record_f.is_file() and read_json(record_f).get("key") == key:
-        log.info("native checkpoint %s/%s: reusing conversion %s", root, name, out)
-        return out, {**read_json(record_f), "root": str(root)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = convert(root, name, out)
-    # Content only (no paths, no times): the record is hashed into the base model's fingerprint.
-    record = {"key": key, "converter": CONVERTER_VERSION, "variant_dir": name, "inputs": inputs, **summary}
-    atomic_write_json(record_f, record)
+    with open(out.parent / f"{out.name}.lock", "w") as lock:  # queued runs of one checkpoint convert it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record_f.is_file() and read_json(record_f).get("key") == key:
+            log.info("native checkpoint %s/%s: reusing conversion %s", root, name, out)
+            return out, {**read_json(record_f), "root": str(root)}
+        summary = convert(root, name, out)
+        # Content only (no paths, no times): the record is hashed into the base model's fingerprint.
+        record = {"key": key, "converter": CONVERTER_VERSION, "variant_dir": name, "inputs": inputs, **summary}
+        atomic_write_json(record_f, record)
     return out, {**record, "root": str(root)}
 
 
