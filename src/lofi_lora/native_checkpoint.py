@@ -452,6 +452,7 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
                                                      "_diffusers_version": index["_diffusers_version"], **configs[comp]})
             save_file(states[comp], str(sub / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
             index[comp] = [cls.__module__ if not cls.__module__.startswith("diffusers") else "diffusers", cls.__name__]
+        dtype = next(iter(states["transformer"].values())).dtype
         states.clear()
         for comp, name in (("vae", VAE_DIR), ("text_encoder", TEXT_DIR)):
             (tmp / comp).mkdir()
@@ -468,7 +469,7 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
                      tokenizer=["transformers", tok_cls], scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"])
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0).save_pretrained(str(tmp / "scheduler"))
         atomic_write_json(tmp / "model_index.json", index)
-        loading = _loading_report(tmp, classes)
+        loading = _loading_report(tmp, classes, dtype)
     summary = {"xl": is_xl(cfg), "variant_dir": variant_dir, "keys": {c: len(v) for c, v in expected.items()},
                "silence_latent": list(silence.shape), "loading": loading}
     log.info("converted %s -> %s: %s", src, out, summary["keys"])
@@ -493,11 +494,13 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def _loading_report(folder: Path, classes: dict[str, type]) -> dict[str, int]:
-    """Load each converted model with diffusers; any missing/unexpected/mismatched key is a ModelError naming it."""
+def _loading_report(folder: Path, classes: dict[str, type], dtype: torch.dtype) -> dict[str, int]:
+    """Load each converted model with diffusers (in its stored dtype: no float32 copy of an XL DiT); any missing,
+    unexpected or mismatched key is a ModelError naming it."""
     counts = {}
     for comp, cls in classes.items():
-        model, info = cls.from_pretrained(str(folder / comp), output_loading_info=True, low_cpu_mem_usage=True)
+        model, info = cls.from_pretrained(str(folder / comp), output_loading_info=True, low_cpu_mem_usage=True,
+                                          dtype=dtype)
         bad = {k: v for k, v in info.items() if v}
         if bad:
             raise ModelError(f"diffusers loading {comp} from the converted folder reports {bad}")
