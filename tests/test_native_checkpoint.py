@@ -214,3 +214,26 @@ def test_real_size_layouts_map_onto_diffusers_models_key_for_key(size):
             expected[comp] = {k: tuple(v.shape) for k, v in cls(**configs[comp]).state_dict().items()}
     nc._check_against(expected, mapped, {})  # raises naming any missing / unexpected / mis-shaped key
     assert sum(len(v) for v in expected.values()) == len(nc.native_shapes(cfg)) + 1
+
+
+def test_bad_native_folders_fail_with_one_clear_line(native_2b, tmp_path):
+    import shutil
+
+    from lofi_lora.errors import ConfigError
+
+    src, name = native_2b
+    with pytest.raises(ConfigError, match="model.path"):
+        nc.converted_pipeline(tmp_path / "nowhere", name)
+    with pytest.raises(ConfigError, match="model.native_dir"):
+        nc.converted_pipeline(src, None)
+    root = tmp_path / "checkpoints"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("lofi-lora-diffusers", "vae"))
+    with pytest.raises(ModelError, match="folder vae/ is missing"):
+        nc.converted_pipeline(root, name)
+    shutil.copytree(src / "vae", root / "vae")
+    torch.save(torch.zeros(1, 15000, 8), root / name / "silence_latent.pt")  # [1, T, C]: not upstream's [1, C, T]
+    with pytest.raises(ModelError, match=r"silence_latent.pt: expected a \[1, 8, T\] tensor"):
+        nc.converted_pipeline(root, name)
+    (root / name / "model.safetensors").rename(root / name / "weights.bin")
+    with pytest.raises(ModelError, match="neither model.safetensors nor model.safetensors.index.json"):
+        nc.converted_pipeline(root, name)
