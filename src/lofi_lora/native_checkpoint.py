@@ -232,12 +232,13 @@ def build(out_dir: str | Path, size: str | dict = "tiny", variant: str = "turbo"
     t0 = time.perf_counter()
 
     torch.manual_seed(seed + 1)
-    vae = AutoencoderOobleck(audio_channels=2, sampling_rate=SAMPLE_RATE, **spec["vae"]).eval()
+    with torch.device(device):  # init and the silence encode on the GPU when there is one
+        vae = AutoencoderOobleck(audio_channels=2, sampling_rate=SAMPLE_RATE, **spec["vae"]).eval()
     if vae.config.decoder_input_channels != cfg["audio_acoustic_hidden_dim"]:
         raise ConfigError("size: VAE decoder_input_channels must equal the DiT's audio_acoustic_hidden_dim")
     with atomic_dir(out / VAE_DIR) as tmp:
         vae.save_pretrained(str(tmp), safe_serialization=True)
-    silence = encode_silence(vae, SILENCE_FRAMES).transpose(1, 2).contiguous().float()  # [1, C, T] as upstream
+    silence = encode_silence(vae, SILENCE_FRAMES).transpose(1, 2).contiguous().float().cpu()  # [1, C, T] as upstream
     del vae
 
     text = spec["text"]
@@ -248,7 +249,8 @@ def build(out_dir: str | Path, size: str | dict = "tiny", variant: str = "turbo"
     text_cfg = Qwen3Config(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
                            tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
                            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **text)
-    text_encoder = Qwen3Model(text_cfg).to(dtype).eval()
+    with torch.device(device):
+        text_encoder = Qwen3Model(text_cfg).to(dtype).eval()
     with atomic_dir(out / TEXT_DIR) as tmp:
         text_encoder.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
