@@ -176,6 +176,7 @@ def test_stage_base_model_takes_a_native_checkpoint(native_2b, tmp_path):
     assert manifest["native_dir"] == name and manifest["weights_dir"].startswith(str(root / nc.CACHE_DIR))
     pipe = load_pipeline(cfg.model, tmp_path / "base")
     assert pipe.transformer.config.model_version == "base"
+    assert pipe.audio_tokenizer is None  # converted, but not loaded for text2music
     assert model_fingerprint(tmp_path / "base") == manifest["fingerprint"]
     cfg.model.variant = "turbo"
     with pytest.raises(ModelError, match="model_version='base'"):

@@ -93,7 +93,8 @@ def load_pipeline(model_cfg, base_model_path: str | Path, device: str | torch.de
     from diffusers import AceStepPipeline
 
     folder = model_dir(model_cfg, base_model_path)
-    pipe = AceStepPipeline.from_pretrained(str(folder), dtype=dtype)
+    # The audio tokenizer/detokenizer (cover / audio-code tasks, ~0.2 B parameters) are not used for text2music.
+    pipe = AceStepPipeline.from_pretrained(str(folder), dtype=dtype, audio_tokenizer=None, audio_token_detokenizer=None)
     return pipe.to(device)
 
 
