@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -235,6 +236,12 @@ def test_bad_native_folders_fail_with_one_clear_line(native_2b, tmp_path):
     torch.save(torch.zeros(1, 15000, 8), root / name / "silence_latent.pt")  # [1, T, C]: not upstream's [1, C, T]
     with pytest.raises(ModelError, match=r"silence_latent.pt: expected a \[1, 8, T\] tensor"):
         nc.converted_pipeline(root, name)
+    ro = tmp_path / "read-only"
+    ro.mkdir(mode=0o555)
+    if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
+        ro = root / name / "config.json"
+    with pytest.raises(ConfigError, match="model.converted_dir"):
+        nc.converted_pipeline(src, name, cache_dir=ro / "cache")
     (root / name / "model.safetensors").rename(root / name / "weights.bin")
     with pytest.raises(ModelError, match="neither model.safetensors nor model.safetensors.index.json"):
         nc.converted_pipeline(root, name)

@@ -560,8 +560,13 @@ def converted_pipeline(path: str | Path, variant_dir: str | None = None, cache_d
     out = Path(cache_dir).expanduser().resolve() if cache_dir else root / CACHE_DIR
     out = out / f"{name}-{key[:16]}"
     record_f = out / "conversion.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f"{out.name}.lock", "w") as lock:  # queued runs of one checkpoint convert it once
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(out.parent / f"{out.name}.lock", "w")  # queued runs of one checkpoint convert it once
+    except OSError as e:
+        raise ConfigError(f"cannot write the converted checkpoint under {out.parent} ({e.strerror}): point "
+                          "`model.converted_dir` at a writable folder") from e
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if record_f.is_file() and read_json(record_f).get("key") == key:
             log.info("native checkpoint %s/%s: reusing conversion %s", root, name, out)
