@@ -22,6 +22,9 @@ or mismatched key when it loads the result; otherwise a ModelError names the key
 (`<checkpoints>/lofi-lora-diffusers/<variant dir>-<hash of the inputs>/`, with `conversion.json`), so a checkpoint
 is converted once, whatever the experiment, clone or branch (README, "Your own music on a GPU").
 
+`convert` plans and checks every key from the safetensors headers before reading a tensor, then moves one component at
+a time: peak memory is about the largest component, the DiT (benchmarks/NOTES.md).
+
 `build` writes a random-weight checkpoint in the native layout at any size, so the whole chain (conversion
 included) runs without the real weights. Key names and shape rules come from `native_layout/{2b,xl}.json`, derived
 from upstream's own module tree by `benchmarks/native_parity.py layout`, not from diffusers, so conversion tests are
@@ -234,8 +237,10 @@ def build(out_dir: str | Path, size: str | dict = "tiny", variant: str = "turbo"
     torch.manual_seed(seed + 1)
     with torch.device(device):  # init and the silence encode on the GPU when there is one
         vae = AutoencoderOobleck(audio_channels=2, sampling_rate=SAMPLE_RATE, **spec["vae"]).eval()
-    if vae.config.decoder_input_channels != cfg["audio_acoustic_hidden_dim"]:
-        raise ConfigError("size: VAE decoder_input_channels must equal the DiT's audio_acoustic_hidden_dim")
+    latent = cfg["audio_acoustic_hidden_dim"]
+    if vae.config.decoder_input_channels != latent or vae.config.encoder_hidden_size != 2 * latent:
+        raise ConfigError(f"size: the VAE's latent (decoder_input_channels, encoder_hidden_size / 2) must equal the "
+                          f"DiT's audio_acoustic_hidden_dim = {latent}")
     with atomic_dir(out / VAE_DIR) as tmp:
         vae.save_pretrained(str(tmp), safe_serialization=True)
     silence = encode_silence(vae, SILENCE_FRAMES).transpose(1, 2).contiguous().float().cpu()  # [1, C, T] as upstream
@@ -281,6 +286,20 @@ def weight_files(variant_dir: Path) -> list[Path]:
             raise ModelError(f"{index}: shards missing: {missing or 'weight_map is empty'}")
         return [variant_dir / n for n in names]
     raise ModelError(f"{variant_dir}: neither model.safetensors nor model.safetensors.index.json")
+
+
+def native_tensor_index(variant_dir: str | Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """`{native key: (file, shape)}` from the safetensors headers alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    out: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for f in weight_files(Path(variant_dir)):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k in out:
+                    raise ModelError(f"{f}: key {k!r} is also in {out[k][0].name}")
+                out[k] = (f, tuple(st.get_slice(k).get_shape()))
+    return out
 
 
 def read_native_weights(variant_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -368,25 +387,42 @@ def component_classes(cfg: dict) -> dict[str, type]:
             "audio_tokenizer": AceStepAudioTokenizer, "audio_token_detokenizer": AceStepAudioTokenDetokenizer}
 
 
-def _check_against(expected: dict[str, dict[str, tuple]], got: dict[str, dict[str, torch.Tensor]],
+def _check_against(expected: dict[str, dict[str, tuple]], got: dict[str, dict[str, tuple]],
                    origin: dict[tuple[str, str], str]) -> None:
-    """Keys and shapes of the mapped state dicts against diffusers' models; one ModelError naming every problem
+    """Mapped keys and shapes against diffusers' models' state dicts; one ModelError naming every problem
     (missing keys by their diffusers name, unexpected and mis-shaped ones by their native name)."""
     problems = []
     for comp, shapes in expected.items():
         have = got.get(comp, {})
         missing = sorted(set(shapes) - set(have))
         extra = sorted(origin.get((comp, k), k) for k in set(have) - set(shapes))
-        wrong = sorted(k for k in set(shapes) & set(have) if tuple(have[k].shape) != shapes[k])
+        wrong = sorted(k for k in set(shapes) & set(have) if tuple(have[k]) != shapes[k])
         if missing:
             problems.append(f"{comp}: missing {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)})")
         if extra:
             problems.append(f"{comp}: unexpected native keys {extra[:8]}{' ...' if len(extra) > 8 else ''} ({len(extra)})")
         if wrong:
             problems.append(f"{comp}: shape mismatch " + ", ".join(
-                f"{origin.get((comp, k), k)} {tuple(have[k].shape)} vs {shapes[k]}" for k in wrong[:8]))
+                f"{origin.get((comp, k), k)} {tuple(have[k])} vs {shapes[k]}" for k in wrong[:8]))
     if problems:
         raise ModelError("native -> diffusers conversion does not match diffusers' models: " + "; ".join(problems))
+
+
+def _read_component(comp: str, keys: dict[str, tuple], origin: dict[tuple[str, str], str],
+                    files: dict[tuple[str, str], Path]) -> dict[str, torch.Tensor]:
+    """One component's tensors under their diffusers names, read shard by shard from the native files."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for new in keys:
+        if (comp, new) in files:
+            by_file.setdefault(files[(comp, new)], []).append(new)
+    out = {}
+    for f, names in by_file.items():
+        with safe_open(str(f), framework="pt") as st:
+            for new in names:
+                out[new] = st.get_tensor(origin[(comp, new)])
+    return out
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -418,32 +454,33 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
         raise ModelError(f"{src}/config.json: model_type {cfg.get('model_type')!r}, expected 'acestep'")
     configs, classes = component_configs(cfg), component_classes(cfg)
 
-    states: dict[str, dict[str, torch.Tensor]] = {c: {} for c in configs}
+    # Plan and check on the headers first, then move one component at a time: peak memory ~ 2x the largest one.
+    shapes: dict[str, dict[str, tuple]] = {c: {} for c in configs}
     origin: dict[tuple[str, str], str] = {}
+    files: dict[tuple[str, str], Path] = {}
     unmapped = []
-    for key, value in read_native_weights(src).items():
+    for key, (f, shape) in native_tensor_index(src).items():
         try:
             comp, new = diffusers_key(key)
         except ModelError:
             unmapped.append(key)
             continue
-        states[comp][new] = value
-        origin[(comp, new)] = key
+        shapes[comp][new], origin[(comp, new)], files[(comp, new)] = shape, key, f
     if unmapped:
         raise ModelError(f"{src}: {len(unmapped)} native keys have no diffusers counterpart: {sorted(unmapped)[:10]}")
     silence = torch.load(src / "silence_latent.pt", map_location="cpu", weights_only=True)
     if not isinstance(silence, torch.Tensor) or silence.dim() != 3 or silence.shape[1] != cfg["timbre_hidden_dim"]:
         raise ModelError(f"{src}/silence_latent.pt: expected a [1, {cfg['timbre_hidden_dim']}, T] tensor, got "
                          f"{getattr(silence, 'shape', type(silence).__name__)}")
-    enc_dtype = getattr(states["condition_encoder"].get("null_condition_emb"), "dtype", torch.float32)
-    states["condition_encoder"]["silence_latent"] = silence.transpose(1, 2).to(enc_dtype).contiguous()
+    silence = silence.transpose(1, 2).contiguous()
+    shapes["condition_encoder"]["silence_latent"] = tuple(silence.shape)
 
     expected = {}
     for comp, cls in classes.items():
         with torch.device("meta"):
             model = cls(**configs[comp])
         expected[comp] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    _check_against(expected, states, origin)
+    _check_against(expected, shapes, origin)
 
     with atomic_dir(out) as tmp:
         index = {"_class_name": "AceStepPipeline", "_diffusers_version": _diffusers_version()}
@@ -452,10 +489,14 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
             sub.mkdir()
             atomic_write_json(sub / "config.json", {"_class_name": cls.__name__,
                                                      "_diffusers_version": index["_diffusers_version"], **configs[comp]})
-            save_file(states[comp], str(sub / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+            state = _read_component(comp, shapes[comp], origin, files)
+            if comp == "condition_encoder":  # the buffer in the dtype of the encoder's weights, as diffusers' converter
+                state["silence_latent"] = silence.to(state["null_condition_emb"].dtype)
+            if comp == "transformer":
+                dtype = state["proj_in_conv.weight"].dtype
+            save_file(state, str(sub / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+            del state
             index[comp] = [cls.__module__ if not cls.__module__.startswith("diffusers") else "diffusers", cls.__name__]
-        dtype = next(iter(states["transformer"].values())).dtype
-        states.clear()
         for comp, name in (("vae", VAE_DIR), ("text_encoder", TEXT_DIR)):
             (tmp / comp).mkdir()
             for f in sorted((root / name).iterdir()):
