@@ -1,8 +1,9 @@
 """All diffusers/transformers model calls: the base ACE-Step 1.5 pipeline and the tensors derived from it.
 
 Stage `base_model` either builds a toy-size pipeline from diffusers' own classes (`model.source=build`) and
-saves it to `paths.base_model`, or verifies a real diffusers-format folder (`model.source=local|hub`) and writes
-only `manifest.json` there, pointing at the weights. Every later stage loads through `model_dir` /
+saves it to `paths.base_model`, or verifies a real diffusers-format folder (`model.source=diffusers|local|hub`, or
+`native`: upstream's checkpoint converted once by `lofi_lora.native_checkpoint`) and writes only `manifest.json`
+there, pointing at the weights. Every later stage loads through `model_dir` /
 `load_pipeline`, so no code after stage `base_model` knows whether the model is tiny or real.
 
 The encode helpers reproduce exactly what `AceStepPipeline.__call__` computes for text2music (same prompt
