@@ -45,14 +45,14 @@ def upstream(layout: str):
     return cfg_mod.AceStepConfig, importlib.import_module(MODEL_FILES[layout]).AceStepConditionGenerationModel
 
 
-def upstream_model(layout: str, native_cfg: dict):
+def upstream_model(layout: str, native_cfg: dict, attn: str = "sdpa"):
     AceStepConfig, Model = upstream(layout)
     cfg = AceStepConfig(**{k: v for k, v in native_cfg.items() if not k.startswith("encoder_")
                            and k not in ("architectures", "model_type", "is_turbo", "auto_map")})
     for k, v in native_cfg.items():
         if k.startswith("encoder_") or k == "is_turbo":
             setattr(cfg, k, v)
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = attn
     return Model(cfg).eval()
 
 
@@ -121,13 +121,14 @@ PARITY_XL = dict(PARITY_SIZE, hidden_size=80, intermediate_size=160, num_attenti
                  encoder_num_key_value_heads=2)
 
 
-def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    d = (a.double() - b.double()).abs().max().item()
-    return d, d / max(b.double().abs().max().item(), 1e-30)
+def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    """(max |a - b|, that over max |b|, max |b|): b is upstream's output."""
+    d, ref = (a.double() - b.double()).abs().max().item(), b.double().abs().max().item()
+    return d, d / max(ref, 1e-30), ref
 
 
 @torch.no_grad()
-def parity(layout: str, work: Path, seed: int = 0) -> list[dict]:
+def parity(layout: str, work: Path, seed: int = 0, attn: str = "sdpa") -> list[dict]:
     from diffusers import AceStepPipeline
     from diffusers.pipelines.ace_step import AceStepConditionEncoder
 
@@ -135,7 +136,7 @@ def parity(layout: str, work: Path, seed: int = 0) -> list[dict]:
     root = work / layout
     variant_dir = nc.build(root, size=size, variant="turbo", seed=seed, dtype=torch.float32, shard_mb=0.05)
     native_cfg = json.loads((root / variant_dir / "config.json").read_text())
-    ref = upstream_model(layout, native_cfg)
+    ref = upstream_model(layout, native_cfg, attn)
     ref.load_state_dict(nc.read_native_weights(root / variant_dir), strict=True)
     out = work / f"{layout}-diffusers"
     nc.convert(root, variant_dir, out)
@@ -156,13 +157,13 @@ def parity(layout: str, work: Path, seed: int = 0) -> list[dict]:
     ehs, mask = pipe.condition_encoder(**enc_args)
     rows = [dict(layout=layout, part="condition encoder", cls=type(pipe.condition_encoder).__name__,
                  mask_equal=bool(torch.equal(ref_mask.bool(), mask.bool())),
-                 **dict(zip(("max_abs", "max_rel"), _diff(ehs * mask[..., None], ref_ehs * ref_mask[..., None]))))]
+                 **dict(zip(("max_abs", "max_rel", "ref_max"), _diff(ehs * mask[..., None], ref_ehs * ref_mask[..., None]))))]
     if layout == "xl":  # what diffusers' own class computes from the same weights
         stock = AceStepConditionEncoder.from_pretrained(str(out / "condition_encoder"), dtype=torch.float32).eval()
         s_ehs, s_mask = stock(**enc_args)
-        rows.append(dict(layout=layout, part="condition encoder", cls="diffusers AceStepConditionEncoder",
+        rows.append(dict(layout=layout, part="condition encoder", cls="diffusers' own AceStepConditionEncoder",
                          mask_equal=bool(torch.equal(ref_mask.bool(), s_mask.bool())),
-                         **dict(zip(("max_abs", "max_rel"), _diff(s_ehs * s_mask[..., None], ref_ehs * ref_mask[..., None])))))
+                         **dict(zip(("max_abs", "max_rel", "ref_max"), _diff(s_ehs * s_mask[..., None], ref_ehs * ref_mask[..., None])))))
 
     x = torch.randn(B, T, A, generator=g)
     ctx = torch.randn(B, T, 2 * A, generator=g)
@@ -173,7 +174,7 @@ def parity(layout: str, work: Path, seed: int = 0) -> list[dict]:
     v = pipe.transformer(hidden_states=x, timestep=t, timestep_r=r, encoder_hidden_states=ref_ehs,
                          context_latents=ctx).sample
     rows.append(dict(layout=layout, part="decoder (DiT)", cls=type(pipe.transformer).__name__, mask_equal=None,
-                     **dict(zip(("max_abs", "max_rel"), _diff(v, ref_v)))))
+                     **dict(zip(("max_abs", "max_rel", "ref_max"), _diff(v, ref_v)))))
     return rows
 
 
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--upstream", required=True, type=Path, help="ACE-Step-1.5 checkout")
     ap.add_argument("--deps", type=Path, help="extra import folder for upstream's dependencies")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--attn", nargs="+", default=["sdpa", "eager"], help="upstream attention implementations")
     ap.add_argument("command", nargs="?", default="parity", choices=["parity", "layout"])
     args = ap.parse_args()
     sys.path[:0] = [str(args.upstream)] + ([str(args.deps)] if args.deps else [])
@@ -191,12 +193,15 @@ def main() -> None:
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in ("2b", "xl"):
-            rows += parity(layout, Path(tmp))
-    print("| layout | output | model class | max abs diff | max rel diff | masks equal |")
-    print("|---|---|---|---|---|---|")
+        for attn in args.attn:
+            for layout in ("2b", "xl"):
+                rows += [dict(r, attn=attn) for r in parity(layout, Path(tmp) / attn, attn=attn)]
+    print("| layout | upstream attention | output | diffusers class | max abs diff | max rel diff | max abs upstream | "
+          "masks equal |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['layout']} | {r['part']} | {r['cls']} | {r['max_abs']:.2e} | {r['max_rel']:.2e} | "
+        print(f"| {r['layout']} | {r['attn']} | {r['part']} | {r['cls']} | {r['max_abs']:.2e} | {r['max_rel']:.2e} | "
+              f"{r['ref_max']:.3g} | "
               f"{'' if r['mask_equal'] is None else r['mask_equal']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -92,7 +93,7 @@ def test_2b_conversion_maps_every_key_and_loads_in_diffusers(native_2b, tmp_path
 def test_sharded_xl_conversion_keeps_the_narrow_condition_encoder_and_its_cls_token(native_xl_sharded, tmp_path):
     from diffusers import AceStepConditionEncoder, AceStepPipeline
 
-    from lofi_lora.ace_step_xl import AceStepXLConditionEncoder
+    from lofi_lora.ace_step_xl import AceStepXLConditionEncoder, stock_xl_warning
 
     root, name = native_xl_sharded
     out = tmp_path / "diffusers"
@@ -113,6 +114,12 @@ def test_sharded_xl_conversion_keeps_the_narrow_condition_encoder_and_its_cls_to
         stock_after = stock.timbre_encoder(timbre, torch.zeros(1, dtype=torch.long))[0]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(stock_before, stock_after)
+    # A diffusers-format XL folder with the stock class (converted elsewhere) is flagged by stage base_model.
+    assert stock_xl_warning(out) is None
+    index = json.loads((out / "model_index.json").read_text())
+    index["condition_encoder"] = ["diffusers", "AceStepConditionEncoder"]
+    (out / "model_index.json").write_text(json.dumps(index))
+    assert "CLS token" in stock_xl_warning(out)
 
 
 def test_unmapped_or_missing_native_keys_are_named(native_2b, tmp_path):
@@ -170,6 +177,7 @@ def test_stage_base_model_takes_a_native_checkpoint(native_2b, tmp_path):
     assert manifest["native_dir"] == name and manifest["weights_dir"].startswith(str(root / nc.CACHE_DIR))
     pipe = load_pipeline(cfg.model, tmp_path / "base")
     assert pipe.transformer.config.model_version == "base"
+    assert pipe.audio_tokenizer is None  # converted, but not loaded for text2music
     assert model_fingerprint(tmp_path / "base") == manifest["fingerprint"]
     cfg.model.variant = "turbo"
     with pytest.raises(ModelError, match="model_version='base'"):
@@ -190,3 +198,50 @@ def test_switching_variant_changes_the_weights_fingerprint_that_keys_cached_cond
         fps.setdefault(variant, set()).add(model_fingerprint(tmp_path / f"base-{variant}"))
     assert len(fps["sft"]) == 1  # rebuilt with the same seed: same content, same key, cache reused
     assert fps["sft"] != fps["base"]  # dataset.input_hash takes this fingerprint: a new variant recomputes
+
+
+@pytest.mark.parametrize("size", ["2b", "xl"])
+def test_real_size_layouts_map_onto_diffusers_models_key_for_key(size):
+    """At full 2B / XL size, on the meta device (no memory): the mapping the converter checks before writing."""
+    cfg = nc.native_config_from(nc.SIZES[size]["dit"], "turbo")
+    mapped: dict[str, dict] = {}
+    for key, shape in nc.native_shapes(cfg).items():
+        comp, new = nc.diffusers_key(key)
+        mapped.setdefault(comp, {})[new] = shape
+    mapped["condition_encoder"]["silence_latent"] = (1, nc.SILENCE_FRAMES, 64)
+    configs, classes = nc.component_configs(cfg), nc.component_classes(cfg)
+    expected = {}
+    for comp, cls in classes.items():
+        with torch.device("meta"):
+            expected[comp] = {k: tuple(v.shape) for k, v in cls(**configs[comp]).state_dict().items()}
+    nc._check_against(expected, mapped, {})  # raises naming any missing / unexpected / mis-shaped key
+    assert sum(len(v) for v in expected.values()) == len(nc.native_shapes(cfg)) + 1
+
+
+def test_bad_native_folders_fail_with_one_clear_line(native_2b, tmp_path):
+    import shutil
+
+    from lofi_lora.errors import ConfigError
+
+    src, name = native_2b
+    with pytest.raises(ConfigError, match="model.path"):
+        nc.converted_pipeline(tmp_path / "nowhere", name)
+    with pytest.raises(ConfigError, match="model.native_dir"):
+        nc.converted_pipeline(src, None)
+    root = tmp_path / "checkpoints"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("lofi-lora-diffusers", "vae"))
+    with pytest.raises(ModelError, match="folder vae/ is missing"):
+        nc.converted_pipeline(root, name)
+    shutil.copytree(src / "vae", root / "vae")
+    torch.save(torch.zeros(1, 15000, 8), root / name / "silence_latent.pt")  # [1, T, C]: not upstream's [1, C, T]
+    with pytest.raises(ModelError, match=r"silence_latent.pt: expected a \[1, 8, T\] tensor"):
+        nc.converted_pipeline(root, name)
+    ro = tmp_path / "read-only"
+    ro.mkdir(mode=0o555)
+    if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a file instead
+        ro = root / name / "config.json"
+    with pytest.raises(ConfigError, match="model.converted_dir"):
+        nc.converted_pipeline(src, name, cache_dir=ro / "cache")
+    (root / name / "model.safetensors").rename(root / name / "weights.bin")
+    with pytest.raises(ModelError, match="neither model.safetensors nor model.safetensors.index.json"):
+        nc.converted_pipeline(root, name)

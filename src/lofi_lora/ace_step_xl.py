@@ -30,3 +30,23 @@ class AceStepXLConditionEncoder(AceStepConditionEncoder):
     def _prepend_cls_token(self, module, args, output: torch.Tensor) -> torch.Tensor:
         token = self.timbre_encoder.special_token.to(dtype=output.dtype)
         return torch.cat([token.expand(output.shape[0], 1, -1), output], dim=1)
+
+
+def stock_xl_warning(folder) -> str | None:
+    """A warning when a diffusers-format folder holds an XL DiT but diffusers' stock condition encoder (no CLS token)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    try:
+        tr = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    xl = tr.get("encoder_hidden_size") not in (None, tr.get("hidden_size"))
+    if xl and (index.get("condition_encoder") or [None, None])[1] != AceStepXLConditionEncoder.__name__:
+        return (f"{folder}: an XL pipeline with diffusers' own AceStepConditionEncoder, which omits upstream XL's "
+                "timbre CLS token (its conditions differ from upstream's, benchmarks/NOTES.md); convert upstream's "
+                "native XL checkpoint with model.source=native instead")
+    return None
+

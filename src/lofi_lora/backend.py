@@ -1,8 +1,9 @@
 """All diffusers/transformers model calls: the base ACE-Step 1.5 pipeline and the tensors derived from it.
 
 Stage `base_model` either builds a toy-size pipeline from diffusers' own classes (`model.source=build`) and
-saves it to `paths.base_model`, or verifies a real diffusers-format folder (`model.source=local|hub`) and writes
-only `manifest.json` there, pointing at the weights. Every later stage loads through `model_dir` /
+saves it to `paths.base_model`, or verifies a real diffusers-format folder (`model.source=diffusers|local|hub`, or
+`native`: upstream's checkpoint converted once by `lofi_lora.native_checkpoint`) and writes only `manifest.json`
+there, pointing at the weights. Every later stage loads through `model_dir` /
 `load_pipeline`, so no code after stage `base_model` knows whether the model is tiny or real.
 
 The encode helpers reproduce exactly what `AceStepPipeline.__call__` computes for text2music (same prompt
@@ -93,7 +94,8 @@ def load_pipeline(model_cfg, base_model_path: str | Path, device: str | torch.de
     from diffusers import AceStepPipeline
 
     folder = model_dir(model_cfg, base_model_path)
-    pipe = AceStepPipeline.from_pretrained(str(folder), dtype=dtype)
+    # The audio tokenizer/detokenizer (cover / audio-code tasks, ~0.2 B parameters) are not used for text2music.
+    pipe = AceStepPipeline.from_pretrained(str(folder), dtype=dtype, audio_tokenizer=None, audio_token_detokenizer=None)
     return pipe.to(device)
 
 
@@ -537,6 +539,8 @@ def write_base_model(cfg) -> dict:
         folder, fields = _resolve_weights(model_cfg)
         key = "model.hub_id" if source == "hub" else "model.path"
         components = verify_pipeline_dir(folder, variant, key=key)
+        if (warning := lofi_lora.ace_step_xl.stock_xl_warning(folder)):
+            log.warning(warning)
         files = files_record(folder)
         manifest.update(fields, components=components, files=files, fingerprint=_fingerprint(files))
         with atomic_dir(out) as tmp:

@@ -22,6 +22,9 @@ or mismatched key when it loads the result; otherwise a ModelError names the key
 (`<checkpoints>/lofi-lora-diffusers/<variant dir>-<hash of the inputs>/`, with `conversion.json`), so a checkpoint
 is converted once, whatever the experiment, clone or branch (README, "Your own music on a GPU").
 
+`convert` plans and checks every key from the safetensors headers before reading a tensor, then moves one component at
+a time: peak memory is about the largest component, the DiT (benchmarks/NOTES.md).
+
 `build` writes a random-weight checkpoint in the native layout at any size, so the whole chain (conversion
 included) runs without the real weights. Key names and shape rules come from `native_layout/{2b,xl}.json`, derived
 from upstream's own module tree by `benchmarks/native_parity.py layout`, not from diffusers, so conversion tests are
@@ -37,6 +40,7 @@ about one shard), on the GPU when there is one:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
@@ -45,7 +49,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -171,7 +174,7 @@ def _random_tensor(key: str, shape: tuple[int, ...], gen: torch.Generator, dtype
                    device: str) -> torch.Tensor:
     """Norm weights near 1, everything else N(0, 0.02): finite, non-trivial activations at any depth."""
     t = torch.randn(shape, generator=gen, device=device, dtype=dtype).mul_(0.02)
-    if key.endswith("norm.weight") or key.endswith("layernorm.weight") or "norm_out" in key:
+    if key.endswith(("norm.weight", "norm_out.weight")):
         t.add_(1.0)
     return t.cpu()
 
@@ -232,12 +235,15 @@ def build(out_dir: str | Path, size: str | dict = "tiny", variant: str = "turbo"
     t0 = time.perf_counter()
 
     torch.manual_seed(seed + 1)
-    vae = AutoencoderOobleck(audio_channels=2, sampling_rate=SAMPLE_RATE, **spec["vae"]).eval()
-    if vae.config.decoder_input_channels != cfg["audio_acoustic_hidden_dim"]:
-        raise ConfigError("size: VAE decoder_input_channels must equal the DiT's audio_acoustic_hidden_dim")
+    with torch.device(device):  # init and the silence encode on the GPU when there is one
+        vae = AutoencoderOobleck(audio_channels=2, sampling_rate=SAMPLE_RATE, **spec["vae"]).eval()
+    latent = cfg["audio_acoustic_hidden_dim"]
+    if vae.config.decoder_input_channels != latent or vae.config.encoder_hidden_size != 2 * latent:
+        raise ConfigError(f"size: the VAE's latent (decoder_input_channels, encoder_hidden_size / 2) must equal the "
+                          f"DiT's audio_acoustic_hidden_dim = {latent}")
     with atomic_dir(out / VAE_DIR) as tmp:
         vae.save_pretrained(str(tmp), safe_serialization=True)
-    silence = encode_silence(vae, SILENCE_FRAMES).transpose(1, 2).contiguous().float()  # [1, C, T] as upstream
+    silence = encode_silence(vae, SILENCE_FRAMES).transpose(1, 2).contiguous().float().cpu()  # [1, C, T] as upstream
     del vae
 
     text = spec["text"]
@@ -248,7 +254,8 @@ def build(out_dir: str | Path, size: str | dict = "tiny", variant: str = "turbo"
     text_cfg = Qwen3Config(max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
                            tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
                            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **text)
-    text_encoder = Qwen3Model(text_cfg).to(dtype).eval()
+    with torch.device(device):
+        text_encoder = Qwen3Model(text_cfg).to(dtype).eval()
     with atomic_dir(out / TEXT_DIR) as tmp:
         text_encoder.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
@@ -279,6 +286,20 @@ def weight_files(variant_dir: Path) -> list[Path]:
             raise ModelError(f"{index}: shards missing: {missing or 'weight_map is empty'}")
         return [variant_dir / n for n in names]
     raise ModelError(f"{variant_dir}: neither model.safetensors nor model.safetensors.index.json")
+
+
+def native_tensor_index(variant_dir: str | Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """`{native key: (file, shape)}` from the safetensors headers alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    out: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for f in weight_files(Path(variant_dir)):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k in out:
+                    raise ModelError(f"{f}: key {k!r} is also in {out[k][0].name}")
+                out[k] = (f, tuple(st.get_slice(k).get_shape()))
+    return out
 
 
 def read_native_weights(variant_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -355,35 +376,53 @@ def component_configs(cfg: dict) -> dict[str, dict]:
 
 
 def component_classes(cfg: dict) -> dict[str, type]:
-    from diffusers import AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepTransformer1DModel
+    """The diffusers class of each converted model (XL: the condition encoder with upstream's timbre CLS token)."""
+    from diffusers import (AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder,
+                           AceStepTransformer1DModel)
 
     from lofi_lora.ace_step_xl import AceStepXLConditionEncoder
-    from diffusers import AceStepConditionEncoder
 
     return {"transformer": AceStepTransformer1DModel,
             "condition_encoder": AceStepXLConditionEncoder if is_xl(cfg) else AceStepConditionEncoder,
             "audio_tokenizer": AceStepAudioTokenizer, "audio_token_detokenizer": AceStepAudioTokenDetokenizer}
 
 
-def _check_against(expected: dict[str, dict[str, tuple]], got: dict[str, dict[str, torch.Tensor]],
+def _check_against(expected: dict[str, dict[str, tuple]], got: dict[str, dict[str, tuple]],
                    origin: dict[tuple[str, str], str]) -> None:
-    """Keys and shapes of the mapped state dicts against diffusers' models; one ModelError naming every problem
+    """Mapped keys and shapes against diffusers' models' state dicts; one ModelError naming every problem
     (missing keys by their diffusers name, unexpected and mis-shaped ones by their native name)."""
     problems = []
     for comp, shapes in expected.items():
         have = got.get(comp, {})
         missing = sorted(set(shapes) - set(have))
         extra = sorted(origin.get((comp, k), k) for k in set(have) - set(shapes))
-        wrong = sorted(k for k in set(shapes) & set(have) if tuple(have[k].shape) != shapes[k])
+        wrong = sorted(k for k in set(shapes) & set(have) if tuple(have[k]) != shapes[k])
         if missing:
             problems.append(f"{comp}: missing {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)})")
         if extra:
             problems.append(f"{comp}: unexpected native keys {extra[:8]}{' ...' if len(extra) > 8 else ''} ({len(extra)})")
         if wrong:
             problems.append(f"{comp}: shape mismatch " + ", ".join(
-                f"{origin.get((comp, k), k)} {tuple(have[k].shape)} vs {shapes[k]}" for k in wrong[:8]))
+                f"{origin.get((comp, k), k)} {tuple(have[k])} vs {shapes[k]}" for k in wrong[:8]))
     if problems:
         raise ModelError("native -> diffusers conversion does not match diffusers' models: " + "; ".join(problems))
+
+
+def _read_component(comp: str, keys: dict[str, tuple], origin: dict[tuple[str, str], str],
+                    files: dict[tuple[str, str], Path]) -> dict[str, torch.Tensor]:
+    """One component's tensors under their diffusers names, read shard by shard from the native files."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for new in keys:
+        if (comp, new) in files:
+            by_file.setdefault(files[(comp, new)], []).append(new)
+    out = {}
+    for f, names in by_file.items():
+        with safe_open(str(f), framework="pt") as st:
+            for new in names:
+                out[new] = st.get_tensor(origin[(comp, new)])
+    return out
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -401,7 +440,7 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
         ModelError: a missing file, a key without a diffusers counterpart, a shape mismatch, or any key diffusers
         reports missing/unexpected/mismatched when loading the result (all named).
     """
-    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from safetensors.torch import save_file
 
     root, out = Path(root), Path(out_dir)
@@ -415,33 +454,33 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
         raise ModelError(f"{src}/config.json: model_type {cfg.get('model_type')!r}, expected 'acestep'")
     configs, classes = component_configs(cfg), component_classes(cfg)
 
-    states: dict[str, dict[str, torch.Tensor]] = {c: {} for c in configs}
+    # Plan and check on the headers first, then move one component at a time: peak memory ~ 2x the largest one.
+    shapes: dict[str, dict[str, tuple]] = {c: {} for c in configs}
     origin: dict[tuple[str, str], str] = {}
+    files: dict[tuple[str, str], Path] = {}
     unmapped = []
-    for key, value in read_native_weights(src).items():
+    for key, (f, shape) in native_tensor_index(src).items():
         try:
             comp, new = diffusers_key(key)
         except ModelError:
             unmapped.append(key)
             continue
-        states[comp][new] = value
-        origin[(comp, new)] = key
+        shapes[comp][new], origin[(comp, new)], files[(comp, new)] = shape, key, f
     if unmapped:
         raise ModelError(f"{src}: {len(unmapped)} native keys have no diffusers counterpart: {sorted(unmapped)[:10]}")
     silence = torch.load(src / "silence_latent.pt", map_location="cpu", weights_only=True)
     if not isinstance(silence, torch.Tensor) or silence.dim() != 3 or silence.shape[1] != cfg["timbre_hidden_dim"]:
         raise ModelError(f"{src}/silence_latent.pt: expected a [1, {cfg['timbre_hidden_dim']}, T] tensor, got "
                          f"{getattr(silence, 'shape', type(silence).__name__)}")
-    enc_dtype = states["condition_encoder"]["text_projector.weight"].dtype if \
-        "text_projector.weight" in states["condition_encoder"] else torch.float32
-    states["condition_encoder"]["silence_latent"] = silence.transpose(1, 2).to(enc_dtype).contiguous()
+    silence = silence.transpose(1, 2).contiguous()
+    shapes["condition_encoder"]["silence_latent"] = tuple(silence.shape)
 
     expected = {}
     for comp, cls in classes.items():
         with torch.device("meta"):
             model = cls(**configs[comp])
         expected[comp] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    _check_against(expected, states, origin)
+    _check_against(expected, shapes, origin)
 
     with atomic_dir(out) as tmp:
         index = {"_class_name": "AceStepPipeline", "_diffusers_version": _diffusers_version()}
@@ -450,9 +489,14 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
             sub.mkdir()
             atomic_write_json(sub / "config.json", {"_class_name": cls.__name__,
                                                      "_diffusers_version": index["_diffusers_version"], **configs[comp]})
-            save_file(states[comp], str(sub / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+            state = _read_component(comp, shapes[comp], origin, files)
+            if comp == "condition_encoder":  # the buffer in the dtype of the encoder's weights, as diffusers' converter
+                state["silence_latent"] = silence.to(state["null_condition_emb"].dtype)
+            if comp == "transformer":
+                dtype = state["proj_in_conv.weight"].dtype
+            save_file(state, str(sub / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+            del state
             index[comp] = [cls.__module__ if not cls.__module__.startswith("diffusers") else "diffusers", cls.__name__]
-        states.clear()
         for comp, name in (("vae", VAE_DIR), ("text_encoder", TEXT_DIR)):
             (tmp / comp).mkdir()
             for f in sorted((root / name).iterdir()):
@@ -463,20 +507,28 @@ def convert(root: str | Path, variant_dir: str, out_dir: str | Path) -> dict:
             if (root / TEXT_DIR / f).is_file():
                 _link_or_copy(root / TEXT_DIR / f, tmp / "tokenizer" / f)
         vae_cls = read_json(root / VAE_DIR / "config.json").get("_class_name", "AutoencoderOobleck")
-        text_cls = (read_json(root / TEXT_DIR / "config.json").get("architectures") or ["Qwen3Model"])[0]
-        tok_cls = read_json(root / TEXT_DIR / "tokenizer_config.json").get("tokenizer_class", "Qwen2TokenizerFast") \
-            if (root / TEXT_DIR / "tokenizer_config.json").is_file() else "Qwen2TokenizerFast"
+        text_cls, tok_cls = _text_classes(root / TEXT_DIR)
         index.update(vae=["diffusers", vae_cls], text_encoder=["transformers", text_cls],
-                     tokenizer=["transformers", tok_cls if tok_cls != "TokenizersBackend" else "PreTrainedTokenizerFast"],
-                     scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"])
+                     tokenizer=["transformers", tok_cls], scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"])
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0).save_pretrained(str(tmp / "scheduler"))
         atomic_write_json(tmp / "model_index.json", index)
-        loading = _loading_report(tmp, classes)
-        AceStepPipeline.load_config(str(tmp))  # model_index.json parses
+        loading = _loading_report(tmp, classes, dtype)
     summary = {"xl": is_xl(cfg), "variant_dir": variant_dir, "keys": {c: len(v) for c, v in expected.items()},
                "silence_latent": list(silence.shape), "loading": loading}
     log.info("converted %s -> %s: %s", src, out, summary["keys"])
     return summary
+
+
+def _text_classes(text_dir: Path) -> tuple[str, str]:
+    """(text-encoder class, tokenizer class) as transformers' Auto classes resolve them (the base model, as
+    diffusers' converter: Qwen3-Embedding's weights have no LM head)."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    model_type = read_json(text_dir / "config.json").get("model_type")
+    if model_type not in MODEL_MAPPING_NAMES:
+        raise ModelError(f"{text_dir}/config.json: model_type {model_type!r} is not a transformers model")
+    return MODEL_MAPPING_NAMES[model_type], type(AutoTokenizer.from_pretrained(str(text_dir))).__name__
 
 
 def _diffusers_version() -> str:
@@ -485,11 +537,13 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def _loading_report(folder: Path, classes: dict[str, type]) -> dict[str, int]:
-    """Load each converted model with diffusers; any missing/unexpected/mismatched key is a ModelError naming it."""
+def _loading_report(folder: Path, classes: dict[str, type], dtype: torch.dtype) -> dict[str, int]:
+    """Load each converted model with diffusers (in its stored dtype: no float32 copy of an XL DiT); any missing,
+    unexpected or mismatched key is a ModelError naming it."""
     counts = {}
     for comp, cls in classes.items():
-        model, info = cls.from_pretrained(str(folder / comp), output_loading_info=True, low_cpu_mem_usage=True)
+        model, info = cls.from_pretrained(str(folder / comp), output_loading_info=True, low_cpu_mem_usage=True,
+                                          dtype=dtype)
         bad = {k: v for k, v in info.items() if v}
         if bad:
             raise ModelError(f"diffusers loading {comp} from the converted folder reports {bad}")
@@ -547,14 +601,21 @@ def converted_pipeline(path: str | Path, variant_dir: str | None = None, cache_d
     out = Path(cache_dir).expanduser().resolve() if cache_dir else root / CACHE_DIR
     out = out / f"{name}-{key[:16]}"
     record_f = out / "conversion.json"
-    if record_f.is_file() and read_json(record_f).get("key") == key:
-        log.info("native checkpoint %s/%s: reusing conversion %s", root, name, out)
-        return out, {**read_json(record_f), "root": str(root)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    summary = convert(root, name, out)
-    # Content only (no paths, no times): the record is hashed into the base model's fingerprint.
-    record = {"key": key, "converter": CONVERTER_VERSION, "variant_dir": name, "inputs": inputs, **summary}
-    atomic_write_json(record_f, record)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(out.parent / f"{out.name}.lock", "w")  # queued runs of one checkpoint convert it once
+    except OSError as e:
+        raise ConfigError(f"cannot write the converted checkpoint under {out.parent} ({e.strerror}): point "
+                          "`model.converted_dir` at a writable folder") from e
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record_f.is_file() and read_json(record_f).get("key") == key:
+            log.info("native checkpoint %s/%s: reusing conversion %s", root, name, out)
+            return out, {**read_json(record_f), "root": str(root)}
+        summary = convert(root, name, out)
+        # Content only (no paths, no times): the record is hashed into the base model's fingerprint.
+        record = {"key": key, "converter": CONVERTER_VERSION, "variant_dir": name, "inputs": inputs, **summary}
+        atomic_write_json(record_f, record)
     return out, {**record, "root": str(root)}
 
 
