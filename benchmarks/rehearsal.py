@@ -1,19 +1,22 @@
 """Full-size dress rehearsal: every `dvc.yaml` stage on a random-weight checkpoint, timed, on one GPU machine.
 
 What a user with real weights runs, minus the real weights: a checkpoint in upstream's native layout at real size
-(2B or XL, random weights) is built first, so the chain runs from the folder a user downloads (conversion
-included) to the INT4 ONNX model. The corpus is the synth stage's, at realistic length (`--tracks` tracks of
-`--seconds` s). Each stage runs through DVC (`dvc repro -s <stage>`, in dvc.yaml order) in a fresh copy of the
-repository, so DVC's own bookkeeping is part of what is timed. Per stage it records the wall time and the peak
-GPU memory reserved by PyTorch (a `sitecustomize` hook on the stage's PYTHONPATH writes
-`torch.cuda.max_memory_reserved()` at exit) beside the device-wide peak that NVML saw.
+(2B or XL, random weights) is built just before stage base_model, so the chain runs from the folder a user
+downloads (conversion included) to the INT4 ONNX model. The corpus is the synth stage's at realistic length
+(default 20 tracks of 235.5-239.5 s: one clip per track, so with batch 1 every train step has the one 240 s shape
+and the CUDA-graph profile compiles once). Each stage runs through DVC (`dvc repro -s <stage>`, in dvc.yaml order)
+in a fresh copy of the repository, so DVC's own bookkeeping is part of what is timed. Per stage it records the
+wall time, the peak GPU memory PyTorch reserved (a `sitecustomize` hook on the stage's PYTHONPATH writes
+`torch.cuda.max_memory_reserved()` at exit) and NVML's peak for the GPU the stage claimed.
 
-With `--kill-at-step N` the train stage is SIGKILLed (the whole process group, DVC included) once the step-N loss
-is logged and a checkpoint exists, then run again: the resumed run must repeat the losses of the steps it redoes
-(the killed run's logged losses after the checkpoint are kept and compared).
+With `--kill-at-step N` the train stage is SIGKILLed (the whole process group, DVC included) once step N is logged
+and a logged step lies past the newest checkpoint, then run again: the resumed run must repeat the losses of the
+steps it redoes (the killed run's logged losses are kept and compared).
 
-    python benchmarks/rehearsal.py --variant 2b --work /tmp/rehearsal-2b          # GPU box (benchmarks/NOTES.md)
-    python benchmarks/rehearsal.py --variant tiny --tracks 2 --seconds 30 40      # CPU check of the script itself
+    python benchmarks/rehearsal.py --variant 2b --work /scratch/reh/2b     # GPU box; keep --work outside the checkout
+    bash benchmarks/rehearsal_device.sh /scratch/reh /scratch/reh/out      # 2B and XL at once on two GPUs
+    python benchmarks/rehearsal.py --variant tiny-native --work /tmp/reh --tracks 3 --seconds 30 40 --max-clip 30
+                                                                           # CPU check of the chain and the script
 
 Results are merged into `--json` (default benchmarks/rehearsal.json) as one run per (variant, device).
 """
