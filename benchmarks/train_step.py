@@ -41,12 +41,24 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_atten
 CONFIG = ["train=gpu", "lora.dropout=0.0"]
 
 
+def dit_config(size: str) -> dict:
+    """diffusers transformer config of a real size: 2b = the class defaults, xl = upstream's XL (4.17 B)."""
+    if size == "2b":
+        return {}
+    from lofi_lora.native_checkpoint import SIZES, component_configs, native_config_from
+
+    return component_configs(native_config_from(SIZES[size]["dit"], "turbo"))["transformer"]
+
+
+DIT = "2b"  # --dit
+
+
 def build(tiny: bool, device: str, r: int, seed: int = 0):
     from diffusers import AceStepTransformer1DModel
 
     torch.manual_seed(seed)
     with torch.device(device):
-        m = AceStepTransformer1DModel(**(TINY if tiny else {}))
+        m = AceStepTransformer1DModel(**(TINY if tiny else dit_config(DIT)))
     if device == "cuda":
         m = m.to(torch.bfloat16)
     torch.manual_seed(seed + 1)
@@ -275,7 +287,10 @@ def main() -> None:
     ap.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
                     help="torch._inductor.config settings for every compiled row (e.g. coordinate_descent_tuning=1)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--dit", choices=["2b", "xl"], default="2b", help="full-size DiT: 2B (default) or XL")
     a = ap.parse_args()
+    global DIT
+    DIT = a.dit
     set_inductor(a.inductor)
     device = "cpu" if a.tiny else "cuda"
     world_info, rank = None, 0

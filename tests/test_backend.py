@@ -123,7 +123,7 @@ def test_encode_audio_shapes_and_seeded_sampling(pipe):
 
 def test_local_folder_is_verified_and_referenced_not_copied(tiny, tmp_path):
     cfg, _ = tiny
-    real = make_cfg(tmp_path, "ace_step_v15", path=cfg.paths.base_model)
+    real = make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=cfg.paths.base_model)
     backend.write_base_model(real)
     base = Path(real.paths.base_model)
     assert sorted(p.name for p in base.iterdir()) == ["manifest.json"]
@@ -131,7 +131,7 @@ def test_local_folder_is_verified_and_referenced_not_copied(tiny, tmp_path):
     transformer = backend.load_transformer(real.model, base)
     assert transformer.config.is_turbo
     with pytest.raises(ModelError, match="model.variant"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15_base", path=cfg.paths.base_model))
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15_base", source="diffusers", path=cfg.paths.base_model))
     with pytest.raises(ModelError, match="written for model"):
         backend.model_dir(cfg.model, base)
 
@@ -139,7 +139,7 @@ def test_local_folder_is_verified_and_referenced_not_copied(tiny, tmp_path):
 @pytest.mark.parametrize("path", ["???", "/nonexistent/ace-step"])
 def test_missing_model_path_fails_fast_naming_the_key(tmp_path, path):
     with pytest.raises(ConfigError, match="model.path"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=path))
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=path))
 
 
 def test_wrong_model_folder_names_key_and_component(tiny, tmp_path):
@@ -147,17 +147,17 @@ def test_wrong_model_folder_names_key_and_component(tiny, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelError, match="model.path.*model_index.json"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=str(empty)))
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(empty)))
     broken = tmp_path / "broken"
     shutil.copytree(cfg.paths.base_model, broken)
     shutil.rmtree(broken / "condition_encoder")
     with pytest.raises(ModelError, match="model.path.*condition_encoder"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=str(broken)))
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(broken)))
     for f in (broken / "vae").glob("*.safetensors"):
         f.unlink()
     shutil.copytree(Path(cfg.paths.base_model) / "condition_encoder", broken / "condition_encoder")
     with pytest.raises(ModelError, match="vae/ has no .safetensors"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", path=str(broken)))
+        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(broken)))
 
 
 def test_hub_source_needs_a_pinned_revision(tmp_path):

@@ -19,3 +19,17 @@ def test_order_kept_first_item_here_rest_in_workers():
 def test_one_worker_runs_everything_here():
     out = map_processes(_pid_and_square, [3, 4], workers=1, desc="t")
     assert out == [(os.getpid(), 9), (os.getpid(), 16)]
+
+
+def test_librosa_numba_code_is_loaded_here_before_forking(monkeypatch):
+    """A first item that never reaches librosa (a quarantined track) must not leave the workers to compile or load
+    librosa's numba code at once: a forked worker segfaulted in the beat tracker that way."""
+    from lofi_lora import parallel
+
+    calls = []
+    monkeypatch.setattr(parallel, "warm_librosa", lambda: calls.append(os.getpid()))
+    map_processes(_pid_and_square, range(4), workers=2, desc="t")
+    assert calls == [os.getpid()]
+    map_processes(_pid_and_square, range(4), workers=1, desc="t")
+    assert calls == [os.getpid()]  # no pool, nothing to warm
+

@@ -1,8 +1,9 @@
 """All diffusers/transformers model calls: the base ACE-Step 1.5 pipeline and the tensors derived from it.
 
 Stage `base_model` either builds a toy-size pipeline from diffusers' own classes (`model.source=build`) and
-saves it to `paths.base_model`, or verifies a real diffusers-format folder (`model.source=local|hub`) and writes
-only `manifest.json` there, pointing at the weights. Every later stage loads through `model_dir` /
+saves it to `paths.base_model`, or verifies a real diffusers-format folder (`model.source=diffusers|local|hub`, or
+`native`: upstream's checkpoint converted once by `lofi_lora.native_checkpoint`) and writes only `manifest.json`
+there, pointing at the weights. Every later stage loads through `model_dir` /
 `load_pipeline`, so no code after stage `base_model` knows whether the model is tiny or real.
 
 The encode helpers reproduce exactly what `AceStepPipeline.__call__` computes for text2music (same prompt
@@ -21,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+import lofi_lora.ace_step_xl  # noqa: F401  (registers the XL condition encoder that native XL conversions name)
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import ConfigError, ModelError
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
@@ -37,7 +39,7 @@ COMPONENTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "text_encoder": (("transformers",), None),
     "tokenizer": (("transformers",), None),
     "transformer": (("diffusers",), "AceStepTransformer1DModel"),
-    "condition_encoder": (("ace_step", "diffusers"), "AceStepConditionEncoder"),
+    "condition_encoder": (("ace_step", "diffusers", "lofi_lora.ace_step_xl"), None),  # XL: see ace_step_xl.py
     "scheduler": (("diffusers",), "FlowMatchEulerDiscreteScheduler"),
 }
 WEIGHT_COMPONENTS = ("vae", "text_encoder", "transformer", "condition_encoder")
@@ -92,7 +94,8 @@ def load_pipeline(model_cfg, base_model_path: str | Path, device: str | torch.de
     from diffusers import AceStepPipeline
 
     folder = model_dir(model_cfg, base_model_path)
-    pipe = AceStepPipeline.from_pretrained(str(folder), dtype=dtype)
+    # The audio tokenizer/detokenizer (cover / audio-code tasks, ~0.2 B parameters) are not used for text2music.
+    pipe = AceStepPipeline.from_pretrained(str(folder), dtype=dtype, audio_tokenizer=None, audio_token_detokenizer=None)
     return pipe.to(device)
 
 
@@ -476,7 +479,14 @@ def verify_pipeline_dir(folder: str | Path, variant: str, key: str = "model.path
 def _resolve_weights(model_cfg) -> tuple[Path, dict]:
     """The folder of a real model (local path or pinned hub snapshot) and the manifest fields naming it."""
     source = str(require(model_cfg, "source"))
-    if source == "local":
+    if source == "native":  # upstream's checkpoints/ layout, converted once into a cache next to it
+        from lofi_lora.native_checkpoint import converted_pipeline
+
+        path, record = converted_pipeline(str(require(model_cfg, "path")), model_cfg.get("native_dir"),
+                                          model_cfg.get("converted_dir"))
+        return path, {"weights_dir": str(path), "native_root": record["root"],
+                      "native_dir": record["variant_dir"], "native_key": record["key"]}
+    if source in ("local", "diffusers"):
         path = Path(str(require(model_cfg, "path"))).expanduser().resolve()
         return path, {"weights_dir": str(path)}
     if source == "hub":
@@ -492,7 +502,7 @@ def _resolve_weights(model_cfg) -> tuple[Path, dict]:
         except Exception as e:  # offline, unknown repo or revision
             raise ModelError(f"`model.hub_id` = {hub_id} at `model.revision` = {revision}: cannot fetch ({e})") from e
         return path, {"weights_dir": str(path), "hub_id": hub_id, "revision": str(revision)}
-    raise ConfigError(f"`model.source` = {source!r}: expected build, local or hub")
+    raise ConfigError(f"`model.source` = {source!r}: expected build, diffusers (or local), native or hub")
 
 
 def write_base_model(cfg) -> dict:
@@ -520,6 +530,8 @@ def write_base_model(cfg) -> dict:
         folder, fields = _resolve_weights(model_cfg)
         key = "model.hub_id" if source == "hub" else "model.path"
         components = verify_pipeline_dir(folder, variant, key=key)
+        if (warning := lofi_lora.ace_step_xl.stock_xl_warning(folder)):
+            log.warning(warning)
         files = files_record(folder)
         manifest.update(fields, components=components, files=files, fingerprint=_fingerprint(files))
         with atomic_dir(out) as tmp:

@@ -29,10 +29,10 @@ from lofi_lora.errors import ModelError
 TURBO_SHIFT3_TIMESTEPS = tuple(3 * s / (1 + 2 * s) for s in (8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8))
 
 
-def timestep_scheme(setting: str, variant: str) -> str:
-    """`train.timesteps` with `auto` resolved for the model variant."""
+def timestep_scheme(setting: str, variant: str, model_scheme: str | None = None) -> str:
+    """`train.timesteps` with `auto` resolved: the model config's `train_timesteps`, else what the variant implies."""
     if setting == "auto":
-        return "discrete_turbo" if variant == "turbo" else "logit_normal"
+        return model_scheme or ("discrete_turbo" if variant == "turbo" else "logit_normal")
     return setting
 
 

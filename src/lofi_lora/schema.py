@@ -221,15 +221,28 @@ class ModelBuild:
 
 
 @dataclass
+class ModelSampling:
+    """Upstream's sampling defaults of a variant (conf/model/*.yaml); null keeps the variant's built-in ones."""
+
+    num_inference_steps: int = key(ge=1)
+    shift: Number = key(gt=0)
+    guidance_scale: Number = key(ge=0)
+
+
+@dataclass
 class Model:
     name: str = key()
-    source: str = key(choices=("build", "local", "hub"))
+    source: str = key(choices=("build", "native", "diffusers", "local", "hub"))  # local: old name of diffusers
     path: Optional[str] = key()
+    native_dir: Optional[str] = key()       # source=native: the variant folder under `path` (checkpoints/ root)
+    converted_dir: Optional[str] = key()    # source=native: where the diffusers conversion is cached
     hub_id: Optional[str] = key()
     revision: Optional[str] = key()
     variant: str = key(choices=("turbo", "sft", "base"))
     dtype: str = key(choices=("bfloat16", "float16", "float32"))
     build: Optional[ModelBuild] = section()
+    sampling: Optional[ModelSampling] = section()
+    train_timesteps: Optional[str] = key(choices=("discrete_turbo", "logit_normal", "uniform"))
 
 
 @dataclass

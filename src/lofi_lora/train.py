@@ -98,7 +98,8 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
                          "null_condition_emb; set train.cfg_dropout=0")
     autocast = torch.autocast(device_type=device.type, dtype=place.compute_dtype) \
         if place.compute_dtype != torch.float32 else contextlib.nullcontext()
-    objective = Objective(timestep_scheme(tcfg.timesteps, variant), tcfg.logit_mean, tcfg.logit_std, cfg_ratio,
+    scheme = timestep_scheme(tcfg.timesteps, variant, cfg.model.train_timesteps)
+    objective = Objective(scheme, tcfg.logit_mean, tcfg.logit_std, cfg_ratio,
                           null_cond.to(device) if null_cond is not None else None, autocast)
     forward = distributed.wrap(model, world)
     optimizer = build_optimizer(model, tcfg, device)
