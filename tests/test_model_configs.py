@@ -5,7 +5,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from lofi_lora import train
+from lofi_lora.objective import timestep_scheme
 from lofi_lora.evaluate import sampling_settings
 from lofi_lora.params import compose_params_yaml
 
@@ -28,7 +28,7 @@ def test_model_config_carries_upstreams_variant_settings(name, variant, xl):
     assert m["train_timesteps"] == scheme
     # what the stages make of it: train.timesteps=auto -> the model's scheme; evaluate samples with its settings
     model = OmegaConf.create(m)
-    assert train.timestep_scheme(OmegaConf.create({"timesteps": "auto"}), variant, model.get("train_timesteps")) == scheme
+    assert timestep_scheme("auto", variant, model.get("train_timesteps")) == scheme
     assert sampling_settings(variant) | dict(model.get("sampling")) == m["sampling"]
 
 
