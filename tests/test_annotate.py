@@ -218,9 +218,10 @@ def test_stage_writes_both_sidecar_formats_and_metrics(tmp_path):
         assert (out / f"{tid}__000_lyrics.txt").read_text().strip() == "[Instrumental]"
         assert doc["source"]["rich_details"]["bpm_confidence"] >= 0
     assert [load_sidecar(out / "t1__000.json")[k] for k in ("bpm", "keyscale")] == [82, "A minor"]
-    metrics = json.loads((tmp_path / "metrics" / "annotate.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "annotate.json").read_text())["annotate"]
     assert metrics["truth"]["bpm_acc1"] == 1.0 and metrics["truth"]["key_mirex"] == 1.0
-    assert metrics["caption_audit"]["exact_duplicate_groups"] == []
+    assert metrics["caption_unique_ratio"] == 1.0
+    assert json.loads((tmp_path / "metrics" / "annotate" / "event_types.json").read_text())  # diagnostics table
 
 
 def test_stage_rejects_unknown_track_and_missing_audio(tmp_path):

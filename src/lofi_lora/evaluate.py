@@ -470,12 +470,12 @@ def run_evaluate(cfg) -> dict[str, Any]:
                                  "clap_score_holdout": clap_holdout["mean"]})
             else:
                 m.scores.update({"clap_score": None, "clap_score_reason": clap_reason})
-            m.details["seconds"] = round(time.perf_counter() - t0, 2)
+            seconds = time.perf_counter() - t0  # logged only: best/scores.json must rehash the same
             atomic_write_json(out_dir / "samples.json", {"model": m.label, "step": m.step, "sampling": settings,
                                                          "duration_s": duration_s, "samples": m.samples})
             log.info("model %s: %s (%.1f s)", m.label,
                      {k: round(v, 5) if isinstance(v, float) else v for k, v in m.scores.items()
-                      if not k.endswith("_reason")}, m.details["seconds"])
+                      if not k.endswith("_reason")}, seconds)
     for m in models:  # paths of the samples after the folder was swapped in
         for s in m.samples:
             s["path"] = str(samples_root / m.label / s["file"])
@@ -515,7 +515,9 @@ def run_evaluate(cfg) -> dict[str, Any]:
     flat = flat_metrics(models, best, metric_keys, extra)
     if clap is None:
         flat["clap_score_reason"] = clap_reason
-    atomic_write_json(metrics_dir / "eval.json", flat)
+    from lofi_lora.results import write_stage_metrics
+
+    write_stage_metrics("eval", metrics_dir / "eval.json", flat)
     write_plots(models, plots_dir, metric_keys, best_metric)
     write_report(reports_dir, models, prompts, best, metric_keys, flat,
                  embed_max_mb=float(ev.get("report_embed_max_mb") or 16.0))

@@ -602,6 +602,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
                                                         "timesteps": scheme})
         base_ref = str(mcfg.get("hub_id") or mcfg.get("path") or mcfg.get("name"))
         adapters.save_peft_adapter(final_state, lora_root / "peft", base_model=base_ref, **lora_info)
+        adapters.save_comfyui_folder(final_state, lora_root / "comfyui", variant=variant, **lora_info)
 
     steps_run = step - start_step
     result = {
@@ -614,7 +615,9 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
         "timesteps": scheme, "cfg_dropout": cfg_ratio, "world_size": world.size,
     }
     if world.is_main:
-        atomic_write_json(metrics_root / "train.json", result)
+        from lofi_lora.results import write_stage_metrics
+
+        write_stage_metrics("train", metrics_root / "train.json", result)
     distributed.barrier(world)
     distributed.shutdown(world)
     headline = ("final_loss", "train_loss_smoothed", "steps", "steps_run", "resumed_from", "trainable_params",
