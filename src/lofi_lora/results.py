@@ -94,9 +94,6 @@ def split_eval(m: dict[str, Any]) -> Split:
             head[k[: -len("_best")]] = _num(v)
         elif k.endswith("_base") and not isinstance(v, (str, dict, list)):
             base[k[: -len("_base")]] = _num(v)
-    for k in ("fad_vggish_package", "fad_vggish_package_rel_diff"):
-        if k in m:
-            head[k] = _num(m[k])
     head["base"] = base
     return head, {}, {"seconds": m.get("seconds")}
 
