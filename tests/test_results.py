@@ -51,3 +51,20 @@ def test_non_finite_headline_becomes_null_and_a_string_is_refused(tmp_path):
     assert head["val_loss"] is None and head["base"]["val_loss"] is None
     with pytest.raises(TypeError, match="not a number"):
         write_stage_metrics("train", tmp_path / "train.json", {"final_loss": "1.0"})
+
+
+def test_caption_audit_table_is_the_same_under_any_string_hash_seed():
+    """Ties among shared n-grams were ordered by set iteration, i.e. by the per-process string hash: the versioned
+    `metrics/annotate/shared_ngrams.json` differed between two runs of the same pipeline."""
+    import subprocess
+    import sys
+
+    code = ("import json; from lofi_lora.annotate.audit import audit_captions; "
+            "caps = {f'c{i}': f'x: warm piano loop {w} crisp hats and tape hiss {w} mellow' "
+            "for i, w in enumerate(['a', 'b', 'c', 'd', 'e'])}; "
+            "print(json.dumps(audit_captions(caps, n=3, artist='x', top=4)))")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+                           capture_output=True, text=True, check=True, timeout=120).stdout for seed in ("1", "2", "3")}
+    assert len(outs) == 1, outs
+    top = json.loads(outs.pop())["top_shared_ngrams"]
+    assert [t["ngram"] for t in top] == sorted(t["ngram"] for t in top)  # equal counts: alphabetical
