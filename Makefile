@@ -31,6 +31,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/dvc repro
 	$(BIN)/dvc status
 	$(BIN)/dvc metrics show
+	@echo "For the README's dvc commands (and the queue's workers, which start dvc from PATH): source $(VENV)/bin/activate"
 
 # Every CPU test, the slow ones included (the whole DVC pipeline in a fresh clone, a queued sweep).
 test: $(STAMP) sysdeps

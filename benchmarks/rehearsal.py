@@ -436,23 +436,12 @@ def main() -> None:
 
 
 def figures(work: Path) -> dict:
-    """Headline numbers of the run's own metrics files (what the audio was, how fast training went)."""
+    """Headline numbers of the run's own metrics files (`{"<stage>": {...}}`; timings are in the stage records)."""
     out: dict = {}
-    for name, keys in {"data": ("clips_out", "hours_out", "tracks_with_clips"),
-                       "train": ("steps", "steps_run", "resumed_from", "steps_per_s", "tokens_per_s", "wall_s",
-                                 "final_loss", "trainable_params", "clips"),
-                       "eval": ("best_step", "num_checkpoints", "num_samples_per_model", "val_loss_best",
-                                "val_loss_base", "fd_logmel128_v1_best", "seconds"),
-                       "export": ("timing_s",)}.items():
+    for name in ("data", "train", "eval", "export"):
         f = work / "metrics" / f"{name}.json"
         if f.is_file():
-            m = json.loads(f.read_text())
-            out[name] = {k: m.get(k) for k in keys if k in m}
-    exp = work / "metrics" / "export.json"
-    if exp.is_file():
-        prec = json.loads(exp.read_text()).get("precisions", {})
-        out["export"]["precisions"] = {p: {k: v.get(k) for k in ("mb", "latency_ms")} | {"rel_l2": v["parity"]["rel_l2"]}
-                                       for p, v in prec.items()}
+            out[name] = json.loads(f.read_text()).get(name)
     return out
 
 

@@ -260,10 +260,13 @@ def test_stage_writes_both_sidecar_formats_and_metrics(tmp_path):
     details = [load_sidecar(out / f"{t}__000.json")["source"]["rich_details"] for t in ("t1", "t2")]
     assert details[0]["bpm_source"] == "audio" and details[0]["key_source"] == "audio"
     assert details[1]["bpm_source"] == "sources.json" and details[1]["key_source"] == "sources.json"
-    metrics = json.loads((tmp_path / "metrics" / "annotate.json").read_text())
-    assert metrics["bpm_sources"] == {"audio": 2, "sources.json": 1} and metrics["one_key_per_track"] == 1.0
+    metrics = json.loads((tmp_path / "metrics" / "annotate.json").read_text())["annotate"]
+    assert metrics["one_key_per_track"] == 1.0
+    bpm_sources = json.loads((tmp_path / "metrics" / "annotate" / "bpm_sources.json").read_text())
+    assert {r["source"]: r["tracks"] for r in bpm_sources} == {"audio": 2, "sources.json": 1}
     assert metrics["truth"]["bpm_acc1"] == 1.0 and metrics["truth"]["key_mirex"] == 1.0
-    assert metrics["caption_audit"]["exact_duplicate_groups"] == []
+    assert metrics["caption_unique_ratio"] == 1.0
+    assert json.loads((tmp_path / "metrics" / "annotate" / "event_types.json").read_text())  # diagnostics table
 
 
 def test_stage_rejects_unknown_track_and_missing_audio(tmp_path):

@@ -75,10 +75,11 @@ def test_dataset_reopens_with_disjoint_tracks_and_repeats(built):
     row = dd["holdout"][0]
     assert row["audio"]["sampling_rate"] == SR and Path(row["audio"]["path"]).is_file()
     assert row["style_id"] in ("CORE-01", "JAZZ-02") and row["bpm"] >= 80 and row["keyscale"] == "A minor"
-    metrics = json.loads((Path(cfg.paths.metrics) / "dataset.json").read_text())
-    assert metrics["splits"]["train"]["clips"] + metrics["splits"]["holdout"]["clips"] == 7
-    assert metrics["splits"]["train"]["seconds"] + metrics["splits"]["holdout"]["seconds"] == pytest.approx(7.5)
-    assert set(metrics["styles"]) == {"CORE-01", "JAZZ-02"}
+    metrics = json.loads((Path(cfg.paths.metrics) / "dataset.json").read_text())["dataset"]
+    assert metrics["train"]["clips"] + metrics["holdout"]["clips"] == 7
+    assert metrics["train"]["seconds"] + metrics["holdout"]["seconds"] == pytest.approx(7.5)
+    styles = json.loads((Path(cfg.paths.metrics) / "dataset" / "styles.json").read_text())
+    assert {r["style"] for r in styles} == {"CORE-01", "JAZZ-02"}
 
 
 def test_cache_entry_equals_a_fresh_computation(built):

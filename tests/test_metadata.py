@@ -155,7 +155,7 @@ def test_quality_scores_schema(tmp_path):
     with pytest.raises(DataError, match="clips.gone__000: marked current but has no automated scores"):
         load_quality_scores(dump(tmp_path, "q.json", bad))
     bad = json.loads(json.dumps(SCORES))
-    del bad["updated_at"]
-    with pytest.raises(DataError, match="'updated_at' is a required property"):
+    del bad["scorer_version"]
+    with pytest.raises(DataError, match="'scorer_version' is a required property"):
         load_quality_scores(dump(tmp_path, "q.json", bad))
 

@@ -38,39 +38,86 @@ def clone(tmp_path_factory):
     return dst
 
 
-def test_fresh_clone_reproduces_and_is_clean(clone):
+def test_fresh_clone_reproduces_the_committed_results_byte_for_byte(clone):
+    """`dvc repro` in a fresh clone rewrites every tracked file (metrics, quality scores, dvc.lock with the hashes
+    of every output) with the bytes that are committed: no timestamp or timing anywhere. Fails while dvc.lock is
+    stale: regenerate it with `dvc repro` and commit it."""
     status = _run([DVC, "status", "--json"], cwd=clone)
     assert json.loads(status.stdout or "{}") == {}, status.stdout
+    changed = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=clone).stdout
+    diff = _run(["git", "diff", "--stat"], cwd=clone).stdout
+    assert changed == "", f"tracked files differ after a fresh `dvc repro`:\n{changed}\n{diff}"
     again = _run([DVC, "repro"], cwd=clone)
     assert "Running stage" not in again.stdout, again.stdout
-    metrics = _run([DVC, "metrics", "show", "--json"], cwd=clone)
-    assert "data.json" in metrics.stdout
 
 
-def test_queued_sweep_runs_experiments_that_differ(clone):
+def test_metrics_are_a_few_named_figures(clone):
+    """`dvc metrics show` fits a glance: under 80 numbers, each file under its stage's name, no strings."""
+    from lofi_lora.results import count_numbers
+
+    shown = json.loads(_run([DVC, "metrics", "show", "--json"], cwd=clone).stdout)
+    files = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]
+    figures = {Path(f).stem: d["data"] for f, d in files.items()}
+    assert set(figures) == {"data", "annotate", "dataset", "train", "eval", "export"}, set(figures)
+    assert all(set(d) == {stage} for stage, d in figures.items()), figures
+    assert count_numbers(figures) < 80, count_numbers(figures)
+    assert isinstance(figures["eval"]["eval"]["val_loss"], float) and "cosine" in figures["export"]["export"]["int4"]
+    comfy = list((clone / "models" / "lora" / "comfyui").glob("*.safetensors"))
+    assert len(comfy) == 1, comfy
+
+
+def _readme_block(heading: str) -> list[str]:
+    """The command lines (comments stripped) of the first ```bash block under `heading` in the README."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text[text.index(heading):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [ln.split("  #", 1)[0].strip() for ln in block.splitlines() if ln.strip()]
+
+
+def test_readme_queued_sweep_runs_as_printed(clone):
+    """The README's experiment commands, typed into a shell that has only activated `.venv` (no venv on PATH
+    before): the queue's worker finds `dvc` and `python` from PATH and both experiments succeed with different
+    metrics."""
     import time
 
-    _run([DVC, "exp", "run", "--queue", "-S", "lora.alpha=4,16"], cwd=clone)
-    _run([DVC, "queue", "start", "-j", "1"], cwd=clone)
+    block = _readme_block("## Experiments")
+    lines = {ln.split(" -")[0].split(" <")[0]: ln for ln in block}
+    activate, start = lines["source .venv/bin/activate"], lines["dvc queue start"]
+    queue = next(ln for ln in block if "--queue" in ln)
+    venv = clone / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.prefix), target_is_directory=True)  # what `make demo` leaves in a clone
+    bare_path = os.pathsep.join(p for p in ENV["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent)
+    shell_env = {**ENV, "PATH": bare_path}
+    assert subprocess.run(["bash", "-c", "command -v dvc"], env=shell_env, capture_output=True).returncode != 0
+
+    def shell(*cmds: str) -> str:
+        proc = subprocess.run(["bash", "-c", " && ".join((activate, *cmds))], cwd=clone, env=shell_env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"{cmds}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    shell(queue, start)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        status = _run([DVC, "queue", "status"], cwd=clone).stdout
+        status = shell("dvc queue status")
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(5)
     assert status.count("Success") >= 2, status
+    table = shell(lines["dvc exp show"])
+    assert "eval.val_loss" in table and "lora.alpha" in table, table
     rows = json.loads(_run([DVC, "exp", "show", "--json"], cwd=clone).stdout)
     swept = {}
     for e in (e for rev in rows for e in (rev.get("experiments") or [])):
         data = e["revs"][0]["data"]
         alpha = data["params"]["params.yaml"]["data"]["lora"]["alpha"]
         if alpha in (4, 16):
-            swept[e["name"]] = (alpha, data["metrics"]["metrics/eval.json"]["data"]["val_loss_best"])
+            swept[e["name"]] = (alpha, data["metrics"]["metrics/eval.json"]["data"]["eval"]["val_loss"])
     assert sorted(a for a, _ in swept.values()) == [4, 16], swept
     assert len({loss for _, loss in swept.values()}) == 2, swept  # different params, different metrics
     a, b = sorted(swept)
-    diff = json.loads(_run([DVC, "metrics", "diff", a, b, "--json"], cwd=clone).stdout)
-    assert "val_loss_best" in diff["metrics/eval.json"], diff
+    diff = json.loads(shell(f"dvc metrics diff {a} {b} --json"))
+    assert "eval.val_loss" in diff["metrics/eval.json"], diff
 
 
 def test_exp_run_recomposes_params_and_reruns_only_affected_stages(clone):

@@ -99,3 +99,17 @@ def test_report_screenshot(tmp_path):
     keep = os.environ.get("LOFI_REPORT_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+@pytest.mark.parametrize("embed_max_mb", [16.0, 0.0], ids=["embedded", "linked"])
+def test_report_is_byte_identical_when_rebuilt(tmp_path, embed_max_mb):
+    """reports/ is a DVC output: rebuilding it from the same samples must hash the same (libsndfile draws a random
+    Ogg stream serial per file; the report's OGGs get a fixed one, so their bytes repeat)."""
+    prompts, models, flat = _fixture(tmp_path)
+    trees = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        write_report(out, models, prompts, models[1], ["val_loss", "clap_score"], flat, embed_max_mb)
+        trees.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert trees[0].keys() == trees[1].keys() and trees[0] == trees[1]
+    assert any(name.endswith(".ogg") for name in trees[0]) or embed_max_mb > 0

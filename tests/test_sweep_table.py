@@ -18,8 +18,8 @@ def _job(num, r, alpha, val_loss, clap=None, status="ok"):
 
 
 def test_headline_metrics_read_nested_keys_and_leave_absent_ones_empty():
-    files = {"eval.json": {"val_loss_best": 1.5, "fd_logmel128_v1_best": 900.0, "clap_score_best": None},
-             "export.json": {"precisions": {"int4": {"parity": {"cosine": 0.999}}}}}
+    files = {"eval.json": {"eval": {"val_loss": 1.5, "fd_logmel128_v1": 900.0, "clap_score": None}},
+             "export.json": {"export": {"int4": {"cosine": 0.999}}}}
     h = headline_metrics(files.get)
     assert h["val_loss"] == 1.5 and h["fd"] == 900.0 and h["int4_cosine"] == 0.999
     assert h["clap"] is None and h["train_loss"] is None  # no train.json: empty, not an error

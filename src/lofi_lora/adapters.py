@@ -1,8 +1,9 @@
 """LoRA adapters: PEFT injection into the DiT, the diffusers file `AceStepPipeline.load_lora_weights` reads, and
 upstream 1.5's PEFT folder. All peft calls of training live here (diffusers model calls live in `backend`).
 
-Why two formats: diffusers names the DiT's attention projections `to_q/to_k/to_v/to_out.0`, upstream ACE-Step 1.5
-names them `q_proj/k_proj/v_proj/o_proj` under `base_model.model.` (PEFT on `model.decoder`).
+Why three formats: diffusers names the DiT's attention projections `to_q/to_k/to_v/to_out.0`, upstream ACE-Step 1.5
+names them `q_proj/k_proj/v_proj/o_proj` under `base_model.model.` (PEFT on `model.decoder`), and ComfyUI reads
+upstream's names plus one `<module>.alpha` tensor per layer (`save_comfyui_adapter`).
 
 Strength (the half-strength bug, shared/notes/ace-step.md §0.2): a LoRA's effect is `scale * B @ A` with
 `scale = alpha / r` (or `alpha / sqrt(r)` with rsLoRA). diffusers 0.42.1 restores alpha/rsLoRA only from the
@@ -155,6 +156,47 @@ def save_peft_adapter(state: Mapping[str, torch.Tensor], out_dir: str | Path, *,
         (tmp / PEFT_WEIGHT_NAME).write_bytes(safetensors_bytes(tensors, {"format": "pt"}))
         atomic_write_json(tmp / PEFT_CONFIG_NAME, config)
     return out_dir
+
+
+COMFYUI_PREFIX = "base_model.model."
+
+
+def save_comfyui_folder(state: Mapping[str, torch.Tensor], out_dir: str | Path, *, variant: str, r: int,
+                        alpha: float, rslora: bool, **_other: Any) -> Path:
+    """`out_dir/lofi-lora_ace-step-v15-<variant>.safetensors` (the only file there): copy it to ComfyUI/models/loras."""
+    with atomic_dir(Path(out_dir)) as tmp:
+        name = save_comfyui_adapter(state, tmp / f"lofi-lora_ace-step-v15-{variant}.safetensors", r=r, alpha=alpha,
+                                    rslora=rslora).name
+    return Path(out_dir) / name
+
+
+def save_comfyui_adapter(state: Mapping[str, torch.Tensor], path: str | Path, *, r: int, alpha: float,
+                         rslora: bool) -> Path:
+    """Write one safetensors file that ComfyUI's LoRA loader applies at the trained strength with strength 1.0.
+
+    ComfyUI (comfy/lora.py `model_lora_keys_unet`, its ACEStep15 branch) maps `base_model.model.<m>` onto the model
+    weight `diffusion_model.decoder.<m>.weight`, where <m> is upstream's module name (`layers.3.self_attn.q_proj`).
+    Its LoRA adapter (comfy/weight_adapter/lora.py) reads `<m>.lora_B.weight` (up), `<m>.lora_A.weight` (down) and
+    the optional scalar `<m>.alpha`, and adds `strength * alpha / rank * up @ down` with rank = rows of lora_A.
+    Without `.alpha` the scale is 1.0 (ComfyUI issue #12374: the PEFT file keeps alpha in adapter_config.json,
+    which ComfyUI never reads). So each layer gets `alpha = trained_scale * rank`, which also carries rsLoRA's
+    `alpha / sqrt(r)`; lora_A/lora_B stay the trained tensors.
+    """
+    path = Path(path)
+    comfy_alpha = torch.tensor(lora_scale(r, alpha, rslora) * int(r), dtype=torch.float32)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        up_key = to_upstream_key(key)
+        module = up_key[: -len(".lora_A.weight")]  # lora_A and lora_B suffixes have the same length
+        if value.shape[0 if ".lora_A." in up_key else 1] != int(r):
+            raise ModelError(f"{key}: shape {tuple(value.shape)} does not have rank {r} (lora.r)")
+        tensors[up_key] = value.detach().to("cpu", torch.float32).contiguous()
+        tensors[f"{module}.alpha"] = comfy_alpha.clone()  # one tensor per layer: safetensors refuses shared memory
+    info = {"trained_r": int(r), "trained_alpha": float(alpha), "trained_rslora": bool(rslora),
+            "scale": lora_scale(r, alpha, rslora), "loader": "ComfyUI LoraLoaderModelOnly, strength 1.0"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(path, tensors, {"format": "pt", INFO_KEY: json.dumps(info, sort_keys=True)})
+    return path
 
 
 def read_info(adapter_dir: str | Path) -> dict[str, Any]:

@@ -182,3 +182,40 @@ def write(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | 
         with sf.SoundFile(str(tmp), "w", samplerate=sample_rate, channels=audio.shape[0], format=fmt,
                           subtype=subtype, **extra) as f:
             f.write(np.ascontiguousarray(audio.T))
+        if fmt == "OGG":
+            tmp.write_bytes(fixed_ogg_serial(tmp.read_bytes()))
+
+
+def _ogg_crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
+        table.append(r & 0xFFFFFFFF)
+    return table
+
+
+_OGG_CRC = _ogg_crc_table()
+
+
+def fixed_ogg_serial(data: bytes, serial: int = 0x6C6F6669) -> bytes:
+    """The same Ogg stream with a fixed stream serial number (page CRCs recomputed).
+
+    libsndfile draws the serial at random, so encoding the same audio twice gives different bytes: a DVC output
+    holding OGG files (the listening report) would never reproduce.
+    """
+    out, pos = bytearray(data), 0
+    while pos + 27 <= len(out) and out[pos:pos + 4] == b"OggS":
+        n_seg = out[pos + 26]
+        end = pos + 27 + n_seg + sum(out[pos + 27:pos + 27 + n_seg])
+        out[pos + 14:pos + 18] = serial.to_bytes(4, "little")
+        out[pos + 22:pos + 26] = b"\0\0\0\0"
+        crc = 0
+        for b in out[pos:end]:
+            crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC[(crc >> 24) ^ b]
+        out[pos + 22:pos + 26] = crc.to_bytes(4, "little")
+        pos = end
+    if pos != len(out):
+        raise DataError(f"Ogg stream: unexpected bytes at offset {pos} of {len(out)}")
+    return bytes(out)

@@ -3,8 +3,8 @@
 Layout (`models/lora/checkpoints/`):
     checkpoint-<step:06d>/pytorch_lora_weights.safetensors   adapter, diffusers format (lofi_lora.adapters)
     checkpoint-<step:06d>/training_state.pt                  optimizer, scheduler, RNG states, data position
-    manifest.json  {"version":1,"checkpoints":[{"step","path","files":{name: sha256},"config_hash","timestamp",
-                    "scores":{"train_loss": ...}}]}
+    manifest.json  {"version":1,"checkpoints":[{"step","path","files":{name: sha256},"config_hash",
+                    "scores":{"train_loss": ...}}]}   (no timestamp: a rerun must hash the same under DVC)
 
 A folder is built under a temp name and renamed whole, then the manifest is rewritten atomically, then old folders
 are pruned: a crash at any point leaves every manifest entry complete. A persisted checkpoint folder can
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,7 +61,6 @@ class CheckpointStore:
             write(tmp)
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         entry = {"step": int(step), "path": str(path), "files": files, "config_hash": config_hash,
-                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "scores": {k: float(v) for k, v in scores.items()}}
         entries = [e for e in self.manifest()["checkpoints"] if int(e["step"]) != step] + [entry]
         self._write_manifest(entries)

@@ -390,7 +390,9 @@ def run_dataset(cfg) -> dict:
                         batch_size=dcfg.cache_batch_size, latent_seed=dcfg.latent_seed,
                         max_text_tokens=dcfg.max_text_tokens, max_lyric_tokens=dcfg.max_lyric_tokens)
     stats["cache"] = {k: cache[k] for k in ("computed", "reused")}
-    atomic_write_json(Path(cfg.paths.metrics) / "dataset.json", stats)
+    from lofi_lora.results import write_stage_metrics
+
+    write_stage_metrics("dataset", Path(cfg.paths.metrics) / "dataset.json", stats)
     log.info("dataset: train %d clips (%d rows), holdout %d clips from %d tracks; cache %s",
              stats["splits"]["train"]["clips"], stats["splits"]["train"]["rows"], stats["splits"]["holdout"]["clips"],
              stats["splits"]["holdout"]["tracks"], cache)

@@ -432,12 +432,12 @@ def evaluate_model(pipe, m: ModelEval, setup: EvalSetup, out_dir: Path, ev, seed
             pipe.unload_lora_weights()
     m.scores["val_loss"], m.details["val_loss"] = vl["val_loss"], vl
     score_samples(m, [str(out_dir / s["file"]) for s in m.samples], setup, ev.fad_inf_points, seed)
-    m.details["seconds"] = round(time.perf_counter() - t0, 2)
+    seconds = time.perf_counter() - t0  # logged only: best/scores.json must rehash the same
     atomic_write_json(out_dir / "samples.json", {"model": m.label, "step": m.step, "sampling": setup.settings,
                                                  "duration_s": setup.duration_s, "samples": m.samples})
     log.info("model %s: %s (%.1f s)", m.label, {k: round(v, 5) if isinstance(v, float) else v
                                                 for k, v in m.scores.items() if not k.endswith("_reason")},
-             m.details["seconds"])
+             seconds)
 
 
 def metric_keys_of(setup: EvalSetup) -> list[str]:
@@ -524,7 +524,9 @@ def run_evaluate(cfg) -> dict[str, Any]:
     best = pick_best(models, ev.best_metric, ev.best_mode)
     write_best(lora_dir, models, best, manifest, ev, variant, settings)
     flat = eval_metrics(models, best, setup, ev, variant, len(rows), round(time.perf_counter() - t_start, 2))
-    atomic_write_json(Path(paths.metrics) / "eval.json", flat)
+    from lofi_lora.results import write_stage_metrics
+
+    write_stage_metrics("eval", Path(paths.metrics) / "eval.json", flat)
     metric_keys = metric_keys_of(setup)
     write_plots(models, Path(paths.plots) / "eval", metric_keys, ev.best_metric)
     write_report(paths.reports, models, prompts, best, metric_keys, flat, embed_max_mb=float(ev.report_embed_max_mb))

@@ -5,13 +5,13 @@ from typing import Any, Callable
 
 # column -> (file under paths.metrics, dotted key, better): the only place that knows the metrics files' layout
 HEADLINES: dict[str, tuple[str, str, str]] = {
-    "train_loss": ("train.json", "train_loss_smoothed", "min"),
-    "best_step": ("eval.json", "best_step", ""),
-    "val_loss": ("eval.json", "val_loss_best", "min"),
-    "fd": ("eval.json", "fd_logmel128_v1_best", "min"),          # log-mel FD, always computed offline
-    "fad_vggish": ("eval.json", "fad_vggish_best", "min"),       # only with eval.embedding=vggish
-    "clap": ("eval.json", "clap_score_best", "max"),             # only with eval.clap_path
-    "int4_cosine": ("export.json", "precisions.int4.parity.cosine", "max"),  # INT4 ONNX vs PyTorch FP32
+    "train_loss": ("train.json", "train.loss_smoothed", "min"),
+    "best_step": ("eval.json", "eval.best_step", ""),
+    "val_loss": ("eval.json", "eval.val_loss", "min"),
+    "fd": ("eval.json", "eval.fd_logmel128_v1", "min"),          # log-mel FD, always computed offline
+    "fad_vggish": ("eval.json", "eval.fad_vggish", "min"),       # only with eval.embedding=vggish
+    "clap": ("eval.json", "eval.clap_score", "max"),             # only with eval.clap_path
+    "int4_cosine": ("export.json", "export.int4.cosine", "max"),  # INT4 ONNX vs PyTorch FP32
 }
 
 

@@ -65,7 +65,7 @@ _score_value = {"type": ["number", "boolean", "string", "null"]}
 # human scores carried over, clips that no longer exist kept (current: false) while they hold human scores.
 QUALITY_SCORES_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["version", "scorer_version", "updated_at", "clips"],
+    "required": ["version", "scorer_version", "clips"],
     "properties": {
         "version": {"const": QUALITY_SCORES_VERSION},
         "scorer_version": _nonempty,
@@ -79,7 +79,7 @@ QUALITY_SCORES_SCHEMA: dict[str, Any] = {
                     "current": {"type": "boolean"},
                     "automated": {
                         "type": "object",
-                        "required": ["score", "scorer_version", "scored_at"],
+                        "required": ["score", "scorer_version"],
                         "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1},
                                        "scorer_version": _nonempty, "scored_at": _timestamp},
                         "additionalProperties": _score_value,

@@ -12,7 +12,6 @@ import logging
 import shutil
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +162,6 @@ def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) 
     duration_s = x.shape[1] / sr
     curves = analyse(x, sr, float(params.get("beat_start_bpm", 85.0)), int(params.get("beats_per_bar", 4)))
     cuts = choose_cuts(curves, duration_s, float(params["max_clip_seconds"]), float(params["min_clip_seconds"]))
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     k = 0
     for i, (a_s, b_s) in enumerate(zip(cuts[:-1], cuts[1:])):
         a, b = int(round(a_s * sr)), min(x.shape[1], int(round(b_s * sr)))
@@ -189,13 +187,13 @@ def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) 
         result["scores"][clip_id] = {
             **cm.as_dict(), "score": round(quality.score(cm, params), 4), "gain_db": round(norm.gain_db, 3),
             "lufs_normalised": round(norm.lufs, 3), "true_peak_dbfs": round(norm.true_peak_dbfs, 3),
-            "scorer_version": quality.SCORER_VERSION, "scored_at": now}
+            "scorer_version": quality.SCORER_VERSION}
         k += 1
     return result
 
 
 # ---------------------------------------------------------------------------------------------- stage
-def merge_scores(existing: Any, automated: dict[str, dict[str, Any]], now: str) -> dict[str, Any]:
+def merge_scores(existing: Any, automated: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """New quality_scores.json content: automated scores replaced, every `human` entry kept (also of clips
     that no longer exist, which are marked `current: false`)."""
     old_clips = existing.get("clips", {}) if isinstance(existing, dict) else {}
@@ -209,7 +207,7 @@ def merge_scores(existing: Any, automated: dict[str, dict[str, Any]], now: str) 
             entry["human"] = human
         if entry["current"] or "human" in entry:
             clips[clip_id] = entry
-    return {"version": SCORES_VERSION, "scorer_version": quality.SCORER_VERSION, "updated_at": now, "clips": clips}
+    return {"version": SCORES_VERSION, "scorer_version": quality.SCORER_VERSION, "clips": clips}
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -248,9 +246,8 @@ def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_pa
                              key=lambda q: (q["path"], q.get("clip_id", "")))
         atomic_write_json(tmp / "clips.json", {"version": 1, "sample_rate": int(params["sample_rate"]), "clips": clips})
         atomic_write_json(tmp / "quarantine.json", {"quarantined": quarantined})
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     existing = read_json(scores_path) if scores_path.exists() else {}
-    atomic_write_json(scores_path, merge_scores(existing, {k: v for r in results for k, v in r["scores"].items()}, now))
+    atomic_write_json(scores_path, merge_scores(existing, {k: v for r in results for k, v in r["scores"].items()}))
 
     ingest_reasons = Counter(q["reason"] for q in ingest_q.get("quarantined", []))
     pre_reasons = Counter(q["reason"] for q in quarantined)
@@ -269,7 +266,9 @@ def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_pa
         "clip_true_peak_max_dbfs": round(max(c["true_peak_dbfs"] for c in clips), 3) if clips else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_json(metrics_path, metrics)
+    from lofi_lora.results import write_stage_metrics
+
+    write_stage_metrics("data", metrics_path, metrics)
     log.info("preprocess: %d tracks -> %d clips (%.3f h); quarantined %s", len(tracks), len(clips),
              metrics["hours_out"], metrics["quarantined"])
     return metrics

@@ -132,7 +132,8 @@ def lora_info(lora_cfg) -> dict[str, Any]:
 
 
 def write_adapters(cfg, state: TrainState, chash: str) -> None:
-    """`final/` (diffusers, scale baked in) and `peft/` (upstream 1.5 PEFT folder) from the trained LoRA."""
+    """`final/` (diffusers, scale baked in), `peft/` (upstream 1.5 PEFT folder) and `comfyui/` (one file, alpha per
+    layer) from the trained LoRA."""
     lora_root, final_state, info = Path(cfg.paths.lora), adapter_state(state.model), lora_info(cfg.lora)
     with atomic_dir(lora_root / "final") as tmp:
         adapters.save_diffusers_adapter(final_state, tmp, bake=True, **info,
@@ -140,6 +141,7 @@ def write_adapters(cfg, state: TrainState, chash: str) -> None:
                                                     "variant": cfg.model.variant, "timesteps": state.objective.scheme})
     base_ref = str(cfg.model.hub_id or cfg.model.path or cfg.model.name)
     adapters.save_peft_adapter(final_state, lora_root / "peft", base_model=base_ref, **info)
+    adapters.save_comfyui_folder(final_state, lora_root / "comfyui", variant=cfg.model.variant, **info)
 
 
 def train_metrics(run: dict[str, Any], metrics, state: TrainState, place, world) -> dict[str, Any]:
@@ -272,7 +274,9 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     result = train_metrics(run, metrics, state, place, world)
     if world.is_main:
         write_adapters(cfg, state, chash)
-        atomic_write_json(Path(cfg.paths.metrics) / "train.json", result)
+        from lofi_lora.results import write_stage_metrics
+
+        write_stage_metrics("train", Path(cfg.paths.metrics) / "train.json", result)
     distributed.barrier(world)
     distributed.shutdown(world)
     log.info("train done: step %d, loss %.4f (smoothed %.4f), %.2f steps/s", state.step,

@@ -37,7 +37,8 @@ def audit_captions(captions: Mapping[str, str], n: int = 4, artist: str = "", to
     grams = {cid: ngrams(_words(cap, artist), n) for cid, cap in captions.items()}
     doc_freq: Counter = Counter(g for gs in grams.values() for g in gs)
     ratios = [sum(doc_freq[g] > 1 for g in gs) / len(gs) for gs in grams.values() if gs]
-    shared = [(" ".join(g), c) for g, c in doc_freq.most_common(top) if c > 1]
+    # ties by n-gram, not by set order (string hashes differ per process: the table is a versioned DVC output)
+    shared = [(" ".join(g), c) for g, c in sorted(doc_freq.items(), key=lambda gc: (-gc[1], gc[0]))[:top] if c > 1]
     return {
         "captions": len(captions),
         "unique_captions": len(by_text),

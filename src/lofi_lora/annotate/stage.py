@@ -29,7 +29,7 @@ from lofi_lora.annotate.track import ClipVerdict, TrackAnalysis, analyse_track
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import DataError
 from lofi_lora.parallel import map_processes
-from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json
+from lofi_lora.fsutil import atomic_dir, read_json
 from lofi_lora.metadata import load_metadata
 from lofi_lora.presets import PresetLibrary
 
@@ -241,7 +241,9 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
     truth = _truth_scores(metadata_dir, docs)
     if truth is not None:
         metrics["truth"] = truth
-    atomic_write_json(metrics_path, metrics)
+    from lofi_lora.results import write_stage_metrics
+
+    write_stage_metrics("annotate", metrics_path, metrics)
     log.info("annotate: %d sidecars in %s, %.0fx realtime, caption n-gram reuse %.2f, %d duplicate groups",
              len(docs), out_dir, metrics["x_realtime"] or 0, audit["shared_ngram_ratio"],
              len(audit["exact_duplicate_groups"]))

@@ -4,7 +4,8 @@ Output folder (`paths.onnx`, swapped in whole):
     fp32/denoiser.onnx[.data]  fp16/…  int8/…  int4/…   one transformer call -> velocity
     vae/vae_decoder.onnx                               AutoencoderOobleck.decode (FP32)
     conditions/p<i>_{encoder_hidden_states,context_latents,noise}.npy, sampler.json   for the ONNX-only sampler
-and `metrics/export.json` (size, parity, latency per precision).
+and `metrics/export.json` (size ratio and parity per precision; per-case parity in `metrics/export/parity.json`;
+latencies and timings in the log only, since they differ from run to run).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from lofi_lora.export import ort as ortx
 from lofi_lora.export import parity, quantize
 from lofi_lora.export.sampler import MANIFEST, OnnxSampler
 from lofi_lora.fsutil import atomic_dir, atomic_write_json
+from lofi_lora.results import write_stage_metrics
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +146,9 @@ def export_pipeline(pipe, ecfg, out_dir: Path, metrics_path: Path) -> dict:
                 if precision == "fp32":
                     parity.check("fp32 ONNX sampler audio vs PyTorch pipeline", e2e, e["tolerance"]["sampler"])
             except ExportParityError:
-                atomic_write_json(metrics_path, {**metrics, "failed": precision})
+                write_stage_metrics("export", metrics_path, metrics)
                 raise
-    atomic_write_json(metrics_path, metrics)
+    write_stage_metrics("export", metrics_path, metrics)
     summary: dict[str, Any] = {"merge_max_abs_err": merge_figs["max_abs_err"]}
     for p, m in metrics["precisions"].items():
         summary[f"{p}_mb"] = m["mb"]

@@ -1,0 +1,70 @@
+"""Stage metrics: a few named headline numbers per stage, diagnostics as tables, and no wall-clock value on disk."""
+import json
+
+import pytest
+
+from lofi_lora.results import count_numbers, split_eval, split_export, write_stage_metrics
+
+PARITY = {"max_abs_err": 0.08, "max_rel_err": 0.03, "rel_l2": 0.03, "cosine": 0.9995, "non_finite": 0.0}
+
+
+def _export_full():
+    precisions = {}
+    for i, p in enumerate(("fp32", "fp16", "int8", "int4")):
+        precisions[p] = {"bytes": 1000 - 100 * i, "mb": 0.001, "ratio_to_fp32": 1 - 0.1 * i, "parity": PARITY,
+                         "parity_cases": {"2x24": PARITY, "2x51": PARITY}, "latency_ms": 1.4 + i,
+                         "latency": {"median_ms": 1.4 + i, "min_ms": 1.3, "max_ms": 1.6, "repeats": 10},
+                         "sampler_audio": PARITY}
+    return {"opset": 20, "providers": ["CPUExecutionProvider"], "lora_layers_merged": 16, "merge": PARITY,
+            "parity_shapes": [[2, 24, 8]], "latency_shape": {"batch": 1}, "torch_fp32_latency_ms": 3.0,
+            "precisions": precisions, "timing_s": {"export_fp32": 11.9}, "vae_decoder": {"parity": PARITY}}
+
+
+def test_export_metrics_name_precisions_and_keep_latency_out_of_files(tmp_path, caplog):
+    caplog.set_level("INFO")
+    path = tmp_path / "metrics" / "export.json"
+    write_stage_metrics("export", path, _export_full())
+    m = json.loads(path.read_text())
+    assert list(m) == ["export"]  # dvc exp show columns: export.int4.cosine, export.int4.size_ratio
+    assert m["export"]["int4"]["cosine"] == PARITY["cosine"] and m["export"]["int4"]["size_ratio"] == pytest.approx(0.7)
+    assert count_numbers(m) <= 25
+    rows = json.loads((tmp_path / "metrics" / "export" / "parity.json").read_text())
+    assert len(rows) == 4 * 3 and {r["case"] for r in rows} == {"2x24", "2x51", "sampler_audio"}
+    on_disk = path.read_text() + (tmp_path / "metrics" / "export" / "parity.json").read_text()
+    assert "latency" not in on_disk and "timing" not in on_disk and "_ms" not in on_disk
+    assert "latency" in caplog.text  # the timings are logged instead
+
+
+def test_eval_headline_is_best_and_base_without_sample_sizes_or_strings():
+    flat = {"best_step": 40, "best_metric": "val_loss", "num_checkpoints": 3, "val_loss_best": 1.5,
+            "val_loss_base": 2.0, "fd_logmel128_v1_best": 1081.0, "fd_logmel128_v1_base": 1041.0,
+            "fd_logmel128_v1_n_clips_best": 3, "fd_logmel128_v1_inf_slope_best": 34.1, "clap_score_best": None,
+            "clap_score_base": None, "clap_score_reason": "no CLAP weights", "seconds": 14.1}
+    head, tables, timings = split_eval(flat)
+    assert head == {"best_step": 40, "val_loss": 1.5, "fd_logmel128_v1": 1081.0, "clap_score": None,
+                    "base": {"val_loss": 2.0, "fd_logmel128_v1": 1041.0, "clap_score": None}}
+    assert timings == {"seconds": 14.1} and tables == {}
+
+
+def test_non_finite_headline_becomes_null_and_a_string_is_refused(tmp_path):
+    head, _, _ = split_eval({"best_step": 1, "val_loss_best": float("nan"), "val_loss_base": float("inf")})
+    assert head["val_loss"] is None and head["base"]["val_loss"] is None
+    with pytest.raises(TypeError, match="not a number"):
+        write_stage_metrics("train", tmp_path / "train.json", {"final_loss": "1.0"})
+
+
+def test_caption_audit_table_is_the_same_under_any_string_hash_seed():
+    """Ties among shared n-grams were ordered by set iteration, i.e. by the per-process string hash: the versioned
+    `metrics/annotate/shared_ngrams.json` differed between two runs of the same pipeline."""
+    import subprocess
+    import sys
+
+    code = ("import json; from lofi_lora.annotate.audit import audit_captions; "
+            "caps = {f'c{i}': f'x: warm piano loop {w} crisp hats and tape hiss {w} mellow' "
+            "for i, w in enumerate(['a', 'b', 'c', 'd', 'e'])}; "
+            "print(json.dumps(audit_captions(caps, n=3, artist='x', top=4)))")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+                           capture_output=True, text=True, check=True, timeout=120).stdout for seed in ("1", "2", "3")}
+    assert len(outs) == 1, outs
+    top = json.loads(outs.pop())["top_shared_ngrams"]
+    assert [t["ngram"] for t in top] == sorted(t["ngram"] for t in top)  # equal counts: alphabetical
