@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from lofi_lora import adapters
-from lofi_lora.train import _lora_params, add_lora
-from test_train_fixtures import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
+from lofi_lora.train_state import add_lora, lora_params
+
+from helpers.config import real_section
+from helpers.workspace import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
 
 KEYS_FILE = Path(__file__).parent / "data" / "comfyui_ace_step15_decoder_keys.txt"
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -84,11 +85,10 @@ def test_every_key_maps_onto_the_15_model_with_matching_shapes(tmp_path):
 def test_strength_one_gives_the_trained_model(tmp_path, r, alpha, rslora):
     """Patch the base DiT exactly as ComfyUI does at strength 1.0: its output equals the trained PEFT model's."""
     trained = tiny_transformer(0)
-    add_lora(trained, OmegaConf.create({"r": r, "alpha": alpha, "rslora": rslora, "dropout": 0.0,
-                                        "target_modules": ATTN + MLP}))
+    add_lora(trained, real_section("lora", r=r, alpha=alpha, rslora=rslora, dropout=0.0, target_modules=ATTN + MLP))
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        for name, p in _lora_params(trained).items():
+        for name, p in lora_params(trained).items():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     trained.eval()
