@@ -75,3 +75,30 @@ def test_topological_sort_rejects_cycles():
     model.graph.node[0].input[0] = "y"  # pow now depends on the last node: a cycle
     with pytest.raises(RuntimeError, match="unsorted"):
         quantize.topological_sort(model)
+
+
+def saturating_matmul_graph(w: np.ndarray) -> onnx.ModelProto:
+    """y = x @ W, the shape of every projection the INT8 export quantises."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", w.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", w.shape[1]])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")], "mm", [x], [y],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    return model
+
+
+def test_int8_matmul_stays_exact_where_the_integer_gemm_would_saturate(tmp_path):
+    """Activations near the top of uint8 times weights near +-127 overflow the int16 pair sums of ORT's u8s8 GEMM on
+    x86 CPUs without VNNI (the output then halves); 7-bit weights keep it exact on every CPU."""
+    rng = np.random.default_rng(0)
+    w = (rng.uniform(0.5, 1.0, (64, 8)) * np.where(np.arange(8) % 2, 1.0, -1.0)).astype(np.float32)
+    x = rng.uniform(0.9, 1.0, (4, 64)).astype(np.float32)  # dynamic range [0, 1]: uint8 codes 230..255
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    save_onnx(saturating_matmul_graph(w), src)
+    quantize.to_int8(src, dst)
+    model = onnx.load(str(dst))
+    assert "MatMulInteger" in {n.op_type for n in model.graph.node}
+    assert quantize.int8_weight_abs_max(dst) <= quantize.INT8_WEIGHT_ABS_MAX
+    got, ref = run(model, x), x @ w
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.01

@@ -1,4 +1,4 @@
-"""FP32 ONNX -> FP16 / INT8 (dynamic, per-channel) / INT4 (MatMulNBits), with onnxruntime's own tools.
+"""FP32 ONNX -> FP16 / INT8 (dynamic, per-channel, 7-bit weights) / INT4 (MatMulNBits), with onnxruntime's own tools.
 
 The source is the folded FP32 export (weights are initializers, no initializer value_info). Modules listed in
 `exclude_modules` (first/last projections: most of the INT4 error in research note onnx-export.md §5) keep
@@ -183,8 +183,19 @@ def topological_sort(proto) -> None:
     proto.graph.node.extend(nodes[i] for i in order)
 
 
+# ORT's u8 x s8 integer GEMM on x86 CPUs without VNNI (AVX2 only) sums pairs of u8*s8 products in int16 with
+# saturation (vpmaddubsw): 2 * 255 * 127 overflows it. Symmetric 7-bit weights (|q| <= 64) keep every pair under
+# 2 * 255 * 64 = 32640 <= 32767, so results are exact and the same on every CPU; full 8-bit weights gave rel_l2 ~0.13
+# on an AVX2-only machine and ~0.004 on a VNNI one for the same model.
+INT8_WEIGHT_ABS_MAX = 64
+
+
 def to_int8(src: Path, dst: Path, exclude_modules: Sequence[str] = (), per_channel: bool = True) -> list[Path]:
-    """Weight-only dynamic INT8 of MatMul/Gemm weights (activations quantised on the fly): the CPU-fast format."""
+    """Dynamic INT8 of MatMul/Gemm (int8 weights, uint8 activations quantised on the fly): the CPU-fast format.
+
+    Weights use ORT's `reduce_range` (7-bit, see INT8_WEIGHT_ABS_MAX) so the integer GEMM cannot saturate on
+    non-VNNI CPUs: parity then no longer depends on the machine the model runs on.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     proto = _load(src, weights=False)  # graph only: node names and initializer sizes
@@ -194,11 +205,22 @@ def to_int8(src: Path, dst: Path, exclude_modules: Sequence[str] = (), per_chann
     with _quiet_ort_logs():
         quantize_dynamic(
             Path(src), Path(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
-            weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=big,
+            reduce_range=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=big,
         )
     log.info("int8: %d MatMul/Gemm nodes kept fp32 (%s)", len(exclude), ", ".join(exclude_modules))
     check_onnx(dst)
     return [p for p in (dst, dst.with_name(dst.name + ".data")) if p.exists()]
+
+
+def int8_weight_abs_max(path: Path) -> int:
+    """Largest |q| over the int8 weights that feed MatMulInteger in `path` (0 if none)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    proto = _load(path)
+    weights = {n.input[1] for n in proto.graph.node if n.op_type == "MatMulInteger"}
+    return max((int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max())
+                for t in proto.graph.initializer if t.name in weights), default=0)
 
 
 def to_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accuracy_level: int | None = None,
