@@ -287,6 +287,13 @@ def enter_job(root: Path, stage: str, cfg: Any, overrides: Sequence[str]) -> Job
             raise JobRefused(f"stage `{stage}` would write {p} through the link {through}; remove {job_dir} and rerun")
     for s in [stage, *_descendants(stage, prod)]:
         record.pop(s, None)  # outputs made from this stage's previous run are no longer this job's
+        if s != stage:       # ... so later stages' files go too: no table shows them beside the new run
+            for out in (resolve(o, cfg) for o in stages[s].outs):
+                p = job_dir / out
+                if not os.path.isabs(out) and (p.is_symlink() or p.is_file()):
+                    p.unlink()
+                elif not os.path.isabs(out) and p.is_dir():
+                    shutil.rmtree(p)
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(job_dir / RECORD, record)
 
