@@ -79,6 +79,7 @@ def test_upstream_untouched_by_the_overrides_comes_from_main_run(repo, cfg_for):
     link = job.dir / "out" / "a"
     assert link.is_symlink() and link.resolve() == (repo / "out" / "a").resolve()
     assert Path(cfg.paths.b) == job.dir / "out" / "b" and Path(cfg.paths.a) == link
+    assert enter_job(repo, "b", cfg_for(y=5), ["y=5"]).dir == job.dir and link.is_symlink()  # again: link renewed
     # the same job then running `a` writes a real folder, never through the link into the main run
     job_a = enter_job(repo, "a", cfg_for(y=5), ["y=5"])
     assert not link.is_symlink() and (repo / "out" / "a" / "v.txt").read_text().strip() == "1"

@@ -192,7 +192,7 @@ def _descendants(name: str, prod) -> set[str]:
 
 def _link(link: Path, target: Path, job_dir: Path) -> None:
     """Point `link` (inside the job folder) at `target` (main workspace), replacing what was there."""
-    if not link.parent.resolve().is_relative_to(job_dir) or link.resolve() == target.resolve():
+    if not link.parent.resolve().is_relative_to(job_dir) or os.path.abspath(link) == os.path.abspath(target):
         raise JobRefused(f"refusing to link {link} -> {target}: the link must lie inside {job_dir}")
     if link.is_symlink() or link.is_file():
         link.unlink()
