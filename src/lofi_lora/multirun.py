@@ -266,7 +266,8 @@ def enter_job(root: Path, stage: str, cfg: Any, overrides: Sequence[str]) -> Job
             f"{', '.join(f'`{m}`' for m in missing)} made with its params, and the main run's are not its own ("
             + " | ".join(f"{m}: {why}" for m, why in missing.items())
             + f").\nRun first, with the same overrides (outputs go to multirun/jobs/{job_dir.name}/):\n{steps}\n"
-            f"or the whole chain per job as DVC experiments: python stages/sweep.py {cmd}")
+            f"or the whole chain per job as DVC experiments: python stages/sweep.py {cmd}\n"
+            f"(where only the main run is out of date, `dvc repro {todo[-1]}` brings it back)")
     for rel in links:
         target = root / rel
         if not target.exists():
