@@ -79,6 +79,7 @@ def test_upstream_untouched_by_the_overrides_comes_from_main_run(repo, cfg_for):
     link = job.dir / "out" / "a"
     assert link.is_symlink() and link.resolve() == (repo / "out" / "a").resolve()
     assert Path(cfg.paths.b) == job.dir / "out" / "b" and Path(cfg.paths.a) == link
+    assert enter_job(repo, "b", cfg_for(y=5), ["y=5"]).dir == job.dir and link.is_symlink()  # again: link renewed
     # the same job then running `a` writes a real folder, never through the link into the main run
     job_a = enter_job(repo, "a", cfg_for(y=5), ["y=5"])
     assert not link.is_symlink() and (repo / "out" / "a" / "v.txt").read_text().strip() == "1"
@@ -97,10 +98,14 @@ def test_stage_finds_the_outputs_of_the_same_job_of_the_stage_before(repo, cfg_f
     assert not Path(cfg_b.paths.a).is_symlink()
     record = json.loads((job.dir / multirun.RECORD).read_text())
     assert record["a"]["params"] == {"x": 3} and "b" not in record  # b is recorded only once it succeeded
-    # rerunning `a` in that job drops downstream records: b's old outputs no longer count as this job's
-    job.finish()
+    # rerunning `a` in that job drops b's record and files: they no longer belong to this job
+    job_b = multirun.Job(repo, job.dir, "b", {"y": 1}, ["x=3"])
+    (Path(cfg_b.paths.b)).mkdir(parents=True)
+    (Path(cfg_b.paths.b) / "v.txt").write_text("3\n")
+    job_b.finish()
     enter_job(repo, "a", cfg_for(x=3), ["x=3"])
-    assert "a" not in json.loads((job.dir / multirun.RECORD).read_text())
+    record = json.loads((job.dir / multirun.RECORD).read_text())
+    assert "a" not in record and "b" not in record and not Path(cfg_b.paths.b).exists()
 
 
 def test_main_outputs_changed_since_dvc_lock_are_refused(repo, cfg_for):

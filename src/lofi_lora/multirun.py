@@ -190,8 +190,10 @@ def _descendants(name: str, prod) -> set[str]:
     return {s for s in prod if name in ancestors(s, prod)}
 
 
-def _link(link: Path, target: Path) -> None:
+def _link(link: Path, target: Path, job_dir: Path) -> None:
     """Point `link` (inside the job folder) at `target` (main workspace), replacing what was there."""
+    if not link.parent.resolve().is_relative_to(job_dir) or os.path.abspath(link) == os.path.abspath(target):
+        raise JobRefused(f"refusing to link {link} -> {target}: the link must lie inside {job_dir}")
     if link.is_symlink() or link.is_file():
         link.unlink()
     elif link.exists():
@@ -238,6 +240,8 @@ def enter_job(root: Path, stage: str, cfg: Any, overrides: Sequence[str]) -> Job
     for dep in (d for d in stages[stage].deps if "${" in d):
         owner = prod[stage].get(dep)
         main_path = resolve(dep, cfg)
+        if os.path.isabs(main_path):
+            continue  # a path the overrides chose outside the repo: read as given, never rebased or linked
         if owner is None:
             links.append(main_path)  # a source (presets, local raw audio): shared by every job
             continue
@@ -262,26 +266,35 @@ def enter_job(root: Path, stage: str, cfg: Any, overrides: Sequence[str]) -> Job
             f"{', '.join(f'`{m}`' for m in missing)} made with its params, and the main run's are not its own ("
             + " | ".join(f"{m}: {why}" for m, why in missing.items())
             + f").\nRun first, with the same overrides (outputs go to multirun/jobs/{job_dir.name}/):\n{steps}\n"
-            f"or the whole chain per job as DVC experiments: python stages/sweep.py {cmd}")
+            f"or the whole chain per job as DVC experiments: python stages/sweep.py {cmd}\n"
+            f"(where only the main run is out of date, `dvc repro {todo[-1]}` brings it back)")
     for rel in links:
         target = root / rel
         if not target.exists():
             raise JobRefused(f"stage `{stage}` needs {rel}, which does not exist: run `dvc repro {stage}` "
                              "(or its earlier stages) first")
-        _link(job_dir / rel, target)
+        _link(job_dir / rel, target, job_dir)
 
     # outputs: real files in the job folder (a link left from an earlier stage is removed, never written through)
     for out in stages[stage].outs:
-        p = job_dir / resolve(out, cfg)
+        rel = resolve(out, cfg)
+        if os.path.isabs(rel):
+            continue  # written where the overrides said
+        p = job_dir / rel
         if p.is_symlink():
             p.unlink()
-        parent = p.parent
-        while parent != job_dir and not parent.is_symlink():
-            parent = parent.parent
-        if parent != job_dir:
-            raise JobRefused(f"stage `{stage}` would write {p} through the link {parent}; remove {job_dir} and rerun")
+        through = next((job_dir / q for q in Path(rel).parents if (job_dir / q).is_symlink()), None)
+        if through is not None:
+            raise JobRefused(f"stage `{stage}` would write {p} through the link {through}; remove {job_dir} and rerun")
     for s in [stage, *_descendants(stage, prod)]:
         record.pop(s, None)  # outputs made from this stage's previous run are no longer this job's
+        if s != stage:       # ... so later stages' files go too: no table shows them beside the new run
+            for out in (resolve(o, cfg) for o in stages[s].outs):
+                p = job_dir / out
+                if not os.path.isabs(out) and (p.is_symlink() or p.is_file()):
+                    p.unlink()
+                elif not os.path.isabs(out) and p.is_dir():
+                    shutil.rmtree(p)
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(job_dir / RECORD, record)
 
