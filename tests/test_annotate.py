@@ -289,6 +289,7 @@ def test_metadata_check_cli_names_each_problem(tmp_path, capsys):
     raw.mkdir()
     meta.mkdir()
     (raw / "a.wav").write_bytes(b"")
+    (raw / "c.wav").write_bytes(b"")
     entry = {"file": "a.wav", "licence": "CC-BY-4.0", "provenance": "mine", "attribution": "me", "bpm": 72,
              "keyscale": "F# minor"}
     (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": {"a": entry}}))
@@ -296,9 +297,10 @@ def test_metadata_check_cli_names_each_problem(tmp_path, capsys):
     args = ["--metadata-dir", str(meta), "--raw-dir", str(raw), "--presets", str(REPO_ROOT / "presets")]
     assert check_main(args) == 0 and "1 track(s)" in capsys.readouterr().out
     (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": {
-        "a": entry, "b": {**entry, "file": "b.wav"}}}))
+        "a": entry, "b": {**entry, "file": "b.wav"}, "c": {**entry, "file": "c.wav"}}}))
+    (meta / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": {"a": ["CORE-01"], "b": ["CORE-01"]}}))
     assert check_main(args) == 1
     err = capsys.readouterr().err
-    assert "tracks.b.file: b.wav not found" in err and "tracks.b: no style preset" in err
+    assert "tracks.b.file: b.wav not found" in err and "tracks.c: track has no entry in style_mapping.json" in err
     (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": {"a": {**entry, "keyscale": "H dorian"}}}))
-    assert check_main(args) == 1 and "tracks.a.keyscale" in capsys.readouterr().err
+    assert check_main(args) == 1 and "tracks.a: keyscale: 'H dorian'" in capsys.readouterr().err

@@ -11,22 +11,19 @@ import sys
 from pathlib import Path
 
 from lofi_lora.errors import DataError
-from lofi_lora.metadata import SOURCES_FILE, STYLE_MAPPING_FILE, load_metadata
+from lofi_lora.metadata import SOURCES_FILE, load_metadata
 from lofi_lora.presets import PresetLibrary
 
 
 def check(metadata_dir: Path, raw_dir: Path, presets: Path) -> list[str]:
-    """Problems found, one line each (empty: all good)."""
+    """Problems found, one line each (empty: all good): the validation stage ingest runs, plus missing files."""
     try:
-        meta = load_metadata(metadata_dir, PresetLibrary(presets))
+        meta = load_metadata(metadata_dir, PresetLibrary(presets), raw_dir)
     except DataError as e:
         return [str(e)]
-    problems = []
-    for tid, entry in meta.sources.items():
-        if not (raw_dir / entry["file"]).is_file():
-            problems.append(f"{metadata_dir / SOURCES_FILE}: tracks.{tid}.file: {entry['file']} not found under {raw_dir}")
-        if tid not in meta.styles:
-            problems.append(f"{metadata_dir / STYLE_MAPPING_FILE}: tracks.{tid}: no style preset (annotate needs one)")
+    problems = [str(p) for p in meta.problems]
+    problems += [f"{metadata_dir / SOURCES_FILE}: tracks.{tid}.file: {entry['file']} not found under {raw_dir}"
+                 for tid, entry in meta.sources.items() if not (raw_dir / entry["file"]).is_file()]
     return problems
 
 
