@@ -111,7 +111,8 @@ def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_u
     evals = {r: e["eval"] for r, e in evals.items()}
     assert evals[2]["best_step"] == 4 and evals[8]["best_step"] == 4  # this job's 4-step checkpoints
     assert evals[2]["val_loss"] != evals[8]["val_loss"]
-    assert not (clone / "models" / "lora").exists(), "a multirun stage wrote into the main run"
+    main_outputs = [clone / "models" / "lora" / d for d in ("checkpoints", "final", "samples", "best")]
+    assert not any(p.exists() for p in main_outputs), "a multirun stage wrote into the main run"
     assert "val_loss" in scored.stdout and "multirun summary" in scored.stdout
 
     # export with an override evaluate never saw: its `best/` would not be this job's, so it refuses
