@@ -167,5 +167,5 @@ def test_stage_fails_with_figures_when_a_precision_misses_its_tolerance(exported
     with pytest.raises(ExportParityError, match=r"int4 denoiser vs PyTorch fp32: parity failed \(rel_l2 .* > 1\.0e-06"):
         run_export(cfg)
     assert not Path(cfg.paths.onnx).exists(), "a failed export leaves no half-written output folder"
-    failed = json.loads((tmp_path / "metrics" / "export.json").read_text())
-    assert failed["failed"] == "int4" and failed["precisions"]["int4"]["parity"]["rel_l2"] > 1e-6
+    failed = json.loads((tmp_path / "metrics" / "export.json").read_text())["export"]
+    assert failed["int4"]["rel_l2"] > 1e-6  # the figures that failed the gate are kept for `dvc metrics show`
