@@ -192,7 +192,7 @@ def test_stage_scripts_run_alone_with_an_override(tmp_path):
     clips = json.loads((tmp_path / "clips" / "clips.json").read_text())["clips"]
     assert [c["clip_id"] for c in clips] == ["t1__000", "t1__001", "t2__000"]
     assert max(c["duration_s"] for c in clips) <= 20.0
-    assert json.loads((tmp_path / "metrics" / "data.json").read_text())["clips_out"] == 3
+    assert json.loads((tmp_path / "metrics" / "data.json").read_text())["data"]["clips"] == 3
 
 
 EXPECTED_BY_KIND = {"good": "ok", "long": "ok", "clipped": "clipping", "silent": "silence",

@@ -177,7 +177,7 @@ def test_two_rank_ddp_resume_is_exact(tmp_path):
     from safetensors.torch import load_file
 
     from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-    from helpers.workspace import child_env, child_files, workspace
+    from helpers.workspace import child_env, child_files, child_result, workspace
 
     cfg = workspace(tmp_path, max_steps=6, checkpoint_every=3, keep_last=3)
     script, cfg_file = child_files(cfg, tmp_path)
@@ -186,9 +186,9 @@ def test_two_rank_ddp_resume_is_exact(tmp_path):
     final = Path(cfg.paths.lora) / "final" / DIFFUSERS_WEIGHT_NAME
     subprocess.run(torchrun, check=True, env=env, capture_output=True, timeout=300)
     full = load_file(str(final))
-    subprocess.run(torchrun + ["3"], check=True, env=env, capture_output=True, timeout=300)
+    done = subprocess.run(torchrun + ["3"], check=True, env=env, capture_output=True, text=True, timeout=300)
     resumed = load_file(str(final))
     assert set(full) == set(resumed) and full
     assert all(torch.equal(full[k], resumed[k]) for k in full)
-    metrics = (Path(cfg.paths.metrics) / "train.json").read_text()
-    assert '"world_size": 2' in metrics and '"resumed_from": 3' in metrics
+    result = child_result(done.stdout)
+    assert result["resumed_from"] == 3 and result["steps_run"] == 3 and result["steps"] == 6

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-from helpers.workspace import TRAIN_CHILD, child_env, child_files, workspace
+from helpers.workspace import TRAIN_CHILD, child_env, child_files, child_result, workspace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -27,13 +27,13 @@ GPU_SPEED = dict(compile="model", compile_mode="reduce-overhead", pad_multiple=8
 
 
 def _run(cfg, root: Path, *args: str) -> tuple[dict, dict]:
-    """Train in a child process; its metrics/train.json and torch.compile counters."""
+    """Train in a child process; what run_train returned and torch.compile counters."""
     script, cfg_file = child_files(cfg, root, CHILD)
     done = subprocess.run([sys.executable, str(script), str(cfg_file), *args], capture_output=True,
                           text=True, timeout=900, env=child_env())
     assert done.returncode == 0, done.stderr[-4000:]
     counters = json.loads(done.stdout.split("COUNTERS ")[-1])
-    return json.loads((Path(cfg.paths.metrics) / "train.json").read_text()), counters
+    return child_result(done.stdout), counters
 
 
 def _final(cfg) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ The base model is diffusers' real AceStepTransformer1DModel at toy size, saved t
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from helpers.config import real_config
 TINY_DIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=8, in_channels=192, patch_size=2, sliding_window=16)
 LATENT_C, CONTEXT_C, COND_H = 64, 128, 32
-# run_train in a process of its own (torchrun, a fresh compile): argv[1] a saved config, argv[2] a step to resume from
+# run_train in a process of its own (torchrun, a fresh compile): argv[1] a saved config, argv[2] a step to resume from;
+# prints what run_train returns (the run's counts, which the headline metrics file leaves out) on a `RESULT` line
 TRAIN_CHILD = """
+import json
 import sys
 from omegaconf import OmegaConf
 from lofi_lora.config import load_config
@@ -26,7 +29,7 @@ from lofi_lora.train import run_train
 cfg = load_config(OmegaConf.load(sys.argv[1]))
 if len(sys.argv) > 2:
     cfg.train.resume_from = int(sys.argv[2])
-run_train(cfg)
+print("RESULT " + json.dumps(run_train(cfg)), flush=True)
 """
 
 
@@ -36,6 +39,11 @@ def child_files(cfg, root: Path, script_text: str = TRAIN_CHILD) -> tuple[Path, 
     script.write_text(script_text)
     OmegaConf.save(cfg, cfg_file)
     return script, cfg_file
+
+
+def child_result(stdout: str) -> dict:
+    """What run_train returned in a child (the first `RESULT` line: every rank prints the same counts)."""
+    return json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
 
 
 def child_env() -> dict[str, str]:
