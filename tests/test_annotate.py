@@ -13,7 +13,7 @@ from lofi_lora.annotate.analysis import AnalysisOptions, analyze
 from lofi_lora.annotate.audit import audit_captions
 from lofi_lora.annotate.captions import cap_length, compose_caption
 from lofi_lora.annotate.events import Event
-from lofi_lora.annotate.features import compute_features, to_analysis_mono
+from lofi_lora.annotate.features import to_analysis_mono
 from lofi_lora.annotate.key import key_from_chroma
 from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score
 from lofi_lora.annotate.sidecar import check_sidecar, load_sidecar

@@ -13,7 +13,6 @@ WORDS = ("lofi hip hop chill mellow jazzy piano vinyl crackle rain beat drums ba
 
 def build_tiny_clap(path, vocab_size=400):
     """Save a randomly initialised tiny ClapModel + processor (byte-level BPE tokenizer) to `path`."""
-    import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizerFast
 

@@ -4,7 +4,6 @@ These run the real pipeline (all stages, tiny model) in a throwaway clone, so th
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

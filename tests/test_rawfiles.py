@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from lofi_lora.rawfiles import ignore_refused, main, scan
 

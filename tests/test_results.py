@@ -68,3 +68,14 @@ def test_caption_audit_table_is_the_same_under_any_string_hash_seed():
     assert len(outs) == 1, outs
     top = json.loads(outs.pop())["top_shared_ngrams"]
     assert [t["ngram"] for t in top] == sorted(t["ngram"] for t in top)  # equal counts: alphabetical
+
+
+def test_export_headline_is_parity_and_size_per_precision_and_latency_stays_out():
+    prec = {"parity": {"cosine": 0.9999, "rel_l2": 0.007}, "ratio_to_fp32": 0.26, "mb": 0.3, "latency_ms": 1.7,
+            "parity_cases": {"2x24": {"cosine": 0.9999, "rel_l2": 0.006}}, "sampler_audio": {"cosine": 0.998}}
+    head, tables, timings = split_export({"lora_layers_merged": 16, "merge": {"cosine": 1.0, "rel_l2": 0.0},
+                                          "precisions": {"int8": prec}, "torch_fp32_latency_ms": 2.0})
+    assert head["int8"] == {"cosine": 0.9999, "rel_l2": 0.007, "size_ratio": 0.26, "mb": 0.3, "audio_cosine": 0.998}
+    assert [r["case"] for r in tables["parity"]] == ["2x24", "sampler_audio"]
+    assert timings["latency"] == {"torch_fp32_ms": 2.0, "int8_ms": 1.7}
+    assert "latency" not in str(head)
