@@ -3,8 +3,8 @@
 What a user with real weights runs, minus the real weights: a checkpoint in upstream's native layout at real size
 (2B or XL, random weights) is built just before stage base_model, so the chain runs from the folder a user
 downloads (conversion included) to the INT4 ONNX model. The corpus is the synth stage's at realistic length
-(default 20 tracks of 235.5-239.5 s: one clip per track, so with batch 1 every train step has the one 240 s shape
-and the CUDA-graph profile compiles once). Each stage runs through DVC (`dvc repro -s <stage>`, in dvc.yaml order)
+(default 20 tracks of 175.5-179.5 s, one hour of audio: one clip per track, so with batch 1 every train step has
+the one 180 s shape and the CUDA-graph profile compiles once). Each stage runs through DVC (`dvc repro -s <stage>`, in dvc.yaml order)
 in a fresh copy of the repository, so DVC's own bookkeeping is part of what is timed. Per stage it records the
 wall time, the peak GPU memory PyTorch reserved (a `sitecustomize` hook on the stage's PYTHONPATH writes
 `torch.cuda.max_memory_reserved()` at exit) and NVML's peak for the GPU the stage claimed.
@@ -23,6 +23,7 @@ Results are merged into `--json` (default benchmarks/rehearsal.json) as one run 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -38,7 +39,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # what a stage needs of the repository (everything else is an output or a developer file)
-COPY = ["src", "stages", "conf", "presets", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvcignore",
+COPY = ["src", "stages", "conf", "presets", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config",
+        ".dvc/.gitignore", ".dvcignore",
         ".gitignore", "data/.gitignore", "data/metadata/.gitignore", "data/raw/.gitignore", "models/.gitignore",
         "models/lora/.gitignore"]
 GIB = 2**30
@@ -120,30 +122,37 @@ def copy_repo(work: Path, cache_dir: Path | None) -> None:
         elif src.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
-    who = "rehearsal <rehearsal@localhost>"
-    if shutil.which("git"):  # one commit: DVCLive asks for HEAD
-        env = {**os.environ, "GIT_AUTHOR_NAME": "rehearsal", "GIT_AUTHOR_EMAIL": "rehearsal@localhost",
-               "GIT_COMMITTER_NAME": "rehearsal", "GIT_COMMITTER_EMAIL": "rehearsal@localhost"}
-        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "rehearsal"]):
-            subprocess.run(["git", *cmd], cwd=work, check=True, env=env)
-    else:  # a machine without the git binary: dulwich (a DVC dependency) writes the same repository
-        from dulwich import porcelain
-
-        porcelain.init(str(work))
-        porcelain.add(str(work))
-        porcelain.commit(str(work), message=b"rehearsal", author=who.encode(), committer=who.encode())
+    commit_all(work, "rehearsal", init=True)  # DVCLive asks for HEAD
     if cache_dir is not None:
         (work / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache_dir}\n    type = \"hardlink,copy\"\n")
+
+
+def commit_all(work: Path, message: str, init: bool = False) -> None:
+    """`git add -A && git commit` (after `git init`), through dulwich (a DVC dependency) where git is missing."""
+    who = "rehearsal <rehearsal@localhost>"
+    if shutil.which("git"):
+        env = {**os.environ, "GIT_AUTHOR_NAME": "rehearsal", "GIT_AUTHOR_EMAIL": "rehearsal@localhost",
+               "GIT_COMMITTER_NAME": "rehearsal", "GIT_COMMITTER_EMAIL": "rehearsal@localhost"}
+        for cmd in ([["init", "-q"]] if init else []) + [["add", "-A"], ["commit", "-qm", message, "--allow-empty"]]:
+            subprocess.run(["git", *cmd], cwd=work, check=True, env=env, capture_output=True)
+        return
+    from dulwich import porcelain
+
+    if init:
+        porcelain.init(str(work))
+    porcelain.add(str(work))
+    porcelain.commit(str(work), message=message.encode(), author=who.encode(), committer=who.encode())
 
 
 def stage_env(work: Path, peak_file: Path) -> dict[str, str]:
     hook = work / ".rehearsal" / "hook"
     hook.mkdir(parents=True, exist_ok=True)
     (hook / "sitecustomize.py").write_text(HOOK)
-    shim = work / ".rehearsal" / "bin"  # dvc.yaml says `python`: the interpreter running this script
+    shim = work / ".rehearsal" / "bin"  # dvc.yaml says `python`, DVC's queue spawns `dvc`: this interpreter's
     shim.mkdir(parents=True, exist_ok=True)
-    (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    (shim / "python").chmod(0o755)
+    for name, cmd in (("python", f'"{sys.executable}"'), ("dvc", f'"{sys.executable}" -m dvc')):
+        (shim / name).write_text(f'#!/bin/sh\nexec {cmd} "$@"\n')
+        (shim / name).chmod(0o755)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(hook), str(work / "src"), *filter(None, [env.get("PYTHONPATH")])])
     env["PATH"] = os.pathsep.join([str(shim), env.get("PATH", "")])
@@ -153,19 +162,23 @@ def stage_env(work: Path, peak_file: Path) -> dict[str, str]:
     return env
 
 
+def nvml_handles() -> tuple:
+    """(pynvml, a handle per GPU), or (None, []) without NVML or a GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:
+        return None, []
+
+
 class NvmlPeak:
     """GPU memory in use per device, sampled every 0.2 s (nothing without NVML or a GPU). Stages hold a GPU by a
     lock (lofi_lora.runtime.pick_device), so the peak of the GPU a stage used is that stage's own."""
 
     def __init__(self):
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        except Exception:
-            self._nvml, self._handles = None, []
+        self._nvml, self._handles = nvml_handles()
         self.peaks: list[int] = []
         self._stop = threading.Event()
 
@@ -228,6 +241,9 @@ def run_stage(stage: str, work: Path, logs: Path, nvml: NvmlPeak, kill_when=None
     # then the GPU it claimed (lofi_lora.runtime logs "using cuda:N") and NVML's figure for it are what is known
     devices = devices or sorted({int(d) for d in re.findall(r"using cuda:(\d+)", text)})
     rec = {"wall_s": round(wall, 1), "peak_gpu_gib": peak or None, "peak_gpu_used_gib": nvml.gib(devices)}
+    timings = logged_timings(text)
+    if timings is not None:
+        rec["timings"] = timings
     if "skipping run" in text or "didn't change, skipping" in text:
         rec["dvc"] = "restored from the run-cache" if "skipping run" in text else "unchanged, skipped"
     if killed:
@@ -236,6 +252,15 @@ def run_stage(stage: str, work: Path, logs: Path, nvml: NvmlPeak, kill_when=None
         tail = log_path.read_text(errors="replace").splitlines()[-40:]
         raise RuntimeError(f"stage {stage} failed (exit {proc.returncode}); log {log_path}:\n" + "\n".join(tail))
     return rec
+
+
+def logged_timings(log_text: str) -> dict | None:
+    """The stage's last `<stage> timings (logged only, not versioned): {...}` line (lofi_lora.results)."""
+    found = re.findall(r"timings \(logged only, not versioned\): (\{.*\})\s*$", log_text, flags=re.M)
+    try:
+        return ast.literal_eval(found[-1]) if found else None
+    except (ValueError, SyntaxError):
+        return None
 
 
 def logged_losses(work: Path) -> dict[int, float]:
@@ -267,8 +292,7 @@ def train_with_kill(work: Path, logs: Path, nvml: NvmlPeak, kill_at: int) -> tup
     before = logged_losses(work)
     ckpts_at_kill = checkpoint_steps(work)
     second = run_stage("train", work, logs, nvml)
-    train_json = json.loads((work / "metrics" / "train.json").read_text())
-    resumed = train_json.get("resumed_from")
+    resumed = (second.get("timings") or {}).get("resumed_from")
     after = logged_losses(work)
     redone = sorted(s for s in before if resumed is not None and s > resumed and s in after)
     rel = [abs(after[s] - before[s]) / max(abs(before[s]), 1e-12) for s in redone]
@@ -350,9 +374,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="fresh repository copy to run in (deleted first)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="native checkpoint root (built when missing)")
     ap.add_argument("--tracks", type=int, default=20)
-    ap.add_argument("--seconds", type=float, nargs=2, default=(239.5, 239.5), metavar=("MIN", "MAX"),
-                    help="track length (whole bars up to this, so 235.5-239.5 s: one 240 s padded shape)")
-    ap.add_argument("--max-clip", type=float, default=240.0, help="audio.max_clip_seconds: a track is one clip")
+    ap.add_argument("--seconds", type=float, nargs=2, default=(179.5, 179.5), metavar=("MIN", "MAX"),
+                    help="track length (whole bars up to this, so 175.5-179.5 s: one 180 s padded shape)")
+    ap.add_argument("--max-clip", type=float, default=180.0, help="audio.max_clip_seconds: a track is one clip")
     ap.add_argument("--workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 2)))
     ap.add_argument("--kill-at-step", type=int, default=None, help="SIGKILL train once this step is logged")
     ap.add_argument("--cache-dir", type=Path, default=None, help="DVC cache shared with other rehearsals")
@@ -382,6 +406,7 @@ def main() -> None:
     overrides += corpus_overrides(args.tracks, tuple(args.seconds), args.max_clip, args.workers)
     overrides += spec["run"] + args.overrides
     run["overrides"] = overrides
+    (logs.parent / "overrides.json").write_text(json.dumps(overrides))  # benchmarks/queued_sweep.py repeats them
     env = stage_env(work, logs / "compose.peak")
     subprocess.run([sys.executable, "-m", "lofi_lora.params", *overrides], cwd=work, env=env, check=True,
                    stdout=subprocess.DEVNULL)
@@ -421,6 +446,7 @@ def main() -> None:
                                 text=True)
         run["dvc_status"] = status.stdout.strip()[-2000:]
         run["status"] = "ok"
+        run["pipeline_wall_s"] = round(sum(r["wall_s"] for r in run["stages"].values()), 1)
     except RuntimeError as e:
         run["status"], run["error"] = "failed", str(e)[-4000:]
         print(e, file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,3 +93,14 @@ def test_undecodable_file_names_the_file(tmp_path):
     if audio.ffmpeg_exe() is not None:
         with pytest.raises(DataError, match="junk.m4a"):
             audio.read(junk)
+
+
+def test_long_ogg_write_does_not_crash(tmp_path):
+    """libsndfile's Vorbis encoder overflowed the stack on one 60 s write (SIGSEGV in the report of a full-size
+    rehearsal); `audio.write` feeds it in blocks. Run in a child so a crash fails this test, not the suite."""
+    code = ("import sys, numpy as np; from lofi_lora import audio; "
+            "x = (np.random.default_rng(0).standard_normal((2, 48000 * 90)) * 0.1).astype(np.float32); "
+            "audio.write(sys.argv[1], x, 48000); print(audio.info(sys.argv[1]).frames)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "long.ogg")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) == 48000 * 90

@@ -121,6 +121,24 @@ def test_encode_audio_shapes_and_seeded_sampling(pipe):
     assert not torch.equal(a, mean)
 
 
+def test_long_audio_is_encoded_in_tiles_matching_one_pass(pipe, monkeypatch):
+    """Clips over 30 s go through the VAE in overlapping windows (bounded memory: a 240 s clip untiled reserved
+    the whole of an H200), and the trimmed overlap makes the latents those of one pass."""
+    assert pipe.vae.use_tiling
+    audio = torch.randn(1, 2, 48000 * 70) * 0.1
+    windows = []
+    hook = pipe.vae.encoder.register_forward_pre_hook(lambda _m, args: windows.append(args[0].shape[-1]))
+    try:
+        tiled = backend.encode_audio(pipe, audio, sample=False)
+    finally:
+        hook.remove()
+    monkeypatch.setattr(pipe.vae, "use_tiling", False)
+    whole = backend.encode_audio(pipe, audio, sample=False)
+    assert len(windows) == 3 and max(windows) <= pipe.vae.tile_sample_min_length
+    assert tiled.shape == whole.shape == (1, 70 * 25, pipe.transformer.config.audio_acoustic_hidden_dim)
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+
+
 def test_local_folder_is_verified_and_referenced_not_copied(tiny, tmp_path):
     cfg, _ = tiny
     real = make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=cfg.paths.base_model)

@@ -181,7 +181,9 @@ def write(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | 
     with atomic_path(path) as tmp:
         with sf.SoundFile(str(tmp), "w", samplerate=sample_rate, channels=audio.shape[0], format=fmt,
                           subtype=subtype, **extra) as f:
-            f.write(np.ascontiguousarray(audio.T))
+            frames = np.ascontiguousarray(audio.T)
+            for i in range(0, len(frames), 1 << 16):  # one call per block: libsndfile's Vorbis encoder
+                f.write(frames[i:i + (1 << 16)])     # overflowed the stack on a 30 s write (SIGSEGV)
         if fmt == "OGG":
             tmp.write_bytes(fixed_ogg_serial(tmp.read_bytes()))
 

@@ -96,6 +96,10 @@ def load_pipeline(model_cfg, base_model_path: str | Path, device: str | torch.de
     folder = model_dir(model_cfg, base_model_path)
     # The audio tokenizer/detokenizer (cover / audio-code tasks, ~0.2 B parameters) are not used for text2music.
     pipe = AceStepPipeline.from_pretrained(str(folder), dtype=dtype, audio_tokenizer=None, audio_token_detokenizer=None)
+    # Oobleck's activations grow with clip length (about 145 MiB per second of stereo audio in float32): one 240 s
+    # clip alone needs tens of GiB untiled. diffusers' overlap-discard tiling (30 s windows, 2 s overlap per side on
+    # encode, as upstream's trainers do) bounds it; the trimmed overlap keeps tile seams out of the latents.
+    pipe.vae.enable_tiling()
     return pipe.to(device)
 
 

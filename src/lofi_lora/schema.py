@@ -344,6 +344,7 @@ class Export:
     parity_batch: int = key(ge=1)
     parity_encoder_len: int = key(ge=1)
     ort_threads: Optional[int] = key(ge=1)
+    on_gate_failure: str = key(choices=("drop", "error"))
     tolerance: Dict[str, Tolerance] = section()
     latency: ExportLatency = section()
     sampler: ExportSampler = section()
