@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rehearsal import commit_all, nvml_handles, stage_env  # noqa: E402  (the rehearsal's `python` shim and PYTHONPATH)
+from rehearsal import commit_all, nvml_handles, portable, stage_env  # noqa: E402  (the rehearsal's `python` shim and PYTHONPATH)
 
 
 def dvc(work: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -127,8 +127,8 @@ def main() -> None:
     both = set.intersection(*gpus.seen.values()) if len(busy) > 1 else set()
     record["seconds_with_a_member_on_every_gpu"] = round(0.5 * len(both), 1)
     shown = dvc(work, env, "exp", "show", "--json", check=False).stdout
-    record["exp_show_bytes"] = len(shown)
     (work / ".rehearsal" / "logs" / "exp_show.json").write_text(shown)
+    record = portable(record, work.parent)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1), flush=True)

@@ -397,7 +397,7 @@ def main() -> None:
     logs = work / ".rehearsal" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(work / "src"))
-    run: dict = {"variant": args.variant, "device": device_name(), "status": "running", "stages": {}}
+    run: dict = {"variant": args.variant, "device": device_name(), "status": "running", "stages": {}, "work": str(work)}
     overrides = list(spec["model"])
     ckpt = None
     if spec["build"]:
@@ -471,8 +471,14 @@ def figures(work: Path) -> dict:
     return out
 
 
+def portable(record: dict, root: Path) -> dict:
+    """`record` with the machine's work root written as `<work root>` (the file is versioned)."""
+    return json.loads(json.dumps(record).replace(json.dumps(str(root))[1:-1], "<work root>"))
+
+
 def save(path: Path, run: dict) -> None:
     """Merge `run` into the JSON file: one entry per (variant, device), newest wins."""
+    run = portable(run, Path(run["work"]).parent) if "work" in run else run
     data = json.loads(path.read_text()) if path.is_file() else {"runs": []}
     data["runs"] = [r for r in data["runs"] if (r["variant"], r["device"]) != (run["variant"], run["device"])] + [run]
     tmp = path.with_suffix(".tmp")

@@ -190,19 +190,14 @@ def export_denoiser(transformer: torch.nn.Module, path: str | Path, opset: int, 
 
 
 def export_vae_decoder(vae: torch.nn.Module, path: str | Path, opset: int, frames: int = 8) -> list[Path]:
-    """Export `AutoencoderOobleck.decode` with dynamic batch and latent frames (tiling off: one graph call)."""
+    """Export `AutoencoderOobleck.decode` with dynamic batch and latent frames (one graph call: tiling must be off)."""
     from torch.export import Dim
 
     p = next(vae.parameters())
     channels = int(vae.config.decoder_input_channels)
     z = torch.randn(2, channels, frames, generator=torch.Generator().manual_seed(0)).to(p.device, torch.float32)
     shapes = {"latents": {0: Dim("batch"), 2: Dim("frames")}}
-    tiling = getattr(vae, "use_tiling", False)
-    vae.use_tiling = False
-    try:
-        proto = _export(VaeDecoder(vae).eval(), (z,), shapes, ["latents"], ["audio"], opset)
-    finally:
-        vae.use_tiling = tiling
+    proto = _export(VaeDecoder(vae).eval(), (z,), shapes, ["latents"], ["audio"], opset)
     _name_axes(proto, {"latents": ["batch", None, "frames"], "audio": ["batch", None, "samples"]})
     files = save_onnx(proto, path)
     check_onnx(path)

@@ -75,6 +75,7 @@ def export_pipeline(pipe, ecfg, out_dir: Path, metrics_path: Path) -> dict:
         ExportParityError: the merge or a precision misses its tolerance (message carries the figures).
     """
     e = _settings(ecfg)
+    pipe.vae.disable_tiling()  # the ONNX VAE decodes in one pass, so the PyTorch references must too
     transformer = pipe.transformer.eval()
     dims = ox.denoiser_dims(transformer)
     cases = [ox.denoiser_inputs(dims, int(e["parity_batch"]), int(n), int(e["parity_encoder_len"]), seed=100 + i)
