@@ -6,7 +6,8 @@
 # SIGKILLed after that step and resumed (about 5 more minutes: a second compile). Once the 2B rehearsal has ended
 # (ok or not), `dvc queue start -j 2` runs lora.r=32 and lora.r=64 (200 steps, up to evaluate) in its work folder;
 # the members take GPU locks of their own, so one may share a GPU with the XL rehearsal's last stages instead of
-# waiting for it. About 20 minutes on 2 x H200 without the kill (estimated from session 5's stage times).
+# waiting for it. Measured on 2 x H200 without the kill: 2B rehearsal 1,002 s, then the sweep 410 s; XL 1,218 s
+# (about 24 minutes in all, 1,474 s of device time with the machine's start).
 #   bash benchmarks/rehearsal_device.sh WORK_ROOT RESULTS_DIR [XL kill step]
 # WORK_ROOT holds about 60 GB (checkpoints, conversions, ONNX files): keep it outside the checkout, where nothing
 # that syncs or cleans the checkout can remove it while the rehearsals run (that ended the first attempt).
