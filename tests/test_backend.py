@@ -124,8 +124,12 @@ def test_encode_audio_shapes_and_seeded_sampling(pipe):
 def test_long_audio_is_encoded_in_tiles_matching_one_pass(pipe, monkeypatch):
     """Clips over 30 s go through the VAE in overlapping windows (bounded memory: a 240 s clip untiled reserved
     the whole of an H200), and the trimmed overlap makes the latents those of one pass."""
-    assert pipe.vae.use_tiling
-    audio = torch.randn(1, 2, 48000 * 70) * 0.1
+    assert pipe.vae.use_tiling and pipe.vae.tile_sample_min_length == 48000 * 30
+    # the same mechanism on 5 s windows with 1 s overlap (frame-aligned, as 30 s / 2 s are), so four windows cost
+    # 9 s of audio, not 70; the last, ragged one (1000 samples) is a clip length that is no multiple of the VAE's hop
+    monkeypatch.setattr(pipe.vae, "tile_sample_min_length", 48000 * 5)
+    monkeypatch.setattr(pipe.vae, "tile_sample_overlap", 48000)
+    audio = torch.randn(1, 2, 48000 * 9 + 1000) * 0.1
     windows = []
     hook = pipe.vae.encoder.register_forward_pre_hook(lambda _m, args: windows.append(args[0].shape[-1]))
     try:
@@ -134,8 +138,8 @@ def test_long_audio_is_encoded_in_tiles_matching_one_pass(pipe, monkeypatch):
         hook.remove()
     monkeypatch.setattr(pipe.vae, "use_tiling", False)
     whole = backend.encode_audio(pipe, audio, sample=False)
-    assert len(windows) == 3 and max(windows) <= pipe.vae.tile_sample_min_length
-    assert tiled.shape == whole.shape == (1, 70 * 25, pipe.transformer.config.audio_acoustic_hidden_dim)
+    assert len(windows) == 4 and max(windows) <= pipe.vae.tile_sample_min_length
+    assert tiled.shape == whole.shape and tiled.shape[1:] == (9 * 25 + 1, pipe.transformer.config.audio_acoustic_hidden_dim)
     torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
 
 

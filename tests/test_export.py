@@ -188,3 +188,7 @@ def test_a_lossy_precision_missing_its_gate_is_dropped_and_flagged(exported, tmp
     assert head["int8"]["passed"] is True and head["fp32"]["passed"] is True
     assert not (tmp_path / "onnx" / "int4").exists()
     assert (tmp_path / "onnx" / "int8" / "denoiser.onnx").is_file() and (tmp_path / "onnx" / "fp32").is_dir()
+    from lofi_lora.export.sampler import OnnxSampler
+
+    with pytest.raises(FileNotFoundError, match="export.int4.passed is false"):
+        OnnxSampler(tmp_path / "onnx", "int4")

@@ -14,7 +14,7 @@ def _export_full():
         precisions[p] = {"bytes": 1000 - 100 * i, "mb": 0.001, "ratio_to_fp32": 1 - 0.1 * i, "parity": PARITY,
                          "parity_cases": {"2x24": PARITY, "2x51": PARITY}, "latency_ms": 1.4 + i,
                          "latency": {"median_ms": 1.4 + i, "min_ms": 1.3, "max_ms": 1.6, "repeats": 10},
-                         "sampler_audio": PARITY}
+                         "sampler_audio": PARITY, "passed": True}
     return {"opset": 20, "providers": ["CPUExecutionProvider"], "lora_layers_merged": 16, "merge": PARITY,
             "parity_shapes": [[2, 24, 8]], "latency_shape": {"batch": 1}, "torch_fp32_latency_ms": 3.0,
             "precisions": precisions, "timing_s": {"export_fp32": 11.9}, "vae_decoder": {"parity": PARITY}}
@@ -27,6 +27,7 @@ def test_export_metrics_name_precisions_and_keep_latency_out_of_files(tmp_path, 
     m = json.loads(path.read_text())
     assert list(m) == ["export"]  # dvc exp show columns: export.int4.cosine, export.int4.size_ratio
     assert m["export"]["int4"]["cosine"] == PARITY["cosine"] and m["export"]["int4"]["size_ratio"] == pytest.approx(0.7)
+    assert m["export"]["int4"]["passed"] is True  # dvc exp show: export.int4.passed
     assert count_numbers(m) <= 25
     rows = json.loads((tmp_path / "metrics" / "export" / "parity.json").read_text())
     assert len(rows) == 4 * 3 and {r["case"] for r in rows} == {"2x24", "2x51", "sampler_audio"}
@@ -72,10 +73,11 @@ def test_caption_audit_table_is_the_same_under_any_string_hash_seed():
 
 def test_export_headline_is_parity_and_size_per_precision_and_latency_stays_out():
     prec = {"parity": {"cosine": 0.9999, "rel_l2": 0.007}, "ratio_to_fp32": 0.26, "mb": 0.3, "latency_ms": 1.7,
-            "parity_cases": {"2x24": {"cosine": 0.9999, "rel_l2": 0.006}}, "sampler_audio": {"cosine": 0.998}}
+            "parity_cases": {"2x24": {"cosine": 0.9999, "rel_l2": 0.006}}, "sampler_audio": {"cosine": 0.998},
+            "passed": True}
     head, tables, timings = split_export({"lora_layers_merged": 16, "merge": {"cosine": 1.0, "rel_l2": 0.0},
                                           "precisions": {"int8": prec}, "torch_fp32_latency_ms": 2.0})
-    assert head["int8"] == {"cosine": 0.9999, "rel_l2": 0.007, "size_ratio": 0.26, "mb": 0.3, "audio_cosine": 0.998}
+    assert head["int8"] == {"passed": True, "cosine": 0.9999, "rel_l2": 0.007, "size_ratio": 0.26, "mb": 0.3, "audio_cosine": 0.998}
     assert [r["case"] for r in tables["parity"]] == ["2x24", "sampler_audio"]
     assert timings["latency"] == {"torch_fp32_ms": 2.0, "int8_ms": 1.7}
     assert "latency" not in str(head)

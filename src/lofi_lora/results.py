@@ -112,8 +112,7 @@ def split_export(m: dict[str, Any]) -> Split:
         head["vae"] = _pick(m["vae_decoder"]["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"})
     rows, latency = [], {"torch_fp32_ms": m.get("torch_fp32_latency_ms")}
     for p, f in (m.get("precisions") or {}).items():
-        head[p] = {**({"passed": f["passed"]} if "passed" in f else {}),
-                   **_pick(f["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"}),
+        head[p] = {"passed": f["passed"], **_pick(f["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"}),
                    "size_ratio": _num(f["ratio_to_fp32"]), "mb": _num(f["mb"]),
                    "audio_cosine": _num(f["sampler_audio"]["cosine"])}
         for case, figs in f.get("parity_cases", {}).items():

@@ -193,6 +193,8 @@ def export_vae_decoder(vae: torch.nn.Module, path: str | Path, opset: int, frame
     """Export `AutoencoderOobleck.decode` with dynamic batch and latent frames (one graph call: tiling must be off)."""
     from torch.export import Dim
 
+    if getattr(vae, "use_tiling", False):  # the tiled decode is a Python loop over a dynamic length
+        raise ValueError("export_vae_decoder: call vae.disable_tiling() first (the ONNX decoder is one pass)")
     p = next(vae.parameters())
     channels = int(vae.config.decoder_input_channels)
     z = torch.randn(2, channels, frames, generator=torch.Generator().manual_seed(0)).to(p.device, torch.float32)

@@ -70,7 +70,8 @@ class OnnxSampler:
         self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         denoiser_path = self.root / precision / "denoiser.onnx"
         if not denoiser_path.is_file():
-            raise FileNotFoundError(f"{denoiser_path}: precision {precision!r} was not exported")
+            raise FileNotFoundError(f"{denoiser_path}: precision {precision!r} was not exported (not in "
+                                    f"export.precisions, or export.{precision}.passed is false: it missed its parity gate)")
         self.denoiser = session(denoiser_path, threads, prefer_gpu)
         self.vae = session(self.root / self.manifest["vae_decoder"], threads, prefer_gpu)
         self.precision = precision
