@@ -19,9 +19,11 @@ TINY_DIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_a
                 num_key_value_heads=2, head_dim=8, in_channels=192, patch_size=2, sliding_window=16)
 LATENT_C, CONTEXT_C, COND_H = 64, 128, 32
 # run_train in a process of its own (torchrun, a fresh compile): argv[1] a saved config, argv[2] a step to resume from;
-# prints what run_train returns (the run's counts, which the headline metrics file leaves out) on a `RESULT` line
+# rank 0 prints what run_train returns (the run's counts, which the headline metrics file leaves out) on a `RESULT`
+# line, in one write: two ranks printing to the same pipe interleaved their lines (CI, stop 21)
 TRAIN_CHILD = """
 import json
+import os
 import sys
 from omegaconf import OmegaConf
 from lofi_lora.config import load_config
@@ -29,7 +31,9 @@ from lofi_lora.train import run_train
 cfg = load_config(OmegaConf.load(sys.argv[1]))
 if len(sys.argv) > 2:
     cfg.train.resume_from = int(sys.argv[2])
-print("RESULT " + json.dumps(run_train(cfg)), flush=True)
+result = run_train(cfg)
+if os.environ.get("RANK", "0") == "0":
+    os.write(1, ("RESULT " + json.dumps(result) + "\\n").encode())
 """
 
 
@@ -42,7 +46,7 @@ def child_files(cfg, root: Path, script_text: str = TRAIN_CHILD) -> tuple[Path, 
 
 
 def child_result(stdout: str) -> dict:
-    """What run_train returned in a child (the first `RESULT` line: every rank prints the same counts)."""
+    """What run_train returned in a child (its one `RESULT` line, rank 0's: every rank has the same counts)."""
     return json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
 
 
