@@ -4,6 +4,7 @@ These run the real pipeline (all stages, tiny model) in a throwaway clone, so th
 """
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,30 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.clone import DVC, ENV, copy_of
+from helpers.clone import run as _run
 from lofi_lora.params import REPO_ROOT
 
-pytestmark = pytest.mark.slow
-DVC = str(Path(sys.executable).with_name("dvc"))
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
-
-
-def _run(args, cwd, check=True):
-    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reproduced_clone")]
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    """A fresh clone of the committed repo (what CI and a user get), reproduced once."""
-    dst = tmp_path_factory.mktemp("clone") / "repo"
-    _run(["git", "clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(dst)], cwd=REPO_ROOT)
-    # the venv's python must run the stages: dvc.yaml calls `python`
-    ENV["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{ENV['PATH']}"
-    _run([DVC, "repro"], cwd=dst)
-    return dst
+def clone(reproduced_clone, tmp_path_factory):
+    """This module's copy of the fresh, reproduced clone (what CI and a user get)."""
+    return copy_of(reproduced_clone, tmp_path_factory.mktemp("clone") / "repo")
 
 
 def test_fresh_clone_reproduces_the_committed_results_byte_for_byte(clone):
@@ -119,14 +107,21 @@ def test_readme_queued_sweep_runs_as_printed(clone):
     assert "eval.val_loss" in diff["metrics/eval.json"], diff
 
 
-def test_exp_run_recomposes_params_and_reruns_only_affected_stages(clone):
-    proc = _run([DVC, "exp", "run", "-S", "audio.max_clip_seconds=20", "-n", "clip20"], cwd=clone)
-    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert "preprocess" in ran and "synth" not in ran and "ingest" not in ran and "base_model" not in ran, proc.stdout
-    params = yaml.safe_load((clone / "params.yaml").read_text())
-    assert params["audio"]["max_clip_seconds"] == 20
-    shown = _run([DVC, "exp", "show", "--json"], cwd=clone).stdout
-    assert "clip20" in shown and "max_clip_seconds" in shown
+def test_readme_exp_run_recomposes_params_and_reruns_only_affected_stages(clone):
+    """The README's one-experiment line as printed: params.yaml recomposed with the override, only the stages that
+    read it (and those after them) rerun, and the experiment is DVC's."""
+    line = next(ln for ln in _readme_block("## Experiments") if ln.startswith("dvc exp run -S"))
+    args = [DVC if a == "dvc" else a for a in shlex.split(line)]
+    key, value = args[-1].split("=")
+    proc = _run(args, cwd=clone)
+    ran = {ln.split("'")[1] for ln in proc.stdout.splitlines() if ln.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "export"}, proc.stdout
+    section, name = key.split(".")
+    assert yaml.safe_load((clone / "params.yaml").read_text())[section][name] == int(value)
+    rows = json.loads(_run([DVC, "exp", "show", "--json"], cwd=clone).stdout)
+    shown = [e["revs"][0]["data"]["params"]["params.yaml"]["data"][section][name]
+             for rev in rows for e in (rev.get("experiments") or [])]
+    assert int(value) in shown, shown
 
 
 def test_stage_script_runs_alone_with_an_override(clone):

@@ -1,33 +1,25 @@
 """Sweeps whose numbers belong to their own job: the whole-chain sweep (each job a DVC experiment) and stage
 scripts under `-m`, on the embedded default in a throwaway clone (tiny steps; slow: real training and export)."""
+import hashlib
 import json
-import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers.clone import copy_of
+from helpers.clone import run as _run
 from lofi_lora.headline import HEADLINES, headline_metrics
 from lofi_lora.multirun import job_key
 from lofi_lora.params import REPO_ROOT
 
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+pytestmark = pytest.mark.xdist_group("reproduced_clone")
 # README "Sweeps" prints this command; the test runs it as printed
 SWEEP = ("python stages/sweep.py -m lora.r=2,8 train.max_steps=4 train.checkpoint_every=2 eval.last_n=1 "
          "eval.num_prompts=1 'eval.seeds=[0]' 'export.precisions=[fp32,int4]'")
 TINY = ["train.max_steps=4", "train.checkpoint_every=2", "eval.last_n=1", "eval.num_prompts=1", "eval.seeds=[0]"]
-
-
-def _run(args, cwd, check=True):
-    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 def _py(cmd: str) -> list[str]:
@@ -36,12 +28,15 @@ def _py(cmd: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    """A fresh clone with the stages before train reproduced (the sweep jobs rerun train, evaluate, export)."""
-    dst = tmp_path_factory.mktemp("sweep") / "repo"
-    _run(["git", "clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(dst)], cwd=REPO_ROOT)
-    _run([sys.executable, "-m", "dvc", "repro", "dataset"], cwd=dst)
-    return dst
+def clone(reproduced_clone, tmp_path_factory):
+    """This module's copy of the fresh, reproduced clone: the sweep jobs rerun train, evaluate and export."""
+    return copy_of(reproduced_clone, tmp_path_factory.mktemp("sweep") / "repo")
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """path -> sha256 of every file under `folder`."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _cached_adapter_rank(repo: Path, dir_hash: str) -> int:
@@ -99,9 +94,10 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
 @pytest.mark.slow
 def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_uses_it(clone):
     over = ["lora.r=2,8", *TINY]
+    main_run = _tree(clone / "models")  # the main run's adapter, checkpoints, samples and ONNX files
     refused = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone, check=False)
     assert refused.returncode != 0 and "python stages/train.py -m" in refused.stderr, refused.stderr[-3000:]
-    assert not (clone / "models" / "lora" / "samples").exists()  # nothing scored, nothing written to the main run
+    assert _tree(clone / "models") == main_run  # nothing scored, nothing written to the main run
 
     _run([sys.executable, "stages/train.py", "-m", *over], cwd=clone)
     scored = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone)
@@ -111,8 +107,7 @@ def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_u
     evals = {r: e["eval"] for r, e in evals.items()}
     assert evals[2]["best_step"] == 4 and evals[8]["best_step"] == 4  # this job's 4-step checkpoints
     assert evals[2]["val_loss"] != evals[8]["val_loss"]
-    main_outputs = [clone / "models" / "lora" / d for d in ("checkpoints", "final", "samples", "best")]
-    assert not any(p.exists() for p in main_outputs), "a multirun stage wrote into the main run"
+    assert _tree(clone / "models") == main_run, "a multirun stage wrote into the main run"
     assert "val_loss" in scored.stdout and "multirun summary" in scored.stdout
 
     # export with an override evaluate never saw: its `best/` would not be this job's, so it refuses

@@ -22,7 +22,7 @@ import torch
 from lofi_lora import adapters
 from lofi_lora.config import config_hash, to_plain
 from lofi_lora.errors import ModelError
-from lofi_lora.fsutil import atomic_dir, atomic_write_json
+from lofi_lora.fsutil import atomic_dir
 from lofi_lora.objective import Objective, cfg_dropout_ratio, timestep_scheme
 from lofi_lora.train_state import (BatchOrder, CheckpointInfo, TrainState, add_lora, adapter_state, build_optimizer,
                                    build_scheduler, next_micro_batches, restore_checkpoint, rng_state, save_checkpoint,
