@@ -1,7 +1,10 @@
-"""Suite-wide settings."""
+"""Suite-wide settings, and how `make test` spreads the suite over the cores (pytest-xdist)."""
+from pathlib import Path
+
 import pytest
 
-SHARED_CLONE = "reproduced_clone"  # the xdist group of the modules that copy the `reproduced_clone` fixture
+# the modules that copy the `reproduced_clone` fixture: one unit of work for xdist, scheduled first (the longest)
+SHARED_CLONE_MODULES = ("test_pipeline.py", "test_sweep.py")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,11 +27,26 @@ def reproduced_clone(tmp_path_factory):
     return reproduce(tmp_path_factory.mktemp("reproduced") / "repo")
 
 
-@pytest.hookimpl(tryfirst=True)
+def _shares_the_clone(nodeid: str) -> bool:
+    return Path(nodeid.split("::", 1)[0]).name in SHARED_CLONE_MODULES
+
+
 def pytest_collection_modifyitems(items):
-    """For `pytest -n auto --dist loadgroup` (make test): each module runs on one worker, so its module fixtures are
-    built once, and the modules sharing the reproduced clone run first, together, as the longest unit of work."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != SHARED_CLONE)
+    """The modules sharing the reproduced clone first (stable sort: the rest keep their order)."""
+    items.sort(key=lambda item: not _shares_the_clone(item.nodeid))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` by module (each module's fixtures are built once), with the modules sharing the reproduced
+    clone as one unit. xdist's own `loadgroup` cannot do it under pytest 9 (it renames `item._nodeid`, which pytest 9
+    no longer reads: tests of one group landed on both workers)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "reproduced_clone" if _shares_the_clone(nodeid) else nodeid.split("::", 1)[0]
+
+    return ModuleScheduling(config, log)

@@ -16,7 +16,7 @@ from helpers.clone import DVC, ENV, copy_of
 from helpers.clone import run as _run
 from lofi_lora.params import REPO_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reproduced_clone")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

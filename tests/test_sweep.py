@@ -15,7 +15,6 @@ from lofi_lora.headline import HEADLINES, headline_metrics
 from lofi_lora.multirun import job_key
 from lofi_lora.params import REPO_ROOT
 
-pytestmark = pytest.mark.xdist_group("reproduced_clone")
 # README "Sweeps" prints this command; the test runs it as printed
 SWEEP = ("python stages/sweep.py -m lora.r=2,8 train.max_steps=4 train.checkpoint_every=2 eval.last_n=1 "
          "eval.num_prompts=1 'eval.seeds=[0]' 'export.precisions=[fp32,int4]'")
