@@ -34,9 +34,9 @@ demo: $(STAMP)
 	@echo "For the README's dvc commands (and the queue's workers, which start dvc from PATH): source $(VENV)/bin/activate"
 
 # Every CPU test, the slow ones included (the whole DVC pipeline in a fresh clone, a queued sweep), on every core:
-# each test module stays on one worker, in file order (tests/conftest.py); `-p no:xdist` runs them in one process.
+# each module on one worker, the pipeline module first (tests/conftest.py); `-p no:xdist` runs them in one process.
 test: $(STAMP) sysdeps
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m 'not gpu and not needs_weights' -n auto --dist loadscope --no-loadscope-reorder
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m 'not gpu and not needs_weights' -n auto --dist loadfile --no-loadscope-reorder
 
 # The fast unit tests only (plain `pytest` selects the same).
 test-fast: $(STAMP) sysdeps

@@ -1,10 +1,10 @@
-"""Suite-wide settings, and how `make test` spreads the suite over the cores (pytest-xdist)."""
+"""Suite-wide settings, and the order `make test` hands modules to its workers (pytest-xdist, `--dist loadfile`)."""
+import os
 from pathlib import Path
 
 import pytest
 
-# the modules that copy the `reproduced_clone` fixture: one unit of work for xdist, scheduled first (the longest)
-SHARED_CLONE_MODULES = ("test_pipeline.py", "test_sweep.py")
+FIRST, LAST = "test_pipeline.py", "test_sweep.py"  # the two modules that copy the reproduced clone
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,32 +21,24 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def reproduced_clone(tmp_path_factory):
-    """A fresh clone after `dvc repro`, built once for the slow modules; never modified: take a `copy_of` it."""
+    """A fresh clone after `dvc repro`, built once per run (the first worker to ask builds it under a lock, the
+    others wait and share it); never modified: take a `copy_of` it."""
+    from filelock import FileLock
+
     from helpers.clone import reproduce
 
-    return reproduce(tmp_path_factory.mktemp("reproduced") / "repo")
-
-
-def _shares_the_clone(nodeid: str) -> bool:
-    return Path(nodeid.split("::", 1)[0]).name in SHARED_CLONE_MODULES
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common folder
+    repo, done = root / "reproduced" / "repo", root / "reproduced" / "done"
+    with FileLock(str(root / "reproduced.lock")):
+        if not done.exists():
+            reproduce(repo)
+            done.touch()
+    return repo
 
 
 def pytest_collection_modifyitems(items):
-    """The modules sharing the reproduced clone first (stable sort: the rest keep their order)."""
-    items.sort(key=lambda item: not _shares_the_clone(item.nodeid))
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadscope` by module (each module's fixtures are built once), with the modules sharing the reproduced
-    clone as one unit. xdist's own `loadgroup` cannot do it under pytest 9 (it renames `item._nodeid`, which pytest 9
-    no longer reads: tests of one group landed on both workers)."""
-    if config.getvalue("dist") != "loadscope":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "reproduced_clone" if _shares_the_clone(nodeid) else nodeid.split("::", 1)[0]
-
-    return ModuleScheduling(config, log)
+    """The pipeline module first (it builds the clone while the other worker runs unit tests), the sweep module last
+    (by then the clone is there); the rest keep their order."""
+    rank = {FIRST: 0, LAST: 2}
+    items.sort(key=lambda item: rank.get(Path(item.nodeid.split("::", 1)[0]).name, 1))
