@@ -27,9 +27,31 @@ def test_librosa_numba_code_is_loaded_here_before_forking(monkeypatch):
     from lofi_lora import parallel
 
     calls = []
-    monkeypatch.setattr(parallel, "warm_librosa", lambda: calls.append(os.getpid()))
+    monkeypatch.setattr(parallel.librosa_guard, "load", lambda: calls.append(os.getpid()))
     map_processes(_pid_and_square, range(4), workers=2, desc="t")
     assert calls == [os.getpid()]
     map_processes(_pid_and_square, range(4), workers=1, desc="t")
     assert calls == [os.getpid()]  # no pool, nothing to warm
 
+
+
+def test_librosa_is_imported_under_the_machine_wide_lock(tmp_path):
+    """numba#10128: two processes compiling librosa's gufuncs at once can corrupt the on-disk cache (a CI worker
+    segfaulted in the peak picker). While another process holds the lock, `load` waits and imports nothing."""
+    import subprocess
+    import sys
+    import time
+
+    from filelock import FileLock
+
+    from lofi_lora import librosa_guard
+
+    code = ("import sys; from lofi_lora import librosa_guard; print('librosa' in sys.modules, flush=True); "
+            "librosa_guard.load(); print('librosa' in sys.modules, flush=True)")
+    with FileLock(str(librosa_guard.LOCK)):
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "False"
+        time.sleep(3)  # ample for `import librosa` on a warm cache (about 1 s here)
+        assert child.poll() is None  # still waiting on the lock
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0 and out.strip() == "True"

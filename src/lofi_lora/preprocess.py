@@ -39,7 +39,8 @@ def analyse(audio: np.ndarray, sample_rate: int, start_bpm: float = 85.0, beats_
     `start_bpm` is the beat tracker's tempo prior (librosa's default of 120 doubles many lofi tempi). Downbeats
     are the beat phase with the strongest accents, bass-band hits and harmony changes (accent, kick, chord change).
     """
-    import librosa
+    from lofi_lora.librosa_guard import load
+    librosa = load()
 
     mono = audio_io.resample(audio_io.to_channels(audio, 1), sample_rate, ANALYSIS_SR)[0].astype(np.float32)
     power = np.abs(librosa.stft(mono, n_fft=2048, hop_length=HOP)) ** 2

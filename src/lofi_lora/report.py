@@ -70,7 +70,8 @@ small{color:#666}
 
 def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path) -> None:
     """A small log-mel spectrogram image of mono-mixed audio."""
-    import librosa
+    from lofi_lora.librosa_guard import load
+    librosa = load()
     import matplotlib
 
     matplotlib.use("Agg")

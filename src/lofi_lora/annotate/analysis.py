@@ -74,7 +74,8 @@ def analyze(audio: np.ndarray, sr: int, opts: AnalysisOptions = AnalysisOptions(
     mono = np.asarray(audio, dtype=np.float32)
     mono = mono.mean(axis=0) if mono.ndim == 2 else mono
     if sr != RHYTHM_SR:
-        import librosa
+        from lofi_lora.librosa_guard import load
+        librosa = load()
 
         mono = librosa.resample(mono, orig_sr=sr, target_sr=RHYTHM_SR, res_type="soxr_hq")
     rbpm = rhythm_bpm(mono)

@@ -62,13 +62,15 @@ class LogMel128(Embedder):
     WIN_FRAMES, WIN_HOP_FRAMES = 96, 48
 
     def __init__(self) -> None:
-        import librosa
+        from lofi_lora.librosa_guard import load
+        librosa = load()
 
         self._mel = librosa.filters.mel(sr=self.sample_rate, n_fft=self.N_FFT, n_mels=self.N_MELS,
                                         fmin=self.FMIN, fmax=self.FMAX)
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        import librosa
+        from lofi_lora.librosa_guard import load
+        librosa = load()
 
         y = self._mono(audio, sample_rate)
         rms = float(np.sqrt(np.mean(y**2))) if y.size else 0.0
