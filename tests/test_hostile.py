@@ -6,7 +6,6 @@ every stage that names files after track ids). Slow: minutes on 2 cores.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,18 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers.clone import tree
 from hostile_folder import build, outcomes
 from lofi_lora.params import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
 AUDIO = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac")
-
-
-def _tree(folder: Path, skip: Path | None = None) -> dict[str, str]:
-    """path -> sha256 of every file (through symlinks that resolve; `dvc add` turns a symlink into a copy)."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and (skip is None or skip not in p.parents)}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def hostile_run(tmp_path_factory):
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(repo)], check=True)
     expected = build(repo / "data" / "raw" / "local", repo / "data" / "metadata")
     expected = {Path(k).relative_to(repo).as_posix(): v for k, v in expected.items()}
-    outside, raw = _tree(outer, skip=repo), _tree(repo / "data" / "raw" / "local")
+    outside, raw = tree(outer, skip=repo), tree(repo / "data" / "raw" / "local")
     run(sys.executable, "-m", "lofi_lora.rawfiles", "data/raw/local")
     run(DVC, "add", "data/raw/local")
     run("git", "add", "data/raw/local.dvc", "data/raw/.gitignore", ".dvcignore", "data/metadata")
@@ -67,8 +61,8 @@ def test_every_bad_file_is_quarantined_with_its_reason_and_good_ones_reach_the_c
 
 def test_nothing_is_written_outside_the_repo_and_raw_files_are_unchanged(hostile_run):
     repo, outer, _, outside, raw, _ = hostile_run
-    assert _tree(outer, skip=repo) == outside
-    assert _tree(repo / "data" / "raw" / "local") == raw
+    assert tree(outer, skip=repo) == outside
+    assert tree(repo / "data" / "raw" / "local") == raw
     assert not list(repo.rglob("PWNED")) and not list(repo.rglob("*ESCAPED*"))
 
 

@@ -1,6 +1,5 @@
 """Sweeps whose numbers belong to their own job: the whole-chain sweep (each job a DVC experiment) and stage
 scripts under `-m`, on the embedded default in a throwaway clone (tiny steps; slow: real training and export)."""
-import hashlib
 import json
 import shlex
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.clone import copy_of
+from helpers.clone import copy_of, tree
 from helpers.clone import run as _run
 from lofi_lora.headline import HEADLINES, headline_metrics
 from lofi_lora.multirun import job_key
@@ -30,12 +29,6 @@ def _py(cmd: str) -> list[str]:
 def clone(reproduced_clone, tmp_path_factory):
     """This module's copy of the fresh, reproduced clone: the sweep jobs rerun train, evaluate and export."""
     return copy_of(reproduced_clone, tmp_path_factory.mktemp("sweep") / "repo")
-
-
-def _tree(folder: Path) -> dict[str, str]:
-    """path -> sha256 of every file under `folder`."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _cached_adapter_rank(repo: Path, dir_hash: str) -> int:
@@ -93,10 +86,10 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
 @pytest.mark.slow
 def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_uses_it(clone):
     over = ["lora.r=2,8", *TINY]
-    main_run = _tree(clone / "models")  # the main run's adapter, checkpoints, samples and ONNX files
+    main_run = tree(clone / "models")  # the main run's adapter, checkpoints, samples and ONNX files
     refused = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone, check=False)
     assert refused.returncode != 0 and "python stages/train.py -m" in refused.stderr, refused.stderr[-3000:]
-    assert _tree(clone / "models") == main_run  # nothing scored, nothing written to the main run
+    assert tree(clone / "models") == main_run  # nothing scored, nothing written to the main run
 
     _run([sys.executable, "stages/train.py", "-m", *over], cwd=clone)
     scored = _run([sys.executable, "stages/evaluate.py", "-m", *over], cwd=clone)
@@ -106,7 +99,7 @@ def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_u
     evals = {r: e["eval"] for r, e in evals.items()}
     assert evals[2]["best_step"] == 4 and evals[8]["best_step"] == 4  # this job's 4-step checkpoints
     assert evals[2]["val_loss"] != evals[8]["val_loss"]
-    assert _tree(clone / "models") == main_run, "a multirun stage wrote into the main run"
+    assert tree(clone / "models") == main_run, "a multirun stage wrote into the main run"
     assert "val_loss" in scored.stdout and "multirun summary" in scored.stdout
 
     # export with an override evaluate never saw: its `best/` would not be this job's, so it refuses

@@ -1,4 +1,5 @@
-"""A fresh clone of the committed repo, reproduced once per test session, that the slow modules copy.
+"""A fresh clone of the committed repo, reproduced once per test run (shared by the xdist workers), that the slow
+modules copy; and the file-tree fingerprint the slow tests compare before and after.
 
 `dvc repro` of the embedded default is the suite's costliest step (minutes on 2 cores): test_pipeline and test_sweep
 used to pay it each. Each module now works in its own copy (`copy_of`), so one module's experiments never reach the
@@ -6,6 +7,7 @@ other's workspace, and the first test still sees exactly what a user's fresh `gi
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -41,3 +43,9 @@ def copy_of(src: Path, dst: Path) -> Path:
     shared with `src`)."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def tree(folder: Path, skip: Path | None = None) -> dict[str, str]:
+    """path -> sha256 of every file under `folder` (outside `skip`), through symlinks that resolve."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and (skip is None or skip not in p.parents)}
