@@ -44,7 +44,7 @@ test-fast: $(STAMP) sysdeps
 
 # Recompose params.yaml from conf/ exactly as `dvc exp run` does (never edit params.yaml by hand).
 params: $(STAMP)
-	$(BIN)/python -m lofi_lora.params
+	$(BIN)/python -m lofi_lora.core.params
 
 # Annotation accuracy on FluidSynth renders (benchmarks/NOTES.md); only this target installs FluidSynth + a GM soundfont.
 bench-annotate: $(STAMP)

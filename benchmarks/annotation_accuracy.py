@@ -39,7 +39,7 @@ from gm_corpus import gm_specs, render  # noqa: E402
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze  # noqa: E402
 from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score  # noqa: E402
 from lofi_lora.annotate.track import analyse_track  # noqa: E402
-from lofi_lora.presets import PresetLibrary  # noqa: E402
+from lofi_lora.data.presets import PresetLibrary  # noqa: E402
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 CATEGORY_BPM = {"CORE": (70, 90), "JAZZ": (75, 95), "AMB": (60, 75), "CHILL": (85, 95), "DUSK": (60, 80)}
@@ -99,7 +99,7 @@ def pink_noise(n: int, seed: int) -> np.ndarray:
 
 def preprocess_cuts(y: np.ndarray, max_s: float, min_s: float) -> list[tuple[float, float]]:
     """Clip spans as stage preprocess cuts them (bar-aligned quiet points)."""
-    from lofi_lora.preprocess import analyse as cut_curves, choose_cuts
+    from lofi_lora.preprocess.stage import analyse as cut_curves, choose_cuts
 
     cuts = choose_cuts(cut_curves(y, SR), y.shape[-1] / SR, max_s, min_s)
     return list(zip(cuts[:-1], cuts[1:]))

@@ -2,7 +2,7 @@
 
 Builds the real-size 1.5 pipeline shapes (DiT, condition encoder, 48 kHz Oobleck VAE with 64 latent channels,
 Qwen3-Embedding-0.6B-shaped text encoder) with random weights directly on the device, then times
-`lofi_lora.dataset.encode_batch` (exactly what stage dataset runs per batch, audio decoding excluded) for
+`lofi_lora.dataset.stage.encode_batch` (exactly what stage dataset runs per batch, audio decoding excluded) for
 several clip lengths and batch sizes. Prints clip-seconds processed per second and peak memory.
 
     python benchmarks/cache_throughput.py                    # CUDA, bf16, real size (the lead's GPU run)
@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lofi_lora import backend  # noqa: E402
-from lofi_lora.dataset import encode_batch  # noqa: E402
+from lofi_lora.model import load as backend  # noqa: E402
+from lofi_lora.dataset.stage import encode_batch  # noqa: E402
 
 REAL_BUILD = {  # ACE-Step 1.5 turbo (DiT + condition encoder), its VAE, and Qwen3-Embedding-0.6B
     "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 24, "num_attention_heads": 16,

@@ -186,7 +186,7 @@ def lofi_fx(y: np.ndarray, sr: int, seed: int) -> np.ndarray:
 
 def render(t: GMTrack, workdir: Path, sr: int = 44100) -> np.ndarray:
     """`[2, frames]` float32 at `sr`: the track's MIDI through FluidSynth, then `lofi_fx`."""
-    from lofi_lora import audio as audio_io
+    from lofi_lora.data import audio as audio_io
 
     exe = shutil.which("fluidsynth")
     if exe is None or not SOUNDFONT.is_file():

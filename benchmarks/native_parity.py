@@ -1,15 +1,15 @@
 """Parity of the native -> diffusers conversion against upstream's own ACE-Step 1.5 model code (CPU, float32).
 
     python benchmarks/native_parity.py --upstream PATH [--deps DIR]            # table: 2B and XL parity
-    python benchmarks/native_parity.py --upstream PATH [--deps DIR] layout     # rewrite src/lofi_lora/native_layout/*.json
+    python benchmarks/native_parity.py --upstream PATH [--deps DIR] layout     # rewrite src/lofi_lora/model/native/layout/*.json
 
 PATH is a checkout of github.com/ace-step/ACE-Step-1.5 (its `acestep/models/{turbo,xl_turbo}/` modelling files);
 DIR an optional `pip install --target` folder with what those files import (einops, vector-quantize-pytorch and its
 own imports). Nothing of upstream is copied into this project: it is imported from PATH at run time.
 
-parity: for each layout a tiny native checkpoint is built by `lofi_lora.native_checkpoint.build`, loaded into
+parity: for each layout a tiny native checkpoint is built by `lofi_lora.model.native.convert.build`, loaded into
 upstream's `AceStepConditionGenerationModel` (strict: the builder's key names and shapes are upstream's), converted by
-`lofi_lora.native_checkpoint.convert` and loaded by `AceStepPipeline.from_pretrained`. The same inputs (padded
+`lofi_lora.model.native.convert.convert` and loaded by `AceStepPipeline.from_pretrained`. The same inputs (padded
 text/lyrics, a silence-latent timbre, odd-length latents, t != r) go through both; the table gives the max abs and
 max relative difference of the condition-encoder and decoder outputs. The XL row also shows diffusers' stock
 `AceStepConditionEncoder`, which omits XL's timbre CLS token.
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lofi_lora import native_checkpoint as nc  # noqa: E402
+from lofi_lora.model.native import convert as nc  # noqa: E402
 
 MODEL_FILES = {"2b": "acestep.models.turbo.modeling_acestep_v15_turbo",
                "xl": "acestep.models.xl_turbo.modeling_acestep_v15_xl_turbo"}
@@ -189,7 +189,7 @@ def main() -> None:
     sys.path[:0] = [str(args.upstream)] + ([str(args.deps)] if args.deps else [])
     torch.manual_seed(0)
     if args.command == "layout":
-        write_layout(ROOT / "src/lofi_lora/native_layout")
+        write_layout(ROOT / "src/lofi_lora/model/native/layout")
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

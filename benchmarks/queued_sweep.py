@@ -1,6 +1,6 @@
 """A queued sweep as a user runs it (`dvc exp run --queue -S ...`, then `dvc queue start -j N`), on a finished
 rehearsal's work folder (benchmarks/rehearsal.py), timed; on a host with N GPUs each member should hold a GPU of
-its own (lofi_lora.runtime.pick_device) while the others run.
+its own (lofi_lora.core.runtime.pick_device) while the others run.
 
 The rehearsal's composed overrides are repeated with every `-S` (DVC recomposes params.yaml from conf/ and the
 `-S` list alone), so only the swept keys differ from the rehearsal and the stages before train are checked out
@@ -67,7 +67,7 @@ class GpuProcesses:
 
 
 def member_gpu(log: str) -> list[str]:
-    """The devices the member's stages claimed (`using cuda:N` of lofi_lora.runtime), in order."""
+    """The devices the member's stages claimed (`using cuda:N` of lofi_lora.core.runtime), in order."""
     return re.findall(r"using (cuda:\d+|cpu)", log)
 
 

@@ -175,7 +175,7 @@ def nvml_handles() -> tuple:
 
 class NvmlPeak:
     """GPU memory in use per device, sampled every 0.2 s (nothing without NVML or a GPU). Stages hold a GPU by a
-    lock (lofi_lora.runtime.pick_device), so the peak of the GPU a stage used is that stage's own."""
+    lock (lofi_lora.core.runtime.pick_device), so the peak of the GPU a stage used is that stage's own."""
 
     def __init__(self):
         self._nvml, self._handles = nvml_handles()
@@ -238,7 +238,7 @@ def run_stage(stage: str, work: Path, logs: Path, nvml: NvmlPeak, kill_when=None
     peak, devices = read_peak(peak_file)
     text = log_path.read_text(errors="replace")
     # a SIGKILLed process writes no peak, and a process whose compiled graphs reset the allocator's peak writes 0:
-    # then the GPU it claimed (lofi_lora.runtime logs "using cuda:N") and NVML's figure for it are what is known
+    # then the GPU it claimed (lofi_lora.core.runtime logs "using cuda:N") and NVML's figure for it are what is known
     devices = devices or sorted({int(d) for d in re.findall(r"using cuda:(\d+)", text)})
     rec = {"wall_s": round(wall, 1), "peak_gpu_gib": peak or None, "peak_gpu_used_gib": nvml.gib(devices)}
     timings = logged_timings(text)
@@ -255,7 +255,7 @@ def run_stage(stage: str, work: Path, logs: Path, nvml: NvmlPeak, kill_when=None
 
 
 def logged_timings(log_text: str) -> dict | None:
-    """The stage's last `<stage> timings (logged only, not versioned): {...}` line (lofi_lora.results)."""
+    """The stage's last `<stage> timings (logged only, not versioned): {...}` line (lofi_lora.core.results)."""
     found = re.findall(r"timings \(logged only, not versioned\): (\{.*\})\s*$", log_text, flags=re.M)
     try:
         return ast.literal_eval(found[-1]) if found else None
@@ -322,7 +322,7 @@ def device_name() -> str:
 
 def build_native(size: str, dest: Path, presets: Path) -> dict:
     """A random-weight checkpoint in upstream's native layout at real size; returns what was built."""
-    from lofi_lora.native_checkpoint import build  # noqa: PLC0415 (on the GPU when there is one)
+    from lofi_lora.model.native.convert import build  # noqa: PLC0415 (on the GPU when there is one)
 
     name = build(dest, size=size, variant="turbo", presets_dir=presets)
     files = [f for f in (dest / name).iterdir() if f.suffix == ".safetensors"]
@@ -408,7 +408,7 @@ def main() -> None:
     run["overrides"] = overrides
     (logs.parent / "overrides.json").write_text(json.dumps(overrides))  # benchmarks/queued_sweep.py repeats them
     env = stage_env(work, logs / "compose.peak")
-    subprocess.run([sys.executable, "-m", "lofi_lora.params", *overrides], cwd=work, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "lofi_lora.core.params", *overrides], cwd=work, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     stages = list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
     order = [s for s in args.early if s in stages] + [s for s in stages if s not in args.early]

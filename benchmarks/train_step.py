@@ -4,7 +4,7 @@ Full-size ACE-Step 1.5 DiT (diffusers AceStepTransformer1DModel default config, 
 bf16 base, fp32 LoRA on to_q/to_k/to_v/to_out.0 under bf16 autocast, cached conditions (320 tokens).
 - plain: the anchor loop (a plain diffusers LoRA loop): batch 1, eager, foreach AdamW, mse, all-or-nothing
   checkpointing.
-- project: what stage train runs (`lofi_lora.train_state.train_step` with conf/train/gpu.yaml's optimizer and
+- project: what stage train runs (`lofi_lora.train.state.train_step` with conf/train/gpu.yaml's optimizer and
   schedule): clips already on the GPU, several clips of one length bucket per step, regional torch.compile of the
   DiT block, masked flow-matching loss without host syncs, fused AdamW, clip_grad_norm_, selective activation
   checkpointing (`share` of blocks recomputed).
@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from kernel_profile import device_kernels, kernel_breakdown
-from lofi_lora import train_speed
-from lofi_lora.config import compose_config
-from lofi_lora.objective import Objective
-from lofi_lora.train_state import (BatchOrder, TrainState, add_lora, build_optimizer, build_scheduler, lora_params,
+from lofi_lora.train import speed as train_speed
+from lofi_lora.core.config import compose_config
+from lofi_lora.train.objective import Objective
+from lofi_lora.train.state import (BatchOrder, TrainState, add_lora, build_optimizer, build_scheduler, lora_params,
                                    train_step)
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -45,7 +45,7 @@ def dit_config(size: str) -> dict:
     """diffusers transformer config of a real size: 2b = the class defaults, xl = upstream's XL (4.17 B)."""
     if size == "2b":
         return {}
-    from lofi_lora.native_checkpoint import SIZES, component_configs, native_config_from
+    from lofi_lora.model.native.convert import SIZES, component_configs, native_config_from
 
     return component_configs(native_config_from(SIZES[size]["dit"], "turbo"))["transformer"]
 
@@ -142,13 +142,13 @@ def plain_loop(m, batch, ckpt: bool, device: str):
 
 
 def project_loop(m, batch, share: float, compiled: bool, device: str, ddp_world=None, mode: str | None = None):
-    """Stage train's step (`lofi_lora.train_state.train_step`, the function stage train calls) on a batch that
+    """Stage train's step (`lofi_lora.train.state.train_step`, the function stage train calls) on a batch that
     lives on the device: no host sync in the step."""
     for p in lora_params(m).values():
         p.data = p.data.float()
     fwd = m
     if ddp_world is not None:
-        from lofi_lora import distributed
+        from lofi_lora.train import distributed
         fwd = distributed.wrap(m, ddp_world)
     tcfg = compose_config(CONFIG).train
     opt = build_optimizer(m, tcfg, torch.device(device))
@@ -295,7 +295,7 @@ def main() -> None:
     device = "cpu" if a.tiny else "cuda"
     world_info, rank = None, 0
     if a.ddp:
-        from lofi_lora import distributed
+        from lofi_lora.train import distributed
         world_info = distributed.setup("auto")
         rank = world_info.rank
     if device == "cuda":
@@ -407,7 +407,7 @@ def main() -> None:
     if a.profile:
         profile(a, device, compiled)
     if world_info is not None:
-        from lofi_lora import distributed
+        from lofi_lora.train import distributed
         distributed.shutdown(world_info)
 
 

@@ -1,6 +1,6 @@
 """Stage `ingest`: licence gate, duplicate detection, quarantine (dvc.yaml: ingest)."""
 from lofi_lora.cli import stage_app
-from lofi_lora.ingest import run_ingest
+from lofi_lora.ingest.stage import run_ingest
 
 
 @stage_app(outputs=["interim"])

@@ -1,6 +1,6 @@
 """Stage `train`: PEFT LoRA on the ACE-Step 1.5 DiT over the cached conditions (dvc.yaml: train)."""
 from lofi_lora.cli import stage_app
-from lofi_lora.train import run_train
+from lofi_lora.train.stage import run_train
 
 
 @stage_app(outputs=["lora", "metrics"])

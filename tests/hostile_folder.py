@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lofi_lora import audio
+from lofi_lora.data import audio
 from lofi_lora.synth.render import TrackSpec, render_track
 
 SR = 44100

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers.config import real_section
 from helpers.workspace import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
-from lofi_lora import adapters
-from lofi_lora.train_state import add_lora, lora_params
+from lofi_lora.train import adapters
+from lofi_lora.train.state import add_lora, lora_params
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -125,7 +125,7 @@ def test_adapter_file_bytes_are_reproducible_across_processes(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch, sys; from lofi_lora.adapters import save_diffusers_adapter; "
+    code = ("import torch, sys; from lofi_lora.train.adapters import save_diffusers_adapter; "
             "g = torch.Generator().manual_seed(0); "
             "s = {f'layers.{i}.attn.to_q.lora_{ab}.weight': torch.randn(4, 4, generator=g) "
             "for i in range(3) for ab in 'AB'}; "

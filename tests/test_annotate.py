@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lofi_lora import audio as audio_io
+from lofi_lora.data import audio as audio_io
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze
 from lofi_lora.annotate.audit import audit_captions
 from lofi_lora.annotate.captions import cap_length, compose_caption
@@ -19,9 +19,9 @@ from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score
 from lofi_lora.annotate.sidecar import check_sidecar, load_sidecar
 from lofi_lora.annotate.stage import run_annotate
 from lofi_lora.annotate.track import analyse_track
-from lofi_lora.errors import DataError
-from lofi_lora.params import REPO_ROOT
-from lofi_lora.presets import PresetLibrary
+from lofi_lora.core.errors import DataError
+from lofi_lora.core.params import REPO_ROOT
+from lofi_lora.data.presets import PresetLibrary
 
 SR = 22050
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from lofi_lora import audio as audio_io
+from lofi_lora.data import audio as audio_io
 from lofi_lora.annotate.external import AnnotatorError, ExternalAnnotator, clean_rich_text, fold_into_caption
 
 

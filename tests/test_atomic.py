@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from lofi_lora import audio
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.data import audio
+from lofi_lora.core.params import REPO_ROOT
 from test_audio import make_track
 from test_ingest import ingest_cfg
 
@@ -51,7 +51,7 @@ def test_audio_write_killed_midway_keeps_the_old_file(tmp_path):
     ready = tmp_path / "ready"
     code = textwrap.dedent(f"""
         import pathlib, time, numpy as np, soundfile as sf
-        from lofi_lora import audio
+        from lofi_lora.data import audio
         real = sf.SoundFile.write
         def half_then_hang(self, data):
             real(self, data[: len(data) // 2]); self.flush()
@@ -91,7 +91,7 @@ def test_ingest_killed_between_its_two_files_keeps_the_old_output(tmp_path):
     code = textwrap.dedent(f"""
         import json, pathlib, time
         from omegaconf import OmegaConf
-        import lofi_lora.ingest as ingest
+        import lofi_lora.ingest.stage as ingest
         real, calls = ingest.atomic_write_json, []
         def second_hangs(path, obj):
             calls.append(path)
@@ -117,7 +117,7 @@ def test_ingest_killed_between_its_two_files_keeps_the_old_output(tmp_path):
 
 
 def test_preprocess_failing_midway_keeps_the_old_output(tmp_path, monkeypatch):
-    from lofi_lora import preprocess as pre
+    from lofi_lora.preprocess import stage as pre
     from test_preprocess import PARAMS, write_interim
 
     raw = tmp_path / "raw"
@@ -153,16 +153,16 @@ def test_preprocess_failing_midway_keeps_the_old_output(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["../x.wav", "a/b.wav", "/etc/x", ".hidden", "x;rm -rf y.wav", "ok.wav\n", ""])
 def test_path_inside_refuses_names_that_could_leave_the_folder(tmp_path, name):
-    from lofi_lora.errors import DataError
-    from lofi_lora.fsutil import path_inside
+    from lofi_lora.core.errors import DataError
+    from lofi_lora.core.fsutil import path_inside
 
     with pytest.raises(DataError, match="refusing to write"):
         path_inside(tmp_path, name)
 
 
 def test_path_inside_refuses_a_symlink_out_of_the_folder(tmp_path):
-    from lofi_lora.errors import DataError
-    from lofi_lora.fsutil import path_inside
+    from lofi_lora.core.errors import DataError
+    from lofi_lora.core.fsutil import path_inside
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "t__000.wav").symlink_to(tmp_path / "elsewhere.wav")

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from lofi_lora import audio
-from lofi_lora.errors import DataError
+from lofi_lora.data import audio
+from lofi_lora.core.errors import DataError
 
 NOTE_HZ = [220.0, 246.94, 261.63, 293.66, 329.63, 349.23, 392.0, 440.0]
 

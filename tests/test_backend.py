@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lofi_lora import backend
-from lofi_lora.errors import ConfigError, ModelError
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.model import load as backend
+from lofi_lora.core.errors import ConfigError, ModelError
+from lofi_lora.core.params import REPO_ROOT
 
 
 def make_cfg(tmp: Path, model: str = "tiny", **model_over):

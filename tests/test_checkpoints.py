@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from lofi_lora.checkpoints import STATE_FILE, CheckpointStore, checkpoint_name
-from lofi_lora.errors import CheckpointError
-from lofi_lora.train import run_train
+from lofi_lora.train.checkpoints import STATE_FILE, CheckpointStore, checkpoint_name
+from lofi_lora.core.errors import CheckpointError
+from lofi_lora.train.stage import run_train
 from helpers.config import changed
 from helpers.workspace import workspace
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lofi_lora import adapters
-from lofi_lora.train_state import add_lora, lora_params
+from lofi_lora.train import adapters
+from lofi_lora.train.state import add_lora, lora_params
 
 from helpers.config import real_section
 from helpers.workspace import CONTEXT_C, COND_H, LATENT_C, tiny_transformer

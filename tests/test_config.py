@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lofi_lora.config import load_config
-from lofi_lora.errors import ConfigError
-from lofi_lora.params import REPO_ROOT, compose_params_yaml
+from lofi_lora.core.config import load_config
+from lofi_lora.core.errors import ConfigError
+from lofi_lora.core.params import REPO_ROOT, compose_params_yaml
 
 CONF = REPO_ROOT / "conf"
 
@@ -119,7 +119,7 @@ def test_mistyped_key_in_params_yaml_stops_the_train_stage(tmp_path):
     previous = _stage_in(tmp_path, params)
     proc = _run_stage(tmp_path)
     _assert_refused(proc, "`train.keep_lasts` is not a parameter; did you mean `train.keep_last`? "
-                          "(schema: lofi_lora.schema.Train)", tmp_path, previous)
+                          "(schema: lofi_lora.core.schema.Train)", tmp_path, previous)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from helpers.config import real_config
-from lofi_lora import audio as audio_io
-from lofi_lora import backend
-from lofi_lora import dataset as ds_mod
-from lofi_lora.errors import DataError
+from lofi_lora.data import audio as audio_io
+from lofi_lora.model import load as backend
+from lofi_lora.dataset import stage as ds_mod
+from lofi_lora.core.errors import DataError
 
 SR = 48000
 

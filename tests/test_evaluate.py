@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from helpers.config import real_config
-from lofi_lora import audio as audio_io
-from lofi_lora.errors import ConfigError
-from lofi_lora.evaluate import SAMPLING, ModelEval, pick_best, prompt_set, run_evaluate, sampling_settings
-from lofi_lora.fsutil import sha256_file
+from lofi_lora.data import audio as audio_io
+from lofi_lora.core.errors import ConfigError
+from lofi_lora.evaluate.stage import SAMPLING, ModelEval, pick_best, prompt_set, run_evaluate, sampling_settings
+from lofi_lora.core.fsutil import sha256_file
 
 CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, rain",
             "mellow jazz guitar, tape hiss", "slow lofi, soft drums, night"]
@@ -29,11 +29,11 @@ def _cfg(root: Path):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from lofi_lora.adapters import adapter_state_dict, save_diffusers_adapter
-    from lofi_lora.backend import load_pipeline, model_fingerprint, write_base_model
-    from lofi_lora.checkpoints import CheckpointStore
-    from lofi_lora.dataset import build_cache, build_dataset
-    from lofi_lora.train_state import add_lora
+    from lofi_lora.train.adapters import adapter_state_dict, save_diffusers_adapter
+    from lofi_lora.model.load import load_pipeline, model_fingerprint, write_base_model
+    from lofi_lora.train.checkpoints import CheckpointStore
+    from lofi_lora.dataset.stage import build_cache, build_dataset
+    from lofi_lora.train.state import add_lora
 
     from test_clap import build_tiny_clap
 
@@ -131,9 +131,9 @@ def test_evaluate_outputs(workspace):
 
 
 def test_validation_loss_is_deterministic(workspace):
-    from lofi_lora.backend import load_pipeline
-    from lofi_lora.dataset import read_cache
-    from lofi_lora.evaluate import validation_loss
+    from lofi_lora.model.load import load_pipeline
+    from lofi_lora.dataset.stage import read_cache
+    from lofi_lora.evaluate.stage import validation_loss
 
     root, cfg, _, _ = workspace
     pipe = load_pipeline(cfg.model, cfg.paths.base_model)
@@ -145,7 +145,7 @@ def test_validation_loss_is_deterministic(workspace):
     full = validation_loss(pipe.transformer, cache, list(cfg.eval.val_timesteps), seed=1234, device="cpu")
     assert full["val_loss"] == pytest.approx(scores["base"]["scores"]["val_loss"], rel=1e-6)
     # the last checkpoint, loaded alone into a fresh pipeline, scores as in the run: no adapter leaked across models
-    from lofi_lora.adapters import load_into_pipeline
+    from lofi_lora.train.adapters import load_into_pipeline
 
     load_into_pipeline(pipe, root / "lora" / "checkpoints" / "checkpoint-000015")
     last = validation_loss(pipe.transformer, cache, list(cfg.eval.val_timesteps), seed=1234, device="cpu")
@@ -165,7 +165,7 @@ def test_sampling_table_and_prompt_set():
 
 
 def test_clap_null_with_reason_when_not_configured(tmp_path):
-    from lofi_lora.evaluate import load_clap
+    from lofi_lora.evaluate.stage import load_clap
 
     clap, reason = load_clap(None, 1000, "cpu")
     assert clap is None and reason == "no CLAP weights configured (eval.clap_path is null)"
@@ -174,7 +174,7 @@ def test_clap_null_with_reason_when_not_configured(tmp_path):
 
 
 def test_unset_weight_path_is_a_config_error(tmp_path):
-    from lofi_lora.evaluate import check_weight_paths
+    from lofi_lora.evaluate.stage import check_weight_paths
 
     with pytest.raises(ConfigError, match="eval.vggish_path"):
         check_weight_paths(real_config(tmp_path, "eval=full", eval={"clap_path": None}).eval)
@@ -196,10 +196,10 @@ def test_pick_best_rules():
 
 def test_validation_loss_is_the_training_loss_at_fixed_draws(workspace):
     """Validation calls training's objective: one clip at one timestep equals the pure loss with the same noise."""
-    from lofi_lora.backend import load_pipeline
-    from lofi_lora.dataset import read_cache
-    from lofi_lora.evaluate import validation_loss
-    from lofi_lora.objective import flow_matching_loss
+    from lofi_lora.model.load import load_pipeline
+    from lofi_lora.dataset.stage import read_cache
+    from lofi_lora.evaluate.stage import validation_loss
+    from lofi_lora.train.objective import flow_matching_loss
 
     root, cfg, _, _ = workspace
     pipe = load_pipeline(cfg.model, cfg.paths.base_model)

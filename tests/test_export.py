@@ -9,13 +9,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lofi_lora import adapters, backend
-from lofi_lora import audio as audio_io
-from lofi_lora.errors import ExportParityError
+from lofi_lora.train import adapters
+
+from lofi_lora.model import load as backend
+from lofi_lora.data import audio as audio_io
+from lofi_lora.core.errors import ExportParityError
 from lofi_lora.export import parity, quantize
 from lofi_lora.export.sampler import timestep_schedule
 from lofi_lora.export.stage import run_export
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.core.params import REPO_ROOT
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from lofi_lora import audio
-from lofi_lora.fingerprint import Fingerprint, fingerprint, match_all, similarity
+from lofi_lora.data import audio
+from lofi_lora.ingest.fingerprint import Fingerprint, fingerprint, match_all, similarity
 from test_audio import make_track
 
 SR = 44100

@@ -16,7 +16,7 @@ import pytest
 
 from helpers.clone import tree
 from hostile_folder import build, outcomes
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.core.params import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -41,7 +41,7 @@ def hostile_run(tmp_path_factory):
     expected = build(repo / "data" / "raw" / "local", repo / "data" / "metadata")
     expected = {Path(k).relative_to(repo).as_posix(): v for k, v in expected.items()}
     outside, raw = tree(outer, skip=repo), tree(repo / "data" / "raw" / "local")
-    run(sys.executable, "-m", "lofi_lora.rawfiles", "data/raw/local")
+    run(sys.executable, "-m", "lofi_lora.ingest.rawfiles", "data/raw/local")
     run(DVC, "add", "data/raw/local")
     run("git", "add", "data/raw/local.dvc", "data/raw/.gitignore", ".dvcignore", "data/metadata")
     run("git", "commit", "-qm", "data: the hostile folder")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lofi_lora import audio
-from lofi_lora.ingest import find_duplicates, licence_problem, run_ingest
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.data import audio
+from lofi_lora.ingest.stage import find_duplicates, licence_problem, run_ingest
+from lofi_lora.core.params import REPO_ROOT
 from test_audio import make_track
 
 SR = 44100
@@ -149,8 +149,8 @@ def test_licence_rules():
 
 
 def test_duplicate_group_keeps_lossless_then_name():
-    from lofi_lora.fingerprint import Fingerprint
-    from lofi_lora.ingest import Probe
+    from lofi_lora.ingest.fingerprint import Fingerprint
+    from lofi_lora.ingest.stage import Probe
 
     fp = Fingerprint(np.arange(500, dtype=np.uint32), np.arange(500, dtype=np.int32))
     probes = [Probe(44100, 2, 44100 * 10, "mp3", "a", fp), Probe(44100, 2, 44100 * 10, "flac", "b", fp),
@@ -160,7 +160,7 @@ def test_duplicate_group_keeps_lossless_then_name():
 
 
 def test_m4a_without_ffmpeg_is_an_unsupported_format(tmp_path, monkeypatch):
-    from lofi_lora.ingest import probe
+    from lofi_lora.ingest.stage import probe
 
     (tmp_path / "x.m4a").write_bytes(b"\x00" * 64)
     monkeypatch.setattr(audio, "ffmpeg_exe", lambda: None)
@@ -284,7 +284,7 @@ def test_equal_copies_keep_the_lossless_one(tmp_path):
 
 
 def test_duplicate_evidence_dynamics_beat_loudness_and_sample_rate_alone_is_none():
-    from lofi_lora.ingest import Probe, _evidence
+    from lofi_lora.ingest.stage import Probe, _evidence
 
     orig = Probe(44100, 2, 44100 * 18, "flac", bandwidth_hz=20000.0, lufs=-14.9, plr_db=11.9)
     limited = Probe(44100, 2, 44100 * 18, "wav", bandwidth_hz=20000.0, lufs=-8.9, plr_db=8.7)  # louder remaster

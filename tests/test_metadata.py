@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from lofi_lora.errors import DataError
-from lofi_lora.metadata import (load_metadata, load_quality_scores, load_sources, load_style_mapping)
-from lofi_lora.presets import PresetLibrary
+from lofi_lora.core.errors import DataError
+from lofi_lora.data.metadata import (load_metadata, load_quality_scores, load_sources, load_style_mapping)
+from lofi_lora.data.presets import PresetLibrary
 
 SOURCES = {"version": 1, "tracks": {
     "t1": {"file": "t1.wav", "licence": "CC0-1.0", "provenance": "recorded 2024", "attribution": "me"},

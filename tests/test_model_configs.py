@@ -5,9 +5,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from lofi_lora.objective import timestep_scheme
-from lofi_lora.evaluate import sampling_settings
-from lofi_lora.params import compose_params_yaml
+from lofi_lora.train.objective import timestep_scheme
+from lofi_lora.evaluate.stage import sampling_settings
+from lofi_lora.core.params import compose_params_yaml
 
 # Upstream ACE-Step 1.5 defaults: turbo is guidance-distilled (8 steps, shift 3, no CFG); base and sft sample
 # 50 steps at shift 1 with CFG 7 (acestep/inference.py, docs' model table, training_v2 --shift help).

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lofi_lora import multirun
-from lofi_lora.multirun import JobRefused, enter_job, job_key
+from lofi_lora.experiments import multirun
+from lofi_lora.experiments.multirun import JobRefused, enter_job, job_key
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from lofi_lora import native_checkpoint as nc
-from lofi_lora.errors import ModelError
+from lofi_lora.model.native import convert as nc
+from lofi_lora.core.errors import ModelError
 
 TINY_XL = dict(nc.SIZES["tiny"], dit=dict(nc.SIZES["tiny"]["dit"], hidden_size=40, intermediate_size=80,
                                           num_attention_heads=5, num_key_value_heads=1, encoder_hidden_size=32,
@@ -93,7 +93,7 @@ def test_2b_conversion_maps_every_key_and_loads_in_diffusers(native_2b, tmp_path
 def test_sharded_xl_conversion_keeps_the_narrow_condition_encoder_and_its_cls_token(native_xl_sharded, tmp_path):
     from diffusers import AceStepConditionEncoder, AceStepPipeline
 
-    from lofi_lora.ace_step_xl import AceStepXLConditionEncoder, stock_xl_warning
+    from lofi_lora.model.xl import AceStepXLConditionEncoder, stock_xl_warning
 
     root, name = native_xl_sharded
     out = tmp_path / "diffusers"
@@ -163,7 +163,7 @@ def test_conversion_is_cached_by_content_next_to_the_checkpoint(native_2b, tmp_p
 def test_stage_base_model_takes_a_native_checkpoint(native_2b, tmp_path):
     import shutil
 
-    from lofi_lora.backend import load_pipeline, model_fingerprint, write_base_model
+    from lofi_lora.model.load import load_pipeline, model_fingerprint, write_base_model
 
     src, name = native_2b
     root = tmp_path / "checkpoints"
@@ -185,7 +185,7 @@ def test_stage_base_model_takes_a_native_checkpoint(native_2b, tmp_path):
 
 
 def test_switching_variant_changes_the_weights_fingerprint_that_keys_cached_conditions(tmp_path):
-    from lofi_lora.backend import model_fingerprint, write_base_model
+    from lofi_lora.model.load import model_fingerprint, write_base_model
 
     root = tmp_path / "checkpoints"
     fps = {}
@@ -221,7 +221,7 @@ def test_real_size_layouts_map_onto_diffusers_models_key_for_key(size):
 def test_bad_native_folders_fail_with_one_clear_line(native_2b, tmp_path):
     import shutil
 
-    from lofi_lora.errors import ConfigError
+    from lofi_lora.core.errors import ConfigError
 
     src, name = native_2b
     with pytest.raises(ConfigError, match="model.path"):

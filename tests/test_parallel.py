@@ -2,7 +2,7 @@
 worker could race on the on-disk cache), the rest in forked workers."""
 import os
 
-from lofi_lora.parallel import map_processes
+from lofi_lora.core.parallel import map_processes
 
 
 def _pid_and_square(x):
@@ -24,7 +24,7 @@ def test_one_worker_runs_everything_here():
 def test_librosa_numba_code_is_loaded_here_before_forking(monkeypatch):
     """A first item that never reaches librosa (a quarantined track) must not leave the workers to compile or load
     librosa's numba code at once: a forked worker segfaulted in the beat tracker that way."""
-    from lofi_lora import parallel
+    from lofi_lora.core import parallel
 
     calls = []
     monkeypatch.setattr(parallel.librosa_guard, "load", lambda: calls.append(os.getpid()))
@@ -44,7 +44,7 @@ def test_librosa_is_imported_under_the_machine_wide_lock(tmp_path):
 
     from filelock import FileLock
 
-    from lofi_lora import librosa_guard
+    from lofi_lora.core import librosa_guard
 
     code = ("import sys; from lofi_lora import librosa_guard; print('librosa' in sys.modules, flush=True); "
             "librosa_guard.load(); print('librosa' in sys.modules, flush=True)")

@@ -14,7 +14,7 @@ import yaml
 
 from helpers.clone import DVC, ENV, copy_of
 from helpers.clone import run as _run
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.core.params import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_fresh_clone_reproduces_the_committed_results_byte_for_byte(clone):
 
 def test_metrics_are_a_few_named_figures(clone):
     """`dvc metrics show` fits a glance: under 80 numbers, each file under its stage's name, no strings."""
-    from lofi_lora.results import count_numbers
+    from lofi_lora.core.results import count_numbers
 
     shown = json.loads(_run([DVC, "metrics", "show", "--json"], cwd=clone).stdout)
     files = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lofi_lora import audio, quality
-from lofi_lora.params import REPO_ROOT
-from lofi_lora.preprocess import analyse, choose_cuts, merge_scores, preprocess, process_track
+from lofi_lora.data import audio
+
+from lofi_lora.data import quality
+from lofi_lora.core.params import REPO_ROOT
+from lofi_lora.preprocess.stage import analyse, choose_cuts, merge_scores, preprocess, process_track
 from test_audio import make_track
 
 SR = 44100
@@ -205,8 +207,8 @@ def test_synth_corpus_every_bad_kind_gets_its_reason(tmp_path):
     import yaml
     from omegaconf import OmegaConf
 
-    from lofi_lora.ingest import run_ingest
-    from lofi_lora.preprocess import run_preprocess
+    from lofi_lora.ingest.stage import run_ingest
+    from lofi_lora.preprocess.stage import run_preprocess
 
     synth = pytest.importorskip("lofi_lora.synth")
     cfg = OmegaConf.create(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))

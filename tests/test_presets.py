@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from lofi_lora.errors import DataError
-from lofi_lora.presets import CATEGORY_TEMPO_BPM, PresetLibrary, load_raw, main, preset_caption, resolve
+from lofi_lora.core.errors import DataError
+from lofi_lora.data.presets import CATEGORY_TEMPO_BPM, PresetLibrary, load_raw, main, preset_caption, resolve
 
 VALID = {"name": "Test", "category": "core", "base_tags": ["lofi"], "instruments": ["a", "b"],
          "production": ["c", "d"], "mood": ["calm"], "tempo_range": [70, 80], "key_preferences": ["A minor"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lofi_lora import quality
+from lofi_lora.data import quality
 from test_audio import make_track
 
 SR = 48000

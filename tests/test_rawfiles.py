@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-from lofi_lora.rawfiles import ignore_refused, main, scan
+from lofi_lora.ingest.rawfiles import ignore_refused, main, scan
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 

@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.core.params import REPO_ROOT
 
 
 def test_rehearsal_record_covers_every_stage_for_2b_and_xl():

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lofi_lora import audio as audio_io
-from lofi_lora.report import write_report
+from lofi_lora.data import audio as audio_io
+from lofi_lora.evaluate.report import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lofi_lora.results import count_numbers, split_eval, split_export, write_stage_metrics
+from lofi_lora.core.results import count_numbers, split_eval, split_export, write_stage_metrics
 
 PARITY = {"max_abs_err": 0.08, "max_rel_err": 0.03, "rel_l2": 0.03, "cosine": 0.9995, "non_finite": 0.0}
 

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from lofi_lora import runtime
+from lofi_lora.core import runtime
 
 
 @pytest.fixture

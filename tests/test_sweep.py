@@ -10,9 +10,9 @@ import yaml
 
 from helpers.clone import copy_of, tree
 from helpers.clone import run as _run
-from lofi_lora.headline import HEADLINES, headline_metrics
-from lofi_lora.multirun import job_key
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.experiments.headline import HEADLINES, headline_metrics
+from lofi_lora.experiments.multirun import job_key
+from lofi_lora.core.params import REPO_ROOT
 
 # README "Sweeps" prints this command; the test runs it as printed
 SWEEP = ("python stages/sweep.py -m lora.r=2,8 train.max_steps=4 train.checkpoint_every=2 eval.last_n=1 "
@@ -71,7 +71,7 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
     # the experiments are DVC's: exp show lists them with their params, metrics diff compares them
     shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=clone).stdout)
     names = {e["name"]: e["revs"][0]["data"] for rev in shown for e in (rev.get("experiments") or [])}
-    file, key, _ = HEADLINES["val_loss"]  # the metrics files' names live in lofi_lora.headline alone
+    file, key, _ = HEADLINES["val_loss"]  # the metrics files' names live in lofi_lora.experiments.headline alone
     for j in jobs:
         data = names[j["experiment"]]
         assert data["params"]["params.yaml"]["data"]["lora"]["r"] == j["lora.r"]

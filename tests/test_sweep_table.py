@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from lofi_lora.headline import headline_metrics
-from lofi_lora.params import REPO_ROOT
-from lofi_lora.sweep import best_index, job_overrides, write_summary
+from lofi_lora.experiments.headline import headline_metrics
+from lofi_lora.core.params import REPO_ROOT
+from lofi_lora.experiments.sweep import best_index, job_overrides, write_summary
 
 
 def _job(num, r, alpha, val_loss, clap=None, status="ok"):

@@ -13,10 +13,10 @@ import yaml
 from omegaconf import OmegaConf
 from scipy import signal
 
-from lofi_lora import audio
-from lofi_lora.errors import DataError
-from lofi_lora.metadata import load_sources, load_style_mapping
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.data import audio
+from lofi_lora.core.errors import DataError
+from lofi_lora.data.metadata import load_sources, load_style_mapping
+from lofi_lora.core.params import REPO_ROOT
 from lofi_lora.synth import TrackSpec, generate_corpus, render_track
 from lofi_lora.synth.render import section_plan
 from lofi_lora.synth.styles import RENDERABLE, all_preset_ids
@@ -43,8 +43,8 @@ def corpus(tmp_path_factory):
 
 
 def test_corpus_metadata_passes_validation(corpus):
-    from lofi_lora.metadata import load_metadata
-    from lofi_lora.presets import PresetLibrary
+    from lofi_lora.data.metadata import load_metadata
+    from lofi_lora.data.presets import PresetLibrary
 
     cfg, _ = corpus
     meta = load_metadata(Path(cfg.paths.synth_metadata), PresetLibrary())

@@ -9,8 +9,10 @@ import torch
 
 from helpers.config import real_config
 from helpers.workspace import COND_H, LATENT_C, tiny_transformer, workspace
-from lofi_lora import objective, train, train_state
-from lofi_lora.objective import Objective
+from lofi_lora.train import objective
+from lofi_lora.train import stage as train
+from lofi_lora.train import state as train_state
+from lofi_lora.train.objective import Objective
 
 # ace-step/ACE-Step-1.5 acestep/training/trainer.py (f30aee4): the turbo model's 8 shift-3 inference timesteps
 UPSTREAM_TURBO = [1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3]
@@ -199,8 +201,8 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tmp_path):
 
 def test_metrics_buffer_reads_late_the_same_values_and_refuses_a_non_finite_loss():
     """Reading step values every 4 steps (as on CUDA) gives the smoothed loss and last values of reading every step."""
-    from lofi_lora.errors import ModelError
-    from lofi_lora.train_log import MetricsBuffer
+    from lofi_lora.core.errors import ModelError
+    from lofi_lora.train.log import MetricsBuffer
 
     losses = [1.0, 0.8, 0.9, 0.7, 0.6, 0.65, 0.5]
     every, late = MetricsBuffer(None, 1, 7), MetricsBuffer(None, 4, 7)

@@ -11,10 +11,10 @@ import torch
 
 from helpers.config import real_section
 from helpers.workspace import COND_H, LATENT_C, tiny_transformer
-from lofi_lora import train_speed
-from lofi_lora.errors import ConfigError
-from lofi_lora.objective import Objective, flow_matching_loss, sample_timesteps
-from lofi_lora.train_state import add_lora, lora_params
+from lofi_lora.train import speed as train_speed
+from lofi_lora.core.errors import ConfigError
+from lofi_lora.train.objective import Objective, flow_matching_loss, sample_timesteps
+from lofi_lora.train.state import add_lora, lora_params
 
 LOSS = Objective("uniform", -0.4, 1.0)
 
@@ -176,7 +176,7 @@ def test_two_rank_ddp_resume_is_exact(tmp_path):
 
     from safetensors.torch import load_file
 
-    from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
+    from lofi_lora.train.adapters import DIFFUSERS_WEIGHT_NAME
     from helpers.workspace import child_env, child_files, child_result, workspace
 
     cfg = workspace(tmp_path, max_steps=6, checkpoint_every=3, keep_last=3)

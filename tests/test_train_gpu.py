@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
+from lofi_lora.train.adapters import DIFFUSERS_WEIGHT_NAME
 from helpers.workspace import TRAIN_CHILD, child_env, child_files, child_result, workspace
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

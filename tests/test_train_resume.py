@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lofi_lora.adapters import DIFFUSERS_WEIGHT_NAME
-from lofi_lora.checkpoints import CheckpointStore, checkpoint_name
-from lofi_lora.train import run_train
+from lofi_lora.train.adapters import DIFFUSERS_WEIGHT_NAME
+from lofi_lora.train.checkpoints import CheckpointStore, checkpoint_name
+from lofi_lora.train.stage import run_train
 from helpers.config import changed
 from helpers.workspace import workspace
 
@@ -22,8 +22,8 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     import torch
     from omegaconf import OmegaConf
-    from lofi_lora.config import load_config
-    from lofi_lora.train import run_train
+    from lofi_lora.core.config import load_config
+    from lofi_lora.train.stage import run_train
     torch.set_num_threads(int(sys.argv[4]))
     cfg = load_config(OmegaConf.load(sys.argv[1]))
     stop_at, sig = int(sys.argv[2]), getattr(signal, sys.argv[3])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.workspace import make_base_model, make_cache
-from lofi_lora.multirun import job_key
+from lofi_lora.experiments.multirun import job_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_multirun_writes_each_job_to_its_own_folder(tmp_path):
                                f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "multirun summary" in proc.stdout and "train_loss" in proc.stdout
-        for job in jobs:  # lofi_lora.multirun: one folder per job, named after its overrides
+        for job in jobs:  # lofi_lora.experiments.multirun: one folder per job, named after its overrides
             assert (job / "models" / "lora" / "final" / "pytorch_lora_weights.safetensors").is_file()
             assert (job / "models" / "lora" / "peft" / "adapter_config.json").is_file()
             assert (job / "metrics" / "train.json").is_file()

@@ -3,7 +3,7 @@
 Under DVC no override is passed, so a stage runs on exactly the parameters DVC tracks. By hand,
 `python stages/<stage>.py key=value` overrides single values, and `-m key=a,b` runs a Hydra multirun in
 which every job reads and writes only its own files under `multirun/jobs/<overrides>/` (never the DVC outputs;
-see `lofi_lora.multirun`), followed by a table of the jobs' headline figures.
+see `lofi_lora.experiments.multirun`), followed by a table of the jobs' headline figures.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _report_errors(run: Callable[[], Any]) -> Any:
     """
     from omegaconf.errors import MissingMandatoryValue
 
-    from lofi_lora.errors import LofiLoraError
+    from lofi_lora.core.errors import LofiLoraError
 
     try:
         return run()
@@ -45,7 +45,7 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
     """Decorate `fn(cfg) -> dict | None` as a stage entry point.
 
     Args:
-        outputs: keys of `paths` that this stage writes (documentation: under `-m`, `lofi_lora.multirun` rebases
+        outputs: keys of `paths` that this stage writes (documentation: under `-m`, `lofi_lora.experiments.multirun` rebases
             every path dvc.yaml names under the job folder and checks the stage's inputs belong to the job).
     """
 
@@ -59,7 +59,7 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
             from hydra.core.hydra_config import HydraConfig
             from hydra.types import RunMode
 
-            from lofi_lora.fsutil import atomic_write_text
+            from lofi_lora.core.fsutil import atomic_write_text
 
             sweep: dict[str, Any] = {}
 
@@ -68,10 +68,10 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
                 hc = HydraConfig.get()
                 multirun = hc.mode == RunMode.MULTIRUN
                 if multirun:
-                    from lofi_lora.multirun import JobRefused, enter_job
+                    from lofi_lora.experiments.multirun import JobRefused, enter_job
 
                     sweep["dir"] = Path(hc.sweep.dir)
-                from lofi_lora.config import load_config
+                from lofi_lora.core.config import load_config
 
                 cfg = _report_errors(lambda: load_config(cfg))  # before any data, model or output is touched
                 if multirun:
@@ -81,7 +81,7 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
                         print(f"refused: {e}", file=sys.stderr)
                         raise SystemExit(2) from None
                     log.info("multirun job %s: files under %s", hc.job.num, job.dir)
-                from lofi_lora.runtime import seed_everything
+                from lofi_lora.core.runtime import seed_everything
 
                 if cfg.model.source != "hub":
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched unless asked for
@@ -105,9 +105,9 @@ def stage_app(outputs: Sequence[str] = ()) -> Callable[[Callable[[Any], Any]], C
 
 def print_sweep_summary(sweep_dir: Path) -> None:
     """Print one row per multirun job (its overrides and headline figures) and write it to `summary.md`."""
-    from lofi_lora.fsutil import atomic_write_text
-    from lofi_lora.headline import headline_metrics
-    from lofi_lora.sweep import markdown_table
+    from lofi_lora.core.fsutil import atomic_write_text
+    from lofi_lora.experiments.headline import headline_metrics
+    from lofi_lora.experiments.sweep import markdown_table
 
     rows = []
     for f in sorted(sweep_dir.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0):

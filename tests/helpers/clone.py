@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lofi_lora.params import REPO_ROOT
+from lofi_lora.core.params import REPO_ROOT
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 # the venv's python first on PATH: dvc.yaml calls `python`

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from lofi_lora.config import REPO_ROOT, compose_config, load_config
+from lofi_lora.core.config import REPO_ROOT, compose_config, load_config
 
 KEEP = {"presets"}  # repo inputs the tests read in place
 

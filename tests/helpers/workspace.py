@@ -26,8 +26,8 @@ import json
 import os
 import sys
 from omegaconf import OmegaConf
-from lofi_lora.config import load_config
-from lofi_lora.train import run_train
+from lofi_lora.core.config import load_config
+from lofi_lora.train.stage import run_train
 cfg = load_config(OmegaConf.load(sys.argv[1]))
 if len(sys.argv) > 2:
     cfg.train.resume_from = int(sys.argv[2])
@@ -67,8 +67,8 @@ def make_base_model(root: Path, variant: str = "turbo", seed: int = 0) -> Path:
     """A base-model folder as stage base_model writes it, with only the parts training reads."""
     from safetensors.torch import save_file
 
-    from lofi_lora.backend import files_record
-    from lofi_lora.fsutil import atomic_write_json
+    from lofi_lora.model.load import files_record
+    from lofi_lora.core.fsutil import atomic_write_json
 
     base = root / "base"
     tiny_transformer(seed).save_pretrained(str(base / "transformer"), safe_serialization=True)
@@ -88,7 +88,7 @@ def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0, lat
     from datasets import Dataset, DatasetDict
     from safetensors.torch import save_file
 
-    from lofi_lora.fsutil import atomic_write_json, sha256_file
+    from lofi_lora.core.fsutil import atomic_write_json, sha256_file
 
     cache, dataset = root / "data" / "cache", root / "data" / "dataset"
     cache.mkdir(parents=True)

@@ -74,7 +74,7 @@ def analyze(audio: np.ndarray, sr: int, opts: AnalysisOptions = AnalysisOptions(
     mono = np.asarray(audio, dtype=np.float32)
     mono = mono.mean(axis=0) if mono.ndim == 2 else mono
     if sr != RHYTHM_SR:
-        from lofi_lora.librosa_guard import load
+        from lofi_lora.core.librosa_guard import load
         librosa = load()
 
         mono = librosa.resample(mono, orig_sr=sr, target_sr=RHYTHM_SR, res_type="soxr_hq")

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lofi_lora.errors import DataError
-from lofi_lora.metadata import SOURCES_FILE, load_metadata
-from lofi_lora.presets import PresetLibrary
+from lofi_lora.core.errors import DataError
+from lofi_lora.data.metadata import SOURCES_FILE, load_metadata
+from lofi_lora.data.presets import PresetLibrary
 
 
 def check(metadata_dir: Path, raw_dir: Path, presets: Path) -> list[str]:

@@ -34,8 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from lofi_lora.errors import LofiLoraError
-from lofi_lora.fsutil import atomic_write_json, read_json, sha256_file
+from lofi_lora.core.errors import LofiLoraError
+from lofi_lora.core.fsutil import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class ExternalAnnotator:
         """One user message: the prompt and the clip as a 16 kHz mono WAV (the rate audio LLMs take)."""
         import soundfile
 
-        from lofi_lora import audio as audio_io
+        from lofi_lora.data import audio as audio_io
 
         y, sr = audio_io.read(audio_path)
         y = audio_io.resample(audio_io.to_channels(y, 1), sr, CHAT_AUDIO_SR)[0]

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lofi_lora import librosa_guard
+from lofi_lora.core import librosa_guard
 
-librosa = librosa_guard.load()  # numba cache: see lofi_lora.librosa_guard
+librosa = librosa_guard.load()  # numba cache: see lofi_lora.core.librosa_guard
 
 ANALYSIS_SR = 22050
 ONSET_NFFT, ONSET_HOP = 1024, 256   # ~11.6 ms hop at 22.05 kHz: tempo to well under 1 %

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lofi_lora.errors import DataError
-from lofi_lora.fsutil import atomic_write_json, atomic_write_text, path_inside, read_json
-from lofi_lora.metadata import validate
+from lofi_lora.core.errors import DataError
+from lofi_lora.core.fsutil import atomic_write_json, atomic_write_text, path_inside, read_json
+from lofi_lora.data.metadata import validate
 
 KEYSCALE_RE = r"^[A-G](#|b)? (major|minor)$"
 

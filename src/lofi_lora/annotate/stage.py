@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lofi_lora import audio as audio_io
+from lofi_lora.data import audio as audio_io
 from lofi_lora.annotate.analysis import AnalysisOptions, ClipAnalysis, analyze
 from lofi_lora.annotate.audit import audit_captions
 from lofi_lora.annotate.captions import compose_caption, compose_tags
@@ -26,12 +26,12 @@ from lofi_lora.annotate.external import ExternalAnnotator, clean_rich_text, fold
 from lofi_lora.annotate.scoring import bpm_acc1, mirex_key_score
 from lofi_lora.annotate.sidecar import write_sidecars
 from lofi_lora.annotate.track import ClipVerdict, TrackAnalysis, analyse_track
-from lofi_lora.config import require, to_plain
-from lofi_lora.errors import DataError
-from lofi_lora.parallel import map_processes
-from lofi_lora.fsutil import atomic_dir, read_json
-from lofi_lora.metadata import load_metadata
-from lofi_lora.presets import PresetLibrary
+from lofi_lora.core.config import require, to_plain
+from lofi_lora.core.errors import DataError
+from lofi_lora.core.parallel import map_processes
+from lofi_lora.core.fsutil import atomic_dir, read_json
+from lofi_lora.data.metadata import load_metadata
+from lofi_lora.data.presets import PresetLibrary
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
     truth = _truth_scores(metadata_dir, docs)
     if truth is not None:
         metrics["truth"] = truth
-    from lofi_lora.results import write_stage_metrics
+    from lofi_lora.core.results import write_stage_metrics
 
     write_stage_metrics("annotate", metrics_path, metrics)
     log.info("annotate: %d sidecars in %s, %.0fx realtime, caption n-gram reuse %.2f, %d duplicate groups",

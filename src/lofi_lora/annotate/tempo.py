@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lofi_lora import librosa_guard
+from lofi_lora.core import librosa_guard
 from lofi_lora.annotate.features import Features
 
-librosa = librosa_guard.load()  # numba cache: see lofi_lora.librosa_guard
+librosa = librosa_guard.load()  # numba cache: see lofi_lora.core.librosa_guard
 
 MIN_BPM, MAX_BPM = 30.0, 240.0
 PRIOR_SIGMA_OCT = 0.25  # log2 width of the fall-off outside the tempo range (5 % outside -> 0.96, x1.5 -> 0.07)

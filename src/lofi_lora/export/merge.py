@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from lofi_lora.errors import ModelError
+from lofi_lora.core.errors import ModelError
 from lofi_lora.export import parity
 
 log = logging.getLogger(__name__)

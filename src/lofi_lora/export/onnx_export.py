@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from lofi_lora.errors import ModelError
+from lofi_lora.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from lofi_lora.errors import ExportParityError
+from lofi_lora.core.errors import ExportParityError
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ class OnnxSampler:
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """One item `[channels, samples]` as WAV through the project's audio module (soundfile, atomic)."""
-    from lofi_lora import audio as audio_io
+    from lofi_lora.data import audio as audio_io
 
     audio_io.write(path, np.asarray(audio, dtype=np.float32), int(sample_rate))
     return Path(path)

@@ -23,15 +23,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from lofi_lora.config import require, to_plain
-from lofi_lora.errors import ConfigError, ExportParityError
+from lofi_lora.core.config import require, to_plain
+from lofi_lora.core.errors import ConfigError, ExportParityError
 from lofi_lora.export import merge as merge_mod
 from lofi_lora.export import onnx_export as ox
 from lofi_lora.export import ort as ortx
 from lofi_lora.export import parity, quantize
 from lofi_lora.export.sampler import MANIFEST, OnnxSampler
-from lofi_lora.fsutil import atomic_dir, atomic_write_json
-from lofi_lora.results import write_stage_metrics
+from lofi_lora.core.fsutil import atomic_dir, atomic_write_json
+from lofi_lora.core.results import write_stage_metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 def run_export(cfg) -> dict:
     """Stage entry: load base pipeline + best adapter, then `export_pipeline` into paths.onnx."""
-    from lofi_lora import adapters, backend
+    from lofi_lora.train import adapters
+    from lofi_lora.model import load as backend
 
-    from lofi_lora.runtime import placement
+    from lofi_lora.core.runtime import placement
 
     best = Path(require(cfg, "paths.lora")) / "best"
     place = placement(cfg.model.dtype, precision="fp32")  # the FP32 reference must be FP32

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lofi_lora import audio
-from lofi_lora.config import require
-from lofi_lora.errors import ConfigError
-from lofi_lora.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
+from lofi_lora.data import audio
+from lofi_lora.core.config import require
+from lofi_lora.core.errors import ConfigError
+from lofi_lora.core.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
 from lofi_lora.synth.render import TrackSpec, render_track
 from lofi_lora.synth.styles import RENDERABLE, renderable_ids
 

@@ -1,0 +1,1 @@
+"""Stage `evaluate`: samples, metrics, best checkpoint and the listening report."""

@@ -1,0 +1,189 @@
+"""The listening report `reports/index.html`: per prompt, the holdout clip and every model's samples side by side.
+
+It opens from disk with no network: audio (OGG Vorbis) and spectrograms (PNG) are embedded as data URIs
+while the media fit in `embed_max_mb`, otherwise linked as relative files under `reports/media/`. A small
+inline script records each player's decoded duration into the DOM (`data-duration`, `#audio-status`), which
+is what the headless-Chromium test reads.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lofi_lora.data import audio as audio_io
+from lofi_lora.core.fsutil import atomic_dir, atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRIC_LABELS = {
+    "val_loss": "validation flow-matching loss (holdout cache, fixed t and noise)",
+    "fd_logmel128_v1": "FD on handcrafted log-mel statistics (not FAD/VGGish; not comparable to published FAD)",
+    "fd_logmel128_v1_inf": "the same, extrapolated to infinitely many clips (FD-inf)",
+    "fad_vggish": "FAD, VGGish embedding", "fad_vggish_inf": "FAD-inf, VGGish embedding",
+    "fad_clap": "FAD, CLAP audio embedding", "fad_clap_inf": "FAD-inf, CLAP audio embedding",
+    "kad_logmel128_v1": "KAD (unbiased kernel MMD^2, RBF bandwidth fixed from the reference) on the log-mel statistics",
+    "kad_vggish": "KAD on VGGish embeddings", "kad_clap": "KAD on CLAP audio embeddings",
+    "clap_score": "CLAP score: mean cosine(prompt, sample)",
+    "clap_score_shuffled": "CLAP score with shuffled prompts (floor)",
+    "clap_score_holdout": "CLAP score of holdout clips vs their captions (ceiling)",
+}
+
+SCRIPT = """
+<script>
+(function () {
+  var players = document.querySelectorAll('audio');
+  var status = document.getElementById('audio-status');
+  var ok = 0, bad = 0;
+  function show() { status.textContent = 'players: ' + players.length + ', decoded: ' + ok + ', errors: ' + bad;
+                    status.setAttribute('data-decoded', ok); status.setAttribute('data-errors', bad); }
+  players.forEach(function (a) {
+    a.addEventListener('loadedmetadata', function () {
+      a.setAttribute('data-duration', a.duration.toFixed(3)); ok += 1; show(); });
+    a.addEventListener('error', function () { a.setAttribute('data-error', '1'); bad += 1; show(); });
+    a.load();
+  });
+  show();
+})();
+</script>
+"""
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}
+th{background:#f2f2f2}
+tr.best td{background:#eaf6ea}
+.prompt{margin:1.5em 0;padding-top:0.5em;border-top:2px solid #999}
+.cap{font-style:italic}
+audio{width:260px;display:block}
+img.spec{width:260px;height:80px;display:block;image-rendering:pixelated}
+.na{color:#a33}
+small{color:#666}
+"""
+
+
+def spectrogram_png(audio: np.ndarray, sample_rate: int, path: Path) -> None:
+    """A small log-mel spectrogram image of mono-mixed audio."""
+    from lofi_lora.core.librosa_guard import load
+    librosa = load()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = np.asarray(audio, dtype=np.float32).mean(axis=0)
+    mel = librosa.feature.melspectrogram(y=y, sr=sample_rate, n_fft=2048, hop_length=1024, n_mels=64)
+    db = librosa.power_to_db(mel + 1e-10, ref=np.max(mel) if mel.max() > 0 else 1.0, top_db=80.0)
+    fig = plt.figure(figsize=(3.2, 1.0), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0)
+    ax.set_axis_off()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _media(src: str | Path, dst_stem: Path) -> tuple[Path, Path]:
+    """OGG Vorbis copy + spectrogram PNG of one audio file."""
+    x, sr = audio_io.read(src)
+    ogg, png = dst_stem.with_suffix(".ogg"), dst_stem.with_suffix(".png")
+    audio_io.write(ogg, x, sr)
+    spectrogram_png(x, sr, png)
+    return ogg, png
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return '<span class="na">n/a</span>'
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return html.escape(str(v))
+
+
+def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequence[Any], best: Any,
+                 metric_keys: Sequence[str], flat: dict[str, Any], embed_max_mb: float = 16.0) -> Path:
+    """Build `reports_dir` (index.html + media) atomically; returns the index path.
+
+    `models` have `.label`, `.step`, `.samples` (dicts with `path`, `prompt_index`, `seed`) and `.scores`;
+    `prompts` have `.index`, `.clip_id`, `.caption`, `.audio_path`.
+    """
+    reports_dir = Path(reports_dir)
+    with atomic_dir(reports_dir) as tmp:
+        media = tmp / "media"
+        refs: dict[tuple, tuple[Path, Path]] = {}
+        for p in prompts:
+            (media / "holdout").mkdir(parents=True, exist_ok=True)
+            refs[("holdout", p.index)] = _media(p.audio_path, media / "holdout" / f"p{p.index:02d}_{p.clip_id}")
+        for m in models:
+            (media / m.label).mkdir(parents=True, exist_ok=True)
+            for s in m.samples:
+                refs[(m.label, s["prompt_index"], s["seed"])] = _media(s["path"], media / m.label / Path(s["file"]).stem)
+        total = sum(f.stat().st_size for pair in refs.values() for f in pair)
+        embed = total <= embed_max_mb * 1e6
+
+        def src(f: Path, mime: str) -> str:
+            if embed:
+                return f"data:{mime};base64," + base64.b64encode(f.read_bytes()).decode("ascii")
+            return html.escape(f.relative_to(tmp).as_posix())
+
+        def player(key: tuple, title: str) -> str:
+            ogg, png = refs[key]
+            return (f'<audio controls preload="metadata" title="{html.escape(title)}">'
+                    f'<source src="{src(ogg, "audio/ogg")}" type="audio/ogg"></audio>'
+                    f'<img class="spec" alt="spectrogram {html.escape(title)}" src="{src(png, "image/png")}">')
+
+        seeds = sorted({s["seed"] for m in models for s in m.samples})
+        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>lofi-lora listening report</title>"
+                 f"<style>{CSS}</style></head><body>",
+                 "<h1>lofi-lora listening report</h1>",
+                 f"<p>Best checkpoint: <b>step {best.step}</b> by <code>{html.escape(str(flat.get('best_metric')))}"
+                 f"</code> ({html.escape(str(flat.get('best_mode')))}). Variant "
+                 f"<code>{html.escape(str(flat.get('variant')))}</code>, {flat.get('sampling_steps')} sampling steps, "
+                 f"{flat.get('num_prompts')} prompts &times; {len(seeds)} seeds, {flat.get('duration_s')} s each; "
+                 f"reference: {flat.get('holdout_clips')} holdout clips.</p>",
+                 '<p id="audio-status" data-decoded="0" data-errors="0">players: loading</p>',
+                 "<h2>Metrics</h2><table><tr><th>model</th><th>step</th>"]
+        parts += [f"<th title='{html.escape(METRIC_LABELS.get(k, k))}'>{html.escape(k)}</th>" for k in metric_keys]
+        parts.append("</tr>")
+        for m in models:
+            cls = ' class="best"' if m is best else ""
+            parts.append(f"<tr{cls}><td>{html.escape(m.label)}</td><td>{m.step}</td>")
+            for k in metric_keys:
+                reason = m.scores.get(f"{k}_reason") or m.scores.get(f"{k.removesuffix('_inf')}_reason")
+                cell = _fmt(m.scores.get(k))
+                if m.scores.get(k) is None and reason:
+                    cell += f"<br><small>{html.escape(str(reason))}</small>"
+                parts.append(f"<td>{cell}</td>")
+            parts.append("</tr>")
+        parts.append("</table><ul>")
+        parts += [f"<li><code>{html.escape(k)}</code>: {html.escape(METRIC_LABELS.get(k, k))}</li>" for k in metric_keys]
+        sizes = [f"<code>{html.escape(k)}</code> = {_fmt(v)}" for k, v in flat.items()
+                 if k.endswith(("_n_clips_best", "_n_vectors_best", "_reference_clips", "_reference_vectors"))]
+        if sizes:
+            parts.append("<li>sample sizes behind the distances: " + ", ".join(sizes) + "</li>")
+        parts.append("</ul><h2>Samples</h2>")
+        for p in prompts:
+            parts.append(f'<div class="prompt"><h3>Prompt {p.index}</h3><p class="cap">{html.escape(p.caption)}</p>'
+                         f"<p><small>holdout clip {html.escape(p.clip_id)}</small></p>"
+                         "<table><tr><th>model</th>" + "".join(f"<th>seed {s}</th>" for s in seeds) + "</tr>"
+                         f"<tr><td>holdout (real)</td><td colspan='{max(1, len(seeds))}'>"
+                         f"{player(('holdout', p.index), 'holdout ' + p.clip_id)}</td></tr>")
+            for m in models:
+                cls = ' class="best"' if m is best else ""
+                cells = "".join(f"<td>{player((m.label, p.index, s), f'{m.label} p{p.index} s{s}')}</td>"
+                                if (m.label, p.index, s) in refs else "<td>-</td>" for s in seeds)
+                parts.append(f"<tr{cls}><td>{html.escape(m.label)}</td>{cells}</tr>")
+            parts.append("</table></div>")
+        parts.append(SCRIPT + "</body></html>\n")
+        if embed:
+            shutil.rmtree(media)
+        atomic_write_text(tmp / "index.html", "".join(parts))
+    log.info("report: %s (%d players, media %.1f MB, %s)", reports_dir / "index.html", len(refs), total / 1e6,
+             "embedded" if embed else "linked")
+    return reports_dir / "index.html"

@@ -1,0 +1,534 @@
+"""Stage `evaluate`: the base model and each (newest) checkpoint, scored the same way, and the best one picked.
+
+Per model (base = no adapter, then every checkpoint of the train manifest, or the last `eval.last_n`):
+fixed-seed samples from a fixed holdout prompt set in the variant's native sampling settings, the
+flow-matching validation loss on the holdout cache at fixed timesteps and fixed noise, Fréchet distances of
+the samples against the holdout clips (every embedding that is available; an unavailable one is a null with
+its reason), and the CLAP score with its baselines (null with a reason when no CLAP weights are configured).
+Nothing is written under the train stage's checkpoint folder.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lofi_lora.data import audio as audio_io
+from lofi_lora.core.config import to_plain
+from lofi_lora.core.errors import CheckpointError, ConfigError, DataError
+from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Native sampling settings of each ACE-Step 1.5 variant (turbo is guidance-distilled: no CFG).
+SAMPLING: dict[str, dict[str, float]] = {
+    "turbo": {"num_inference_steps": 8, "shift": 3.0, "guidance_scale": 1.0},
+    "base": {"num_inference_steps": 50, "shift": 1.0, "guidance_scale": 7.0},
+    "sft": {"num_inference_steps": 50, "shift": 1.0, "guidance_scale": 7.0},
+}
+SAMPLE_RATE = 48000
+BASE = "base"
+
+
+@dataclass
+class Prompt:
+    """One prompt of the fixed evaluation set, drawn from a holdout clip (whose audio sits beside it)."""
+
+    index: int
+    clip_id: str
+    caption: str
+    lyrics: str
+    bpm: Any
+    keyscale: Any
+    timesignature: Any
+    vocal_language: str
+    audio_path: str
+
+
+@dataclass
+class ModelEval:
+    """Everything measured for one model (base or one checkpoint)."""
+
+    label: str
+    step: int
+    adapter_dir: str | None
+    samples: list[dict] = field(default_factory=list)
+    scores: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def sampling_settings(variant: str) -> dict[str, float]:
+    if variant not in SAMPLING:
+        raise ConfigError(f"`model.variant` = {variant!r}: no sampling settings (expected one of {sorted(SAMPLING)})")
+    return dict(SAMPLING[variant])
+
+
+def _holdout(dataset_dir: Path):
+    from datasets import Audio, load_from_disk
+
+    if not dataset_dir.is_dir():
+        raise DataError(f"{dataset_dir}: dataset folder is missing: run stage dataset first")
+    dd = load_from_disk(str(dataset_dir))
+    if "holdout" not in dd:
+        raise DataError(f"{dataset_dir}: no `holdout` split (splits: {list(dd)})")
+    ho = dd["holdout"]
+    if "audio" in ho.column_names and isinstance(ho.features["audio"], Audio):
+        ho = ho.cast_column("audio", Audio(decode=False))
+    if len(ho) == 0:
+        raise DataError(f"{dataset_dir}: the holdout split is empty; evaluation needs held-out clips")
+    return ho
+
+
+def _audio_path(row: dict, clips_dir: Path) -> str:
+    a = row.get("audio")
+    if isinstance(a, dict) and a.get("path") and Path(a["path"]).is_file():
+        return str(a["path"])
+    p = clips_dir / "wav" / f"{row['clip_id']}.wav"
+    if not p.is_file():
+        raise DataError(f"holdout clip {row['clip_id']}: audio not found ({a!r}, {p})")
+    return str(p)
+
+
+def holdout_rows(dataset_dir: Path, clips_dir: Path) -> list[dict]:
+    """Holdout rows sorted by clip_id with a resolved `audio_path`."""
+    ho = _holdout(dataset_dir)
+    rows = sorted((dict(r) for r in ho), key=lambda r: str(r["clip_id"]))
+    for r in rows:
+        r["audio_path"] = _audio_path(r, clips_dir)
+    return rows
+
+
+def prompt_set(rows: list[dict], num_prompts: int, seed: int) -> list[Prompt]:
+    """A fixed, seeded choice of `num_prompts` holdout clips (all of them when there are fewer)."""
+    if num_prompts < 1:
+        raise ConfigError(f"`eval.num_prompts` = {num_prompts}: must be >= 1")
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.permutation(len(rows))[: min(num_prompts, len(rows))].tolist())
+    if len(idx) < num_prompts:
+        log.warning("eval.num_prompts=%d but the holdout has %d clips: using all of them", num_prompts, len(rows))
+    out = []
+    for i, j in enumerate(idx):
+        r = rows[j]
+        out.append(Prompt(i, str(r["clip_id"]), str(r.get("caption") or ""), str(r.get("lyrics") or ""),
+                          r.get("bpm"), r.get("keyscale"), r.get("timesignature"),
+                          str(r.get("vocal_language") or "en"), r["audio_path"]))
+    return out
+
+
+def select_checkpoints(lora_dir: Path, last_n: int | None) -> tuple[list[dict], dict]:
+    """Verified manifest entries to evaluate (newest `last_n`, or all) and the manifest itself."""
+    from lofi_lora.train.checkpoints import CheckpointStore
+
+    store = CheckpointStore(lora_dir / "checkpoints")
+    if not (store.root / "manifest.json").is_file():
+        raise CheckpointError(f"{store.root / 'manifest.json'} is missing: run stage train first")
+    manifest = store.manifest()
+    entries = store.entries()
+    if not entries:
+        raise CheckpointError(f"{store.root / 'manifest.json'} lists no checkpoints")
+    if last_n is not None:
+        if int(last_n) < 1:
+            raise ConfigError(f"`eval.last_n` = {last_n}: must be >= 1 or null (all)")
+        entries = entries[-int(last_n):]
+    for e in entries:
+        e["_dir"] = str(store.verify(e))
+    return entries, manifest
+
+
+# ------------------------------------------------------------------------------------------------- model work
+
+
+def generate(pipe, prompts: list[Prompt], seeds: list[int], duration_s: float, settings: dict, device: str,
+             out_dir: Path) -> list[dict]:
+    """One sample per (prompt, seed), batch of one (exactly what inference runs), saved as 48 kHz WAV."""
+    import torch
+    from tqdm import tqdm
+
+    from lofi_lora.model.load import prompt_metas
+
+    records = []
+    jobs = [(p, s) for p in prompts for s in seeds]
+    for p, s in tqdm(jobs, desc=f"samples {out_dir.name}", leave=False):
+        gen = torch.Generator(device="cpu").manual_seed(int(s))
+        metas = prompt_metas(p.bpm, p.keyscale, p.timesignature)
+        with torch.no_grad():
+            out = pipe(prompt=p.caption, lyrics=p.lyrics, vocal_language=p.vocal_language, audio_duration=duration_s,
+                       generator=gen, output_type="pt", **metas, **settings)
+        wav = out.audios[0].float().cpu().numpy()
+        if not np.isfinite(wav).all():
+            raise DataError(f"sample {out_dir.name}/p{p.index:02d}_s{s}: generated audio has NaN/inf")
+        name = f"p{p.index:02d}_s{s}.wav"
+        audio_io.write(out_dir / name, wav, SAMPLE_RATE)
+        records.append({"file": name, "prompt_index": p.index, "seed": int(s), "clip_id": p.clip_id,
+                        "caption": p.caption, "duration_s": wav.shape[-1] / SAMPLE_RATE})
+    return records
+
+
+def validation_loss(transformer, cache: list[dict], timesteps: list[float], seed: int, device: str) -> dict:
+    """Training's flow-matching loss on the holdout cache at fixed timesteps with fixed noise (same for every model).
+
+    One clip per call (no padding); the noise of clip i is drawn on the CPU from a generator seeded with seed + i,
+    so only the model differs between evaluations. Mean over clips per timestep, then over timesteps.
+    """
+    import contextlib
+
+    import torch
+
+    from lofi_lora.train.objective import flow_matching_loss
+
+    if not cache:
+        raise DataError("validation loss: no holdout cache entries")
+    dtype = transformer.dtype
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else None
+    per_t: dict[float, list[float]] = {float(t): [] for t in timesteps}
+    with torch.no_grad(), autocast or contextlib.nullcontext():
+        for i, c in enumerate(cache):
+            batch = {k: v[None].to(device) for k, v in c.items()}
+            batch["target_latents"] = batch["target_latents"].float()
+            noise = torch.randn(c["target_latents"].shape, generator=torch.Generator().manual_seed(seed + i))[None]
+            for t in per_t:
+                loss, _ = flow_matching_loss(transformer, batch, torch.full((1,), t, device=device), noise.to(device))
+                per_t[t].append(float(loss))
+    means = {t: float(np.mean(v)) for t, v in per_t.items()}
+    return {"val_loss": float(np.mean(list(means.values()))), "per_timestep": {f"{t:g}": v for t, v in means.items()},
+            "n_clips": len(cache), "timesteps": [float(t) for t in timesteps]}
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+
+
+def embed_files(embedder, files: list[str]) -> list[np.ndarray]:
+    out = []
+    for f in files:
+        x, sr = audio_io.read(f)
+        out.append(embedder.embed(x, sr))
+    return out
+
+
+def kad_id(metric_id: str) -> str:
+    """KAD key beside an FD key: fd_logmel128_v1 -> kad_logmel128_v1, fad_vggish -> kad_vggish."""
+    return "kad_" + metric_id.split("_", 1)[1]
+
+
+def fd_scores(embedder, gen: list[np.ndarray], ref_stats, num_points: int, seed: int,
+              ref_vectors: np.ndarray | None = None, kad_bandwidth: float | None = None) -> dict[str, Any]:
+    """FD at this N, FD-inf (clips subsampled without replacement) and KAD, with the sample sizes."""
+    from lofi_lora.evaluate.metrics.fad import fd_inf, frechet_distance, gaussian_stats, kad
+
+    x = np.concatenate(gen)
+    mid = embedder.metric_id
+    res: dict[str, Any] = {mid: frechet_distance(gaussian_stats(x, len(gen)), ref_stats),
+                           f"{mid}_n_clips": len(gen), f"{mid}_n_vectors": int(x.shape[0])}
+    if ref_vectors is not None:
+        res[kad_id(mid)] = kad(x, ref_vectors, kad_bandwidth)[0]
+    if len(gen) >= 3:
+        inf = fd_inf(gen, ref_stats, num_points=num_points, seed=seed)
+        res.update({f"{mid}_inf": inf.fd_inf, f"{mid}_inf_slope": inf.slope, f"{mid}_inf_r2": inf.r2})
+        res["_fd_inf_points"] = inf.as_dict()["points"]
+    else:
+        res.update({f"{mid}_inf": None, f"{mid}_inf_reason": f"FD-inf needs >= 3 generated clips, got {len(gen)}"})
+    return res
+
+
+def check_weight_paths(ev) -> None:
+    """`eval.vggish_path` / `eval.clap_path` left at `???` is a config error (null means "not available")."""
+    from omegaconf import OmegaConf
+
+    for key in ("vggish_path", "clap_path"):
+        if OmegaConf.is_config(ev) and key in list(ev.keys()) and OmegaConf.is_missing(ev, key):
+            raise ConfigError(f"`eval.{key}` is required by this eval config (???): set a local path, or null to "
+                              "report the metric as unavailable")
+
+
+def load_clap(clap_path: str | None, min_vocab: int, device: str):
+    """(CLAP model, None) when `eval.clap_path` loads, else (None, the reason clap_score is null)."""
+    from lofi_lora.core.errors import EmbeddingUnavailable
+    from lofi_lora.evaluate.metrics.clap import ClapModelLocal
+
+    try:
+        return ClapModelLocal(clap_path, device=device, min_vocab=min_vocab, metric_id="clap_score"), None
+    except EmbeddingUnavailable as e:
+        log.warning("%s", e)
+        return None, e.reason
+
+
+def pick_best(models: list[ModelEval], metric: str, mode: str) -> ModelEval:
+    """Best checkpoint (the base model is a reference, never a candidate) by `metric` (min|max)."""
+    if mode not in ("min", "max"):
+        raise ConfigError(f"`eval.best_mode` = {mode!r}: expected min or max")
+    cands = [m for m in models if m.label != BASE]
+    vals = [(m.scores.get(metric), m) for m in cands]
+    ok = [(v, m) for v, m in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not ok:
+        known = sorted(k for k in (cands[0].scores if cands else {}) if not k.endswith("_reason"))
+        reason = cands[0].scores.get(f"{metric}_reason") if cands else None
+        raise ConfigError(f"`eval.best_metric` = {metric!r} has no value for any checkpoint"
+                          + (f" ({reason})" if reason else "") + f"; measured metrics: {known}")
+    key = (lambda vm: (vm[0], -vm[1].step)) if mode == "min" else (lambda vm: (-vm[0], -vm[1].step))
+    return sorted(ok, key=key)[0][1]  # ties: the later step
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+
+
+def write_plots(models: list[ModelEval], plots_dir: Path, metric_keys: list[str], best_metric: str | None = None) -> None:
+    """metric vs step as JSON and CSV (dvc plots) plus PNGs; the base model is step 0.
+
+    The selection metric is the last column, so `dvc plots show` (y = last field by default) plots it.
+    """
+    if best_metric in metric_keys:
+        metric_keys = [k for k in metric_keys if k != best_metric] + [best_metric]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"step": m.step, "model": m.label, **{k: m.scores.get(k) for k in metric_keys}} for m in models]
+    atomic_write_json(plots_dir / "metrics.json", rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["step", "model", *metric_keys], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    atomic_write_text(plots_dir / "metrics.csv", buf.getvalue())
+    from lofi_lora.core.fsutil import atomic_path
+
+    for k in metric_keys:
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r[k], (int, float))]
+        fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+        else:
+            ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("step (0 = base model)")
+        ax.set_ylabel(k)
+        ax.set_title(k)
+        fig.tight_layout()
+        with atomic_path(plots_dir / f"{k}.png") as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+
+def flat_metrics(models: list[ModelEval], best: ModelEval, metric_keys: list[str], extra: dict) -> dict:
+    """metrics/eval.json: flat keys `dvc exp show` can sort (`<metric>_best`, `<metric>_base`, ...)."""
+    base = next(m for m in models if m.label == BASE)
+    out: dict[str, Any] = {"best_step": best.step, "best_metric": extra["best_metric"],
+                           "best_mode": extra["best_mode"], "num_checkpoints": len(models) - 1,
+                           "num_samples_per_model": len(best.samples)}
+    for k in metric_keys:
+        out[f"{k}_best"] = best.scores.get(k)
+        out[f"{k}_base"] = base.scores.get(k)
+        for src in (best.scores, base.scores):
+            if src.get(f"{k}_reason"):
+                out[f"{k}_reason"] = src[f"{k}_reason"]
+    for k, v in best.scores.items():
+        if k.endswith(("_n_clips", "_n_vectors", "_inf_slope", "_inf_r2")) and f"{k}_best" not in out:
+            out[f"{k}_best"] = v
+    out.update({k: v for k, v in extra.items() if k not in out})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- stage
+
+
+@dataclass
+class Reference:
+    """An embedding's statistics of the holdout clips, which every model's samples are compared with."""
+
+    embedder: Any
+    stats: Any
+    vectors: np.ndarray
+    kad_bandwidth: float
+
+
+@dataclass
+class EvalSetup:
+    """What every model is scored with: prompts, sampling, holdout cache, references, CLAP."""
+
+    prompts: list[Prompt]
+    seeds: list[int]
+    duration_s: float
+    settings: dict
+    cache: list[dict]
+    references: list[Reference]
+    unavailable: dict[str, str]          # metric id -> why it is null
+    clap: Any
+    clap_reason: str | None
+    clap_holdout: dict | None = None     # holdout CLAP baseline, measured with the first model
+
+
+def references(ev, ref_files: list[str], device: str) -> tuple[list[Reference], dict[str, str]]:
+    """The configured embedding plus the always-available log-mel one, measured on the holdout clips."""
+    from lofi_lora.core.errors import EmbeddingUnavailable
+    from lofi_lora.evaluate.metrics.embeddings import get_embedder
+    from lofi_lora.evaluate.metrics.fad import gaussian_stats, kad
+
+    refs, unavailable = [], {}
+    for kind in dict.fromkeys([ev.embedding, "logmel"]):
+        try:
+            emb = get_embedder(kind, to_plain(ev), device=device)
+        except EmbeddingUnavailable as e:
+            log.warning("%s", e)
+            unavailable[e.metric_id] = e.reason
+            continue
+        vecs = embed_files(emb, ref_files)
+        allv = np.concatenate(vecs)
+        refs.append(Reference(emb, gaussian_stats(allv, len(vecs)), allv, kad(allv, allv)[1]))  # bandwidth fixed here
+        log.info("reference %s: %d holdout clips, %d vectors", emb.metric_id, len(vecs), refs[-1].stats.n_vectors)
+    return refs, unavailable
+
+
+def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_points: int, seed: int) -> None:
+    """FD/KAD per embedding (nulls with reasons for unavailable ones) and the CLAP score of one model's samples."""
+    for ref in setup.references:
+        mid = ref.embedder.metric_id
+        r = fd_scores(ref.embedder, embed_files(ref.embedder, files), ref.stats, fad_inf_points, seed, ref.vectors,
+                      ref.kad_bandwidth)
+        m.details[mid] = {"fd_inf_points": r.pop("_fd_inf_points", None), **ref.embedder.describe(),
+                          "kad_bandwidth": ref.kad_bandwidth, "reference_clips": ref.stats.n_clips,
+                          "reference_vectors": ref.stats.n_vectors}
+        m.scores.update(r)
+    for mid, reason in setup.unavailable.items():
+        m.scores.update({mid: None, f"{mid}_inf": None, kad_id(mid): None, f"{mid}_reason": reason,
+                         f"{kad_id(mid)}_reason": reason})
+    if setup.clap is None:
+        m.scores.update({"clap_score": None, "clap_score_reason": setup.clap_reason})
+        return
+    from lofi_lora.evaluate.metrics.clap import clap_scores
+
+    prompts = setup.prompts
+    hold = [audio_io.read(p.audio_path) for p in prompts] if setup.clap_holdout is None else None
+    cs = clap_scores(setup.clap, [audio_io.read(f) for f in files], [s["caption"] for s in m.samples], hold,
+                     [p.caption for p in prompts] if hold else None, seed)
+    setup.clap_holdout = cs["clap_score_holdout"] = cs.get("clap_score_holdout", setup.clap_holdout)
+    m.details["clap"] = {**cs, **setup.clap.describe()}
+    m.scores.update({"clap_score": cs["clap_score"]["mean"], "clap_score_shuffled": cs["clap_score_shuffled"]["mean"],
+                     "clap_score_holdout": setup.clap_holdout["mean"]})
+
+
+def evaluate_model(pipe, m: ModelEval, setup: EvalSetup, out_dir: Path, ev, seed: int, device: str) -> None:
+    """Samples, validation loss and sample scores of one model (base, or base + one checkpoint's adapter)."""
+    from lofi_lora.train.adapters import load_into_pipeline
+
+    t0 = time.perf_counter()
+    if m.adapter_dir:
+        load_into_pipeline(pipe, m.adapter_dir, adapter_name=f"eval_{m.label}")
+    try:
+        m.samples = generate(pipe, setup.prompts, setup.seeds, setup.duration_s, setup.settings, device, out_dir)
+        vl = validation_loss(pipe.transformer, setup.cache, list(ev.val_timesteps), seed, device)
+    finally:
+        if m.adapter_dir:
+            pipe.unload_lora_weights()
+    m.scores["val_loss"], m.details["val_loss"] = vl["val_loss"], vl
+    score_samples(m, [str(out_dir / s["file"]) for s in m.samples], setup, ev.fad_inf_points, seed)
+    seconds = time.perf_counter() - t0  # logged only: best/scores.json must rehash the same
+    atomic_write_json(out_dir / "samples.json", {"model": m.label, "step": m.step, "sampling": setup.settings,
+                                                 "duration_s": setup.duration_s, "samples": m.samples})
+    log.info("model %s: %s (%.1f s)", m.label, {k: round(v, 5) if isinstance(v, float) else v
+                                                for k, v in m.scores.items() if not k.endswith("_reason")},
+             seconds)
+
+
+def metric_keys_of(setup: EvalSetup) -> list[str]:
+    """The per-model metrics reported, in a fixed order."""
+    fd = [r.embedder.metric_id for r in setup.references] + list(setup.unavailable)
+    keys = ["val_loss", *[k for mid in fd for k in (mid, f"{mid}_inf", kad_id(mid))], "clap_score"]
+    return keys + (["clap_score_shuffled", "clap_score_holdout"] if setup.clap is not None else [])
+
+
+def write_best(lora_dir: Path, models: list[ModelEval], best: ModelEval, manifest: dict, ev, variant: str,
+               settings: dict) -> None:
+    """`best/`: the best checkpoint's files and scores.json (train's manifest with eval scores filled in; train's
+    own file is never touched)."""
+    scored = {"version": manifest.get("version", 1), "best_step": best.step, "best_metric": ev.best_metric,
+              "best_mode": ev.best_mode, "sampling": settings, "variant": variant,
+              "base": {"scores": models[0].scores, "details": models[0].details}, "checkpoints": []}
+    by_step = {m.step: m for m in models[1:]}
+    for e in manifest["checkpoints"]:
+        e2 = dict(e)
+        if int(e["step"]) in by_step:
+            m = by_step[int(e["step"])]
+            e2["scores"] = {**(e.get("scores") or {}), **m.scores}
+            e2["eval_details"] = m.details
+        scored["checkpoints"].append(e2)
+    with atomic_dir(lora_dir / "best") as tmp:
+        for f in sorted(Path(best.adapter_dir).iterdir()):
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        atomic_write_json(tmp / "scores.json", scored)
+
+
+def eval_metrics(models: list[ModelEval], best: ModelEval, setup: EvalSetup, ev, variant: str, holdout_clips: int,
+                 seconds: float) -> dict[str, Any]:
+    """metrics/eval.json: the best checkpoint's and the base model's scores, and what they were measured on."""
+    extra = {"best_metric": ev.best_metric, "best_mode": ev.best_mode, "variant": variant,
+             "num_prompts": len(setup.prompts), "seeds": len(setup.seeds), "duration_s": setup.duration_s,
+             "holdout_clips": holdout_clips, "sampling_steps": setup.settings["num_inference_steps"],
+             **{f"{r.embedder.metric_id}_reference_clips": r.stats.n_clips for r in setup.references},
+             **{f"{r.embedder.metric_id}_reference_vectors": r.stats.n_vectors for r in setup.references},
+             "seconds": seconds}
+    flat = flat_metrics(models, best, metric_keys_of(setup), extra)
+    if setup.clap is None:
+        flat["clap_score_reason"] = setup.clap_reason
+    return flat
+
+
+def run_evaluate(cfg) -> dict[str, Any]:
+    """Stage entry: evaluate base + checkpoints, write samples, best/, metrics, plots and the report."""
+    from lofi_lora.model.load import load_pipeline
+    from lofi_lora.dataset.stage import read_cache
+    from lofi_lora.evaluate.report import write_report
+    from lofi_lora.core.runtime import placement
+
+    t_start = time.perf_counter()
+    ev, seed, variant, paths = cfg.eval, cfg.seed, cfg.model.variant, cfg.paths
+    lora_dir = Path(paths.lora)
+    settings = sampling_settings(variant) | to_plain(cfg.model.sampling or {})  # conf/model/*.yaml `sampling`
+    check_weight_paths(ev)
+    entries, manifest = select_checkpoints(lora_dir, ev.last_n)
+    rows = holdout_rows(Path(paths.dataset), Path(paths.clips))
+    prompts = prompt_set(rows, ev.num_prompts, seed)
+    cache, _ = read_cache(paths.cache, [str(r["clip_id"]) for r in rows])
+    place = placement(cfg.model.dtype)
+    device = str(place.device)
+    log.info("evaluate: base + %d checkpoints, %d prompts x %d seeds, %.1f s, %s %s, sampling %s",
+             len(entries), len(prompts), len(ev.seeds), ev.duration_s, device, place.weights_dtype, settings)
+    refs, unavailable = references(ev, [r["audio_path"] for r in rows], device)
+    clap, clap_reason = load_clap(ev.clap_path, ev.clap_min_vocab, device)
+    setup = EvalSetup(prompts, list(ev.seeds), float(ev.duration_s), settings, list(cache.values()), refs,
+                      unavailable, clap, clap_reason)
+
+    pipe = load_pipeline(cfg.model, paths.base_model, device=device, dtype=place.weights_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    models = [ModelEval(BASE, 0, None)] + [ModelEval(f"{int(e['step']):06d}", int(e["step"]), e["_dir"])
+                                           for e in entries]
+    samples_root = lora_dir / "samples"
+    with atomic_dir(samples_root) as tmp_samples:
+        for m in models:
+            evaluate_model(pipe, m, setup, tmp_samples / m.label, ev, seed, device)
+    for m in models:  # paths of the samples after the folder was swapped in
+        for s in m.samples:
+            s["path"] = str(samples_root / m.label / s["file"])
+
+    best = pick_best(models, ev.best_metric, ev.best_mode)
+    write_best(lora_dir, models, best, manifest, ev, variant, settings)
+    flat = eval_metrics(models, best, setup, ev, variant, len(rows), round(time.perf_counter() - t_start, 2))
+    from lofi_lora.core.results import write_stage_metrics
+
+    write_stage_metrics("eval", Path(paths.metrics) / "eval.json", flat)
+    metric_keys = metric_keys_of(setup)
+    write_plots(models, Path(paths.plots) / "eval", metric_keys, ev.best_metric)
+    write_report(paths.reports, models, prompts, best, metric_keys, flat, embed_max_mb=float(ev.report_embed_max_mb))
+    log.info("evaluate: best step %d by %s (%s) in %.1f s", best.step, ev.best_metric, ev.best_mode, flat["seconds"])
+    return {k: v for k, v in flat.items() if not isinstance(v, (dict, list))}

@@ -1,0 +1,1 @@
+"""Sweeps and multirun jobs over the whole chain."""

@@ -1,0 +1,1 @@
+"""Stage `ingest`: licence/provenance gate, duplicate detection, quarantine."""

@@ -1,0 +1,1 @@
+"""Upstream's native ACE-Step checkpoints: key/shape rules and the conversion to a diffusers folder."""

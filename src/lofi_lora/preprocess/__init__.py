@@ -1,0 +1,1 @@
+"""Stage `preprocess`: 48 kHz stereo clips, quality checks, loudness."""

@@ -1,0 +1,1 @@
+"""Stage `train`: the LoRA, its objective, state, checkpoints and adapter files."""
