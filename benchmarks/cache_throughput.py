@@ -25,7 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lofi_lora.model import load as backend  # noqa: E402
+from lofi_lora.model.load import WEIGHT_COMPONENTS
+from lofi_lora.model.tiny import build_pipeline, tokenizer_corpus, train_tokenizer  # noqa: E402
 from lofi_lora.dataset.stage import encode_batch  # noqa: E402
 
 REAL_BUILD = {  # ACE-Step 1.5 turbo (DiT + condition encoder), its VAE, and Qwen3-Embedding-0.6B
@@ -48,9 +49,9 @@ def tiny_build() -> dict:
 
 def build(size: str, device: str, dtype: torch.dtype):
     cfg = REAL_BUILD if size == "real" else tiny_build()
-    tok = backend.train_tokenizer(backend.tokenizer_corpus(ROOT / "presets"), min(cfg["vocab_size"], 4096))
+    tok = train_tokenizer(tokenizer_corpus(ROOT / "presets"), min(cfg["vocab_size"], 4096))
     with torch.device(device):
-        pipe = backend.build_pipeline(cfg, "turbo", 0, tok)
+        pipe = build_pipeline(cfg, "turbo", 0, tok)
     pipe = pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -111,7 +112,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     pipe = build("tiny" if a.tiny else "real", device, dtype)
-    params = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) for k in backend.WEIGHT_COMPONENTS}
+    params = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) for k in WEIGHT_COMPONENTS}
     print(f"# {'tiny' if a.tiny else 'real-size'} ACE-Step 1.5 on {device} ({dtype}), built in "
           f"{time.perf_counter() - t0:.1f} s; params (M): "
           + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in params.items()))

@@ -7,7 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lofi_lora.model import load as backend
+from lofi_lora.model.encode import context_latents, encode_audio, encode_conditions, null_condition
+from lofi_lora.model.load import COMPONENTS, load_pipeline, load_transformer, model_dir
+from lofi_lora.model.stage import run_base_model
 from lofi_lora.core.errors import ConfigError, ModelError
 from lofi_lora.core.params import REPO_ROOT
 
@@ -31,14 +33,14 @@ def tiny(tmp_path_factory):
     """A tiny base model written by the stage function, and the cfg that wrote it."""
     torch.set_num_threads(2)
     cfg = make_cfg(tmp_path_factory.mktemp("tiny"))
-    result = backend.write_base_model(cfg)
+    result = run_base_model(cfg)
     return cfg, result
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
     cfg, _ = tiny
-    return backend.load_pipeline(cfg.model, cfg.paths.base_model)
+    return load_pipeline(cfg.model, cfg.paths.base_model)
 
 
 def test_tiny_build_is_complete_and_deterministic(tiny, tmp_path):
@@ -46,9 +48,9 @@ def test_tiny_build_is_complete_and_deterministic(tiny, tmp_path):
     base = Path(cfg.paths.base_model)
     manifest = json.loads((base / "manifest.json").read_text())
     assert manifest["source"] == "build" and manifest["weights_dir"] is None
-    assert set(backend.COMPONENTS) <= set(manifest["components"])
+    assert set(COMPONENTS) <= set(manifest["components"])
     assert result["mbytes"] < 20 and result["params"] > 0
-    again = backend.write_base_model(make_cfg(tmp_path))
+    again = run_base_model(make_cfg(tmp_path))
     assert again["fingerprint"] == result["fingerprint"], "same seed must give the same bytes (DVC)"
 
 
@@ -98,7 +100,7 @@ def test_cached_tensors_equal_what_inference_feeds_the_dit(pipe):
                  output_type="latent", **m)
     finally:
         hook.remove()
-    states, mask = backend.encode_conditions(
+    states, mask = encode_conditions(
         pipe, captions, lyrics, bpm=[m["bpm"] for m in metas], keyscale=[m["keyscale"] for m in metas],
         timesignature=[m["timesignature"] for m in metas], duration_s=durations, max_lyric_tokens=512)
     for i, (ref_states, ref_context) in enumerate(seen):
@@ -107,17 +109,17 @@ def test_cached_tensors_equal_what_inference_feeds_the_dit(pipe):
         torch.testing.assert_close(states[i, :n], ref_states[0], atol=1e-5, rtol=1e-4)
         assert not states[i, n:].any()
         frames = ref_context.shape[1]
-        torch.testing.assert_close(backend.context_latents(pipe, frames)[0], ref_context[0])
-    assert backend.null_condition(pipe).shape == (1, 1, pipe.transformer.config.hidden_size)
+        torch.testing.assert_close(context_latents(pipe, frames)[0], ref_context[0])
+    assert null_condition(pipe).shape == (1, 1, pipe.transformer.config.hidden_size)
 
 
 def test_encode_audio_shapes_and_seeded_sampling(pipe):
     audio = torch.randn(2, 2, 24000 + 7) * 0.1  # not a whole number of frames: padded up
     gens = lambda: [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]  # noqa: E731
-    a, b = backend.encode_audio(pipe, audio, generator=gens()), backend.encode_audio(pipe, audio, generator=gens())
+    a, b = encode_audio(pipe, audio, generator=gens()), encode_audio(pipe, audio, generator=gens())
     assert a.shape == (2, 13, pipe.transformer.config.audio_acoustic_hidden_dim)
     torch.testing.assert_close(a, b)
-    mean = backend.encode_audio(pipe, audio, sample=False)
+    mean = encode_audio(pipe, audio, sample=False)
     assert not torch.equal(a, mean)
 
 
@@ -133,11 +135,11 @@ def test_long_audio_is_encoded_in_tiles_matching_one_pass(pipe, monkeypatch):
     windows = []
     hook = pipe.vae.encoder.register_forward_pre_hook(lambda _m, args: windows.append(args[0].shape[-1]))
     try:
-        tiled = backend.encode_audio(pipe, audio, sample=False)
+        tiled = encode_audio(pipe, audio, sample=False)
     finally:
         hook.remove()
     monkeypatch.setattr(pipe.vae, "use_tiling", False)
-    whole = backend.encode_audio(pipe, audio, sample=False)
+    whole = encode_audio(pipe, audio, sample=False)
     assert len(windows) == 4 and max(windows) <= pipe.vae.tile_sample_min_length
     assert tiled.shape == whole.shape and tiled.shape[1:] == (9 * 25 + 1, pipe.transformer.config.audio_acoustic_hidden_dim)
     torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
@@ -146,22 +148,22 @@ def test_long_audio_is_encoded_in_tiles_matching_one_pass(pipe, monkeypatch):
 def test_local_folder_is_verified_and_referenced_not_copied(tiny, tmp_path):
     cfg, _ = tiny
     real = make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=cfg.paths.base_model)
-    backend.write_base_model(real)
+    run_base_model(real)
     base = Path(real.paths.base_model)
     assert sorted(p.name for p in base.iterdir()) == ["manifest.json"]
-    assert backend.model_dir(real.model, base) == Path(cfg.paths.base_model).resolve()
-    transformer = backend.load_transformer(real.model, base)
+    assert model_dir(real.model, base) == Path(cfg.paths.base_model).resolve()
+    transformer = load_transformer(real.model, base)
     assert transformer.config.is_turbo
     with pytest.raises(ModelError, match="model.variant"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15_base", source="diffusers", path=cfg.paths.base_model))
+        run_base_model(make_cfg(tmp_path, "ace_step_v15_base", source="diffusers", path=cfg.paths.base_model))
     with pytest.raises(ModelError, match="written for model"):
-        backend.model_dir(cfg.model, base)
+        model_dir(cfg.model, base)
 
 
 @pytest.mark.parametrize("path", ["???", "/nonexistent/ace-step"])
 def test_missing_model_path_fails_fast_naming_the_key(tmp_path, path):
     with pytest.raises(ConfigError, match="model.path"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=path))
+        run_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=path))
 
 
 def test_wrong_model_folder_names_key_and_component(tiny, tmp_path):
@@ -169,23 +171,23 @@ def test_wrong_model_folder_names_key_and_component(tiny, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelError, match="model.path.*model_index.json"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(empty)))
+        run_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(empty)))
     broken = tmp_path / "broken"
     shutil.copytree(cfg.paths.base_model, broken)
     shutil.rmtree(broken / "condition_encoder")
     with pytest.raises(ModelError, match="model.path.*condition_encoder"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(broken)))
+        run_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(broken)))
     for f in (broken / "vae").glob("*.safetensors"):
         f.unlink()
     shutil.copytree(Path(cfg.paths.base_model) / "condition_encoder", broken / "condition_encoder")
     with pytest.raises(ModelError, match="vae/ has no .safetensors"):
-        backend.write_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(broken)))
+        run_base_model(make_cfg(tmp_path, "ace_step_v15", source="diffusers", path=str(broken)))
 
 
 def test_hub_source_needs_a_pinned_revision(tmp_path):
     cfg = make_cfg(tmp_path, "ace_step_v15", source="hub", hub_id="ACE-Step/acestep-v15-turbo-diffusers")
     with pytest.raises(ConfigError, match="model.revision"):
-        backend.write_base_model(cfg)
+        run_base_model(cfg)
 
 
 def test_changed_weights_are_detected_on_load(tiny, tmp_path):
@@ -195,4 +197,4 @@ def test_changed_weights_are_detected_on_load(tiny, tmp_path):
     with open(copy / "transformer" / "config.json", "a") as f:
         f.write(" ")
     with pytest.raises(ModelError, match="changed since stage base_model"):
-        backend.model_dir(cfg.model, copy)
+        model_dir(cfg.model, copy)

@@ -8,7 +8,9 @@ import torch
 
 from helpers.config import real_config
 from lofi_lora.data import audio as audio_io
-from lofi_lora.model import load as backend
+from lofi_lora.model.encode import latent_frames
+from lofi_lora.model.load import load_pipeline
+from lofi_lora.model.stage import run_base_model
 from lofi_lora.dataset import stage as ds_mod
 from lofi_lora.core.errors import DataError
 
@@ -44,7 +46,7 @@ def built(tmp_path_factory):
     """A tiny base model and a corpus of 4 tracks (one with a longer clip), dataset stage run once."""
     torch.set_num_threads(2)
     cfg = make_cfg(tmp_path_factory.mktemp("ds"))
-    backend.write_base_model(cfg)
+    run_base_model(cfg)
     write_corpus(cfg, {"trk_a": [1.0, 1.0], "trk_b": [1.0, 1.0], "trk_c": [1.0], "trk_d": [1.0, 1.5]})
     result = ds_mod.run_dataset(cfg)
     return cfg, result
@@ -88,7 +90,7 @@ def test_cache_entry_equals_a_fresh_computation(built):
     manifest = json.loads((cache / "manifest.json").read_text())
     records = ds_mod.load_records(cfg.paths.clips, cfg.paths.annotations)
     assert set(manifest["clips"]) == {r["clip_id"] for r in records}
-    pipe = backend.load_pipeline(cfg.model, cfg.paths.base_model)
+    pipe = load_pipeline(cfg.model, cfg.paths.base_model)
     for rec in (records[0], records[-1]):  # computed in a batch of two / alone (the 1.5 s clip)
         cached = ds_mod.read_cache(cache, [rec["clip_id"]])[0][rec["clip_id"]]
         assert manifest["clips"][rec["clip_id"]]["file"] == f"{rec['clip_id']}.safetensors"
@@ -98,7 +100,7 @@ def test_cache_entry_equals_a_fresh_computation(built):
         assert set(cached) == set(ds_mod.CACHE_KEYS)
         for k in ds_mod.CACHE_KEYS:
             torch.testing.assert_close(cached[k], fresh[k], atol=1e-5, rtol=1e-4)
-        frames = backend.latent_frames(pipe, int(rec["duration"] * SR))
+        frames = latent_frames(pipe, int(rec["duration"] * SR))
         c = pipe.transformer.config.audio_acoustic_hidden_dim
         assert cached["target_latents"].shape == (frames, c)
         assert cached["context_latents"].shape == (frames, 2 * c)
@@ -124,7 +126,7 @@ def test_rerun_reuses_changed_inputs_recompute_and_stale_entries_go(built):
 
 def test_interrupted_cache_resumes(built, tmp_path, monkeypatch):
     cfg, _ = built
-    pipe = backend.load_pipeline(cfg.model, cfg.paths.base_model)
+    pipe = load_pipeline(cfg.model, cfg.paths.base_model)
     records = ds_mod.load_records(cfg.paths.clips, cfg.paths.annotations)[:3]
     real = ds_mod.compute_entries
     calls = {"n": 0}

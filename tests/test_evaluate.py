@@ -30,7 +30,8 @@ def _cfg(root: Path):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     from lofi_lora.train.adapters import adapter_state_dict, save_diffusers_adapter
-    from lofi_lora.model.load import load_pipeline, model_fingerprint, write_base_model
+    from lofi_lora.model.load import load_pipeline, weights_digest
+    from lofi_lora.model.stage import run_base_model
     from lofi_lora.train.checkpoints import CheckpointStore
     from lofi_lora.dataset.stage import build_cache, build_dataset
     from lofi_lora.train.state import add_lora
@@ -40,7 +41,7 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     cfg = _cfg(root)
     build_tiny_clap(root / "clap")
-    write_base_model(cfg)
+    run_base_model(cfg)
     sr, rng = 48000, np.random.default_rng(0)
     records = []
     for i in range(4):
@@ -55,7 +56,7 @@ def workspace(tmp_path_factory):
     build_dataset(records, {"t0", "t1", "t2"}, 1).save_to_disk(str(root / "dataset"))
     pipe = load_pipeline(cfg.model, cfg.paths.base_model)
     held = records[:3]
-    build_cache(pipe, held, root / "cache", weights_hash=model_fingerprint(cfg.paths.base_model), batch_size=2,
+    build_cache(pipe, held, root / "cache", weights_hash=weights_digest(cfg.paths.base_model), batch_size=2,
                 latent_seed=0, max_text_tokens=256, max_lyric_tokens=512)
     tr = pipe.transformer
     add_lora(tr, cfg.lora)

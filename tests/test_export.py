@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from lofi_lora.train import adapters
 
-from lofi_lora.model import load as backend
+from lofi_lora.model.load import load_pipeline
+from lofi_lora.model.stage import run_base_model
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.errors import ExportParityError
 from lofi_lora.export import parity, quantize
@@ -55,8 +56,8 @@ def exported(tmp_path_factory):
     torch.set_num_threads(2)
     tmp = tmp_path_factory.mktemp("export")
     cfg = make_cfg(tmp)
-    backend.write_base_model(cfg)
-    pipe = backend.load_pipeline(cfg.model, cfg.paths.base_model)
+    run_base_model(cfg)
+    pipe = load_pipeline(cfg.model, cfg.paths.base_model)
     add_trained_like_lora(pipe.transformer)
     adapters.save_diffusers_adapter(adapters.adapter_state_dict(pipe.transformer), Path(cfg.paths.lora) / "best",
                                     r=4, alpha=8, rslora=False, dropout=0.0, target_modules=LORA_TARGETS)

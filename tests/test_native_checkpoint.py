@@ -163,7 +163,8 @@ def test_conversion_is_cached_by_content_next_to_the_checkpoint(native_2b, tmp_p
 def test_stage_base_model_takes_a_native_checkpoint(native_2b, tmp_path):
     import shutil
 
-    from lofi_lora.model.load import load_pipeline, model_fingerprint, write_base_model
+    from lofi_lora.model.load import load_pipeline, weights_digest
+    from lofi_lora.model.stage import run_base_model
 
     src, name = native_2b
     root = tmp_path / "checkpoints"
@@ -171,21 +172,22 @@ def test_stage_base_model_takes_a_native_checkpoint(native_2b, tmp_path):
     cfg = OmegaConf.create({"seed": 0, "paths": {"base_model": str(tmp_path / "base"), "presets": "presets"},
                             "model": {"name": "ace_step_v15_base", "source": "native", "path": str(root),
                                       "native_dir": name, "converted_dir": None, "variant": "base"}})
-    result = write_base_model(cfg)
+    result = run_base_model(cfg)
     assert result["source"] == "native" and result["files"] > 10
     manifest = json.loads((tmp_path / "base" / "manifest.json").read_text())
     assert manifest["native_dir"] == name and manifest["weights_dir"].startswith(str(root / nc.CACHE_DIR))
     pipe = load_pipeline(cfg.model, tmp_path / "base")
     assert pipe.transformer.config.model_version == "base"
     assert pipe.audio_tokenizer is None  # converted, but not loaded for text2music
-    assert model_fingerprint(tmp_path / "base") == manifest["fingerprint"]
+    assert weights_digest(tmp_path / "base") == manifest["fingerprint"]
     cfg.model.variant = "turbo"
     with pytest.raises(ModelError, match="model_version='base'"):
-        write_base_model(cfg)
+        run_base_model(cfg)
 
 
 def test_switching_variant_changes_the_weights_fingerprint_that_keys_cached_conditions(tmp_path):
-    from lofi_lora.model.load import model_fingerprint, write_base_model
+    from lofi_lora.model.load import weights_digest
+    from lofi_lora.model.stage import run_base_model
 
     root = tmp_path / "checkpoints"
     fps = {}
@@ -194,8 +196,8 @@ def test_switching_variant_changes_the_weights_fingerprint_that_keys_cached_cond
         cfg = OmegaConf.create({"seed": 0, "paths": {"base_model": str(tmp_path / f"base-{variant}"), "presets": "presets"},
                                 "model": {"name": f"m_{variant}", "source": "native", "path": str(root),
                                           "native_dir": name, "variant": variant}})
-        write_base_model(cfg)
-        fps.setdefault(variant, set()).add(model_fingerprint(tmp_path / f"base-{variant}"))
+        run_base_model(cfg)
+        fps.setdefault(variant, set()).add(weights_digest(tmp_path / f"base-{variant}"))
     assert len(fps["sft"]) == 1  # rebuilt with the same seed: same content, same key, cache reused
     assert fps["sft"] != fps["base"]  # dataset.input_hash takes this fingerprint: a new variant recomputes
 

@@ -2,7 +2,7 @@
 configuration (conf/ composed) pointed at them and shrunk to a few steps.
 
 The base model is diffusers' real AceStepTransformer1DModel at toy size, saved the way stage base_model saves it
-(transformer/ + condition_encoder weights + manifest.json), so `backend.load_transformer` loads it unchanged.
+(transformer/ + condition_encoder weights + manifest.json), so `load_transformer` loads it unchanged.
 """
 from __future__ import annotations
 

@@ -282,19 +282,20 @@ def compute_entries(pipe, records: list[dict], *, latent_seed: int, max_text_tok
 def encode_batch(pipe, waves: torch.Tensor, records: list[dict], *, latent_seed: int, max_text_tokens: int,
                  max_lyric_tokens: int) -> list[dict[str, torch.Tensor]]:
     """The cache step proper on decoded audio `[B, 2, N]` (what benchmarks/cache_throughput.py times)."""
-    from lofi_lora.model import load as backend
+    from lofi_lora.model.encode import context_latents, encode_audio, encode_conditions
+    from lofi_lora.model.load import load_pipeline, weights_digest
 
     device = pipe._execution_device
     gens = [clip_generator(r["clip_id"], latent_seed, device) for r in records]
-    target = backend.encode_audio(pipe, waves.to(device), generator=gens)
-    states, mask = backend.encode_conditions(
+    target = encode_audio(pipe, waves.to(device), generator=gens)
+    states, mask = encode_conditions(
         pipe, [r["caption"] for r in records], [r["lyrics"] for r in records],
         vocal_language=[r["vocal_language"] for r in records], bpm=[r["bpm"] for r in records],
         keyscale=[r["keyscale"] for r in records], timesignature=[r["timesignature"] for r in records],
         duration_s=[r["duration"] for r in records], max_text_tokens=max_text_tokens,
         max_lyric_tokens=max_lyric_tokens)
     frames = target.shape[1]
-    context = backend.context_latents(pipe, frames, batch_size=len(records))
+    context = context_latents(pipe, frames, batch_size=len(records))
     out = []
     for i in range(len(records)):
         n = int(mask[i].sum())
@@ -334,7 +335,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, weights_has
         if e:  # outdated: drop it now, so the manifest never lists an entry that does not match its inputs
             entries.pop(r["clip_id"])
             f.unlink(missing_ok=True)
-    manifest.update(version=CACHE_VERSION, model_fingerprint=weights_hash, settings=settings)
+    manifest.update(version=CACHE_VERSION, weights_digest=weights_hash, settings=settings)
     atomic_write_json(cache_dir / CACHE_MANIFEST, manifest)
 
     groups: dict[int, list] = defaultdict(list)  # equal sample counts batch together
@@ -367,7 +368,8 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, weights_has
 
 def run_dataset(cfg) -> dict:
     """Stage dataset: records -> split -> `paths.dataset` (DatasetDict) + `paths.cache` + metrics/dataset.json."""
-    from lofi_lora.model import load as backend
+    from lofi_lora.model.encode import context_latents, encode_audio, encode_conditions
+    from lofi_lora.model.load import load_pipeline, weights_digest
     from lofi_lora.core.fsutil import atomic_dir
     from lofi_lora.core.runtime import placement
 
@@ -384,9 +386,9 @@ def run_dataset(cfg) -> dict:
 
     base = cfg.paths.base_model
     place = placement(cfg.model.dtype)
-    pipe = backend.load_pipeline(cfg.model, base, device=str(place.device), dtype=place.weights_dtype)
+    pipe = load_pipeline(cfg.model, base, device=str(place.device), dtype=place.weights_dtype)
     pipe.set_progress_bar_config(disable=True)
-    cache = build_cache(pipe, records, cfg.paths.cache, weights_hash=backend.model_fingerprint(base),
+    cache = build_cache(pipe, records, cfg.paths.cache, weights_hash=weights_digest(base),
                         batch_size=dcfg.cache_batch_size, latent_seed=dcfg.latent_seed,
                         max_text_tokens=dcfg.max_text_tokens, max_lyric_tokens=dcfg.max_lyric_tokens)
     stats["cache"] = {k: cache[k] for k in ("computed", "reused")}

@@ -155,7 +155,7 @@ def generate(pipe, prompts: list[Prompt], seeds: list[int], duration_s: float, s
     import torch
     from tqdm import tqdm
 
-    from lofi_lora.model.load import prompt_metas
+    from lofi_lora.model.encode import prompt_metas
 
     records = []
     jobs = [(p, s) for p in prompts for s in seeds]

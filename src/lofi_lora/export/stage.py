@@ -41,7 +41,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 def run_export(cfg) -> dict:
     """Stage entry: load base pipeline + best adapter, then `export_pipeline` into paths.onnx."""
     from lofi_lora.train import adapters
-    from lofi_lora.model import load as backend
+    from lofi_lora.model.load import load_pipeline
 
     from lofi_lora.core.runtime import placement
 
@@ -49,7 +49,7 @@ def run_export(cfg) -> dict:
     place = placement(cfg.model.dtype, precision="fp32")  # the FP32 reference must be FP32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    pipe = backend.load_pipeline(cfg.model, require(cfg, "paths.base_model"), str(place.device), place.weights_dtype)
+    pipe = load_pipeline(cfg.model, require(cfg, "paths.base_model"), str(place.device), place.weights_dtype)
     adapters.load_into_pipeline(pipe, best)
     metrics_path = Path(require(cfg, "paths.metrics")) / "export.json"
     return export_pipeline(pipe, require(cfg, "export"), Path(require(cfg, "paths.onnx")), metrics_path)

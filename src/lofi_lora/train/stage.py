@@ -51,9 +51,9 @@ def load_null_condition(model_cfg, base_model_path: str | Path) -> torch.Tensor 
     """`null_condition_emb` [1, 1, H] read straight from the condition encoder's weights (no VAE/text encoder)."""
     from safetensors import safe_open
 
-    from lofi_lora.model import load as backend
+    from lofi_lora.model.load import load_transformer, model_dir
 
-    folder = backend.model_dir(model_cfg, base_model_path) / "condition_encoder"
+    folder = model_dir(model_cfg, base_model_path) / "condition_encoder"
     for f in sorted(folder.glob("*.safetensors")):
         with safe_open(str(f), "pt") as sf:
             if "null_condition_emb" in sf.keys():
@@ -73,13 +73,13 @@ def load_train_clips(cfg) -> tuple[list[str], list[dict[str, torch.Tensor]], str
 def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tuple[TrainState, int]:
     """The base DiT with a fresh LoRA (seeded), its speed settings, optimizer, schedule, sampler RNG and data order;
     returns the state and the number of trainable parameters."""
-    from lofi_lora.model import load as backend
+    from lofi_lora.model.load import load_transformer, model_dir
     from lofi_lora.train import distributed
     from lofi_lora.train import speed as train_speed
     from lofi_lora.core.runtime import seed_everything
 
     tcfg, device = cfg.train, place.device
-    model = backend.load_transformer(cfg.model, cfg.paths.base_model, device=device, dtype=place.weights_dtype)
+    model = load_transformer(cfg.model, cfg.paths.base_model, device=device, dtype=place.weights_dtype)
     seed_everything(cfg.seed)  # LoRA init draws from the global RNG: same adapter init whoever calls us
     n_trainable = add_lora(model, cfg.lora)
     share = train_speed.checkpoint_share(tcfg.grad_checkpointing)

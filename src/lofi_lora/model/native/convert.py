@@ -54,10 +54,14 @@ import torch
 
 from lofi_lora.core.errors import ConfigError, ModelError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
+from lofi_lora.model.encode import SAMPLE_RATE, encode_silence
+from lofi_lora.model.tiny import tokenizer_corpus, train_tokenizer
+from lofi_lora.model.variants import VARIANTS
+from lofi_lora.model.xl import AceStepXLConditionEncoder
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: the XL condition encoder's module is lofi_lora.model.xl (model_index.json names it)
 LAYOUT_DIR = Path(__file__).with_name("layout")
 VAE_DIR, TEXT_DIR = "vae", "Qwen3-Embedding-0.6B"
 CACHE_DIR = "lofi-lora-diffusers"
@@ -111,7 +115,6 @@ SIZES: dict[str, dict[str, dict]] = {
              "text": dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=8)},
 }
-VARIANTS = ("turbo", "base", "sft")
 
 
 def variant_dir_name(variant: str, xl: bool) -> str:
@@ -221,8 +224,6 @@ def build(out_dir: str | Path, size: str | dict = "tiny", variant: str = "turbo"
     """
     from diffusers import AutoencoderOobleck
     from transformers import Qwen3Config, Qwen3Model
-
-    from lofi_lora.model.load import SAMPLE_RATE, encode_silence, tokenizer_corpus, train_tokenizer
 
     spec = SIZES[size] if isinstance(size, str) else size
     cfg = native_config_from(spec["dit"], variant)
@@ -379,8 +380,6 @@ def component_classes(cfg: dict) -> dict[str, type]:
     """The diffusers class of each converted model (XL: the condition encoder with upstream's timbre CLS token)."""
     from diffusers import (AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder,
                            AceStepTransformer1DModel)
-
-    from lofi_lora.model.xl import AceStepXLConditionEncoder
 
     return {"transformer": AceStepTransformer1DModel,
             "condition_encoder": AceStepXLConditionEncoder if is_xl(cfg) else AceStepConditionEncoder,
