@@ -66,7 +66,9 @@ def _params() -> dict:
     (lambda p: p["train"].update(lr="fast"), "`train.lr`: Value 'fast' of type 'str' is incompatible"),
     (lambda p: p["lora"].update(dropout=1.0), "`lora.dropout` = 1.0: must be a number in [0, 1)"),
     (lambda p: p["train"].update(schedule="cosin"), "`train.schedule` = 'cosin': must be one of cosine, linear, constant"),
-    (lambda p: p["eval"].update(val_timesteps=[0.5, 1.5]), "`eval.val_timesteps` = [0.5, 1.5]: must be a number in [0, 1]"),
+    (lambda p: p["eval"].update(val_timesteps=[0.5, 1.5]), "`eval.val_timesteps[1]` = 1.5: must be a number in [0, 1]"),
+    (lambda p: p["lora"].update(target_modules=["to_q", "attn.qkv"]),
+     "`lora.target_modules[1]` = 'attn.qkv': must be one of to_q, to_k, to_v, to_out.0, gate_proj, up_proj, down_proj"),
     (lambda p: p["audio"].update(sample_rate=0), "`audio.sample_rate` = 0: must be a number >= 8000"),
     (lambda p: p.update(sweep={}), "`sweep` is not a parameter"),
 ])

@@ -100,6 +100,9 @@ def _check_values(cls: type, node: DictConfig, prefix: str) -> None:
         rule = f.metadata.get("rule")
         plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if rule is not None and not rule.accepts(plain):
+            bad = [i for i, v in enumerate(plain) if not rule.accepts(v)] if isinstance(plain, list) else []
+            if bad:  # name the entry, not only the list
+                raise ConfigError(f"`{prefix}{name}[{bad[0]}]` = {plain[bad[0]]!r}: must be {rule.describe()}")
             raise ConfigError(f"`{prefix}{name}` = {plain!r}: must be {rule.describe()}")
 
 

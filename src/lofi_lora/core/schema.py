@@ -69,6 +69,10 @@ def section() -> Any:
 UNIT = dict(ge=0, le=1)          # a ratio
 PROBABILITY = dict(ge=0, lt=1)   # a rate that must leave something (dropout)
 WORKERS = dict(ge=0)             # processes; 0 = all CPUs where the stage allows it
+# lora.target_modules: the diffusers module names the adapter writers (lofi_lora.train.adapters) can name in
+# upstream ACE-Step 1.5 / ComfyUI's layout, each with that name. A LoRA on any other module could not be exported.
+LORA_TARGETS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj",
+                "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
 
 
 @dataclass
@@ -251,7 +255,7 @@ class Lora:
     alpha: Number = key(gt=0)
     rslora: bool = key()
     dropout: Number = key(**PROBABILITY)
-    target_modules: List[str] = key(nonempty=True)
+    target_modules: List[str] = key(choices=tuple(LORA_TARGETS), nonempty=True)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from lofi_lora.core.errors import ModelError
+from lofi_lora.core.schema import LORA_TARGETS
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, safetensors_bytes, save_safetensors
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ ADAPTER_NAME = "default"
 
 # diffusers module name -> upstream ACE-Step 1.5 module name (inverse of diffusers'
 # `_convert_non_diffusers_ace_step_lora_to_diffusers`).
-_TO_UPSTREAM = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj"}
+_TO_UPSTREAM = {k: v for k, v in LORA_TARGETS.items() if k != v}  # attention; the mlp *_proj keep their names
 _KEY_RE = re.compile(r"^(?P<module>.+)\.(?P<ab>lora_[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 
 
