@@ -6,7 +6,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from lofi_lora.train.objective import timestep_scheme
-from lofi_lora.evaluate.stage import sampling_settings
+from lofi_lora.model.variants import sampling_settings
 from lofi_lora.core.params import compose_params_yaml
 
 # Upstream ACE-Step 1.5 defaults: turbo is guidance-distilled (8 steps, shift 3, no CFG); base and sft sample

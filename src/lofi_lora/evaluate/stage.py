@@ -25,15 +25,10 @@ from lofi_lora.data import audio as audio_io
 from lofi_lora.core.config import to_plain
 from lofi_lora.core.errors import CheckpointError, ConfigError, DataError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from lofi_lora.model.variants import sampling_settings
 
 log = logging.getLogger(__name__)
 
-# Native sampling settings of each ACE-Step 1.5 variant (turbo is guidance-distilled: no CFG).
-SAMPLING: dict[str, dict[str, float]] = {
-    "turbo": {"num_inference_steps": 8, "shift": 3.0, "guidance_scale": 1.0},
-    "base": {"num_inference_steps": 50, "shift": 1.0, "guidance_scale": 7.0},
-    "sft": {"num_inference_steps": 50, "shift": 1.0, "guidance_scale": 7.0},
-}
 SAMPLE_RATE = 48000
 BASE = "base"
 
@@ -66,12 +61,6 @@ class ModelEval:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-
-
-def sampling_settings(variant: str) -> dict[str, float]:
-    if variant not in SAMPLING:
-        raise ConfigError(f"`model.variant` = {variant!r}: no sampling settings (expected one of {sorted(SAMPLING)})")
-    return dict(SAMPLING[variant])
 
 
 def _holdout(dataset_dir: Path):
