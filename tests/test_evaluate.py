@@ -10,7 +10,7 @@ from helpers.config import real_config
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.errors import ConfigError
 from lofi_lora.evaluate.stage import ModelEval, pick_best, prompt_set, run_evaluate
-from lofi_lora.model.variants import SAMPLING, sampling_settings
+from lofi_lora.model.variants import TABLE, sampling_settings
 from lofi_lora.core.fsutil import sha256_file
 
 CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, rain",
@@ -157,7 +157,8 @@ def test_validation_loss_is_deterministic(workspace):
 
 def test_sampling_table_and_prompt_set():
     assert sampling_settings("turbo") == {"num_inference_steps": 8, "shift": 3.0, "guidance_scale": 1.0}
-    assert SAMPLING["base"]["guidance_scale"] == 7.0 and SAMPLING["sft"]["num_inference_steps"] == 50
+    assert TABLE["base"].guidance_scale == 7.0 and TABLE["sft"].steps == 50 and not TABLE["sft"].turbo
+    assert sampling_settings("base", {"num_inference_steps": 30})["num_inference_steps"] == 30
     with pytest.raises(ConfigError, match="model.variant"):
         sampling_settings("xl")
     rows = [{"clip_id": f"c{i}", "caption": f"cap {i}", "audio_path": f"/x/c{i}.wav"} for i in range(10)]

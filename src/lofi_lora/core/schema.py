@@ -330,8 +330,6 @@ class ExportSampler:
     prompts: List[str] = key(nonempty=True)
     lyrics: str = key()
     duration_s: Number = key(gt=0)
-    steps: int = key(ge=1)
-    shift: Number = key(gt=0)
     seed: int = key()
 
 

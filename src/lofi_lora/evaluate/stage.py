@@ -483,7 +483,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     t_start = time.perf_counter()
     ev, seed, variant, paths = cfg.eval, cfg.seed, cfg.model.variant, cfg.paths
     lora_dir = Path(paths.lora)
-    settings = sampling_settings(variant) | to_plain(cfg.model.sampling or {})  # conf/model/*.yaml `sampling`
+    settings = sampling_settings(variant, to_plain(cfg.model.sampling or {}))  # conf/model/*.yaml `sampling`
     check_weight_paths(ev)
     entries, manifest = select_checkpoints(lora_dir, ev.last_n)
     rows = holdout_rows(Path(paths.dataset), Path(paths.clips))

@@ -32,6 +32,7 @@ from lofi_lora.export import parity, quantize
 from lofi_lora.export.sampler import MANIFEST, OnnxSampler
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json
 from lofi_lora.core.results import write_stage_metrics
+from lofi_lora.model.variants import sampling_settings
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,16 @@ def run_export(cfg) -> dict:
     pipe = load_pipeline(cfg.model, require(cfg, "paths.base_model"), str(place.device), place.weights_dtype)
     adapters.load_into_pipeline(pipe, best)
     metrics_path = Path(require(cfg, "paths.metrics")) / "export.json"
-    return export_pipeline(pipe, require(cfg, "export"), Path(require(cfg, "paths.onnx")), metrics_path)
+    sampling = sampling_settings(str(require(cfg, "model.variant")), to_plain(cfg.model.sampling or {}))
+    return export_pipeline(pipe, require(cfg, "export"), sampling, Path(require(cfg, "paths.onnx")), metrics_path)
 
 
-def _settings(ecfg) -> dict:
+def _settings(ecfg, sampling: Mapping[str, float]) -> dict:
     e = to_plain(ecfg)
+    if float(sampling["guidance_scale"]) != 1.0:
+        raise ConfigError(f"`model.variant` samples with CFG (guidance_scale {sampling['guidance_scale']}): the ONNX "
+                          "sampler runs text2music without CFG, as turbo does (lofi_lora.model.variants)")
+    e["sampler"].update(steps=int(sampling["num_inference_steps"]), shift=float(sampling["shift"]))
     precisions = list(e["precisions"])
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or "fp32" not in precisions:
@@ -69,13 +75,15 @@ def _settings(ecfg) -> dict:
 
 
 @torch.no_grad()
-def export_pipeline(pipe, ecfg, out_dir: Path, metrics_path: Path) -> dict:
+def export_pipeline(pipe, ecfg, sampling: Mapping[str, float], out_dir: Path, metrics_path: Path) -> dict:
     """Merge the LoRA in `pipe.transformer`, export and convert, check parity, write metrics; returns headlines.
+
+    `sampling`: the model variant's sampling settings (`lofi_lora.model.variants`), which the sampler reproduces.
 
     Raises:
         ExportParityError: the merge or a precision misses its tolerance (message carries the figures).
     """
-    e = _settings(ecfg)
+    e = _settings(ecfg, sampling)
     pipe.vae.disable_tiling()  # the ONNX VAE decodes in one pass, so the PyTorch references must too
     transformer = pipe.transformer.eval()
     dims = ox.denoiser_dims(transformer)
@@ -199,7 +207,7 @@ def _pipeline_references(pipe, scfg: Mapping) -> list[dict]:
             noise = np.random.default_rng(int(scfg["seed"]) + i).standard_normal((1, frames, acoustic), dtype=np.float32)
             captured.append({"prompt": prompt, "noise": noise})
             out = pipe(prompt=prompt, lyrics=scfg.get("lyrics") or "", audio_duration=float(scfg["duration_s"]),
-                       num_inference_steps=int(scfg["steps"]), shift=float(scfg["shift"]), guidance_scale=1.0,
+                       num_inference_steps=int(scfg["steps"]), shift=float(scfg["shift"]), guidance_scale=1.0,  # _settings refused a variant with CFG
                        latents=torch.from_numpy(noise).to(pipe.transformer.device), output_type="np")
             captured[-1]["audio"] = np.asarray(out.audios, dtype=np.float32)
     finally:

@@ -19,7 +19,7 @@ import lofi_lora.model.xl  # noqa: F401  (registers the XL condition encoder tha
 from lofi_lora.core.config import require
 from lofi_lora.core.errors import ConfigError, ModelError
 from lofi_lora.core.fsutil import read_json, sha256_file
-from lofi_lora.model.variants import VARIANTS
+from lofi_lora.model.variants import TABLE as VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def verify_pipeline_dir(folder: str | Path, variant: str, key: str = "model.path
         raise ModelError(f"`{key}` = {folder}: the VAE does not give 25 latent frames per second "
                          f"({vae.get('sampling_rate')} Hz / {math.prod(vae['downsampling_ratios'])})")
     version, turbo = tr.get("model_version"), tr.get("is_turbo")
-    if (version in VARIANTS and version != variant) or (turbo is not None and bool(turbo) != (variant == "turbo")):
+    if (version in VARIANTS and version != variant) or (turbo is not None and bool(turbo) != VARIANTS[variant].turbo):
         raise ModelError(f"`model.variant` = {variant!r} but {folder}/transformer/config.json says "
                          f"model_version={version!r}, is_turbo={turbo!r}")
     return summary

@@ -13,7 +13,7 @@ import torch
 
 from lofi_lora.core.errors import ConfigError, ModelError
 from lofi_lora.model.encode import SAMPLE_RATE, encode_silence
-from lofi_lora.model.variants import VARIANTS
+from lofi_lora.model.variants import variant as variant_row
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ def build_pipeline(build_cfg: dict, variant: str, seed: int, tokenizer):
     if math.prod(b["vae_downsampling_ratios"]) != 1920:
         raise ConfigError(f"`model.build.vae_downsampling_ratios` = {b['vae_downsampling_ratios']}: the product "
                           "must be 1920 (25 latent frames per second at 48 kHz, as ACE-Step 1.5)")
-    if variant not in VARIANTS:
-        raise ConfigError(f"`model.variant` = {variant!r}: expected one of {VARIANTS}")
+    turbo = variant_row(variant).turbo
     shared = dict(hidden_size=b["hidden_size"], intermediate_size=b["intermediate_size"],
                   num_attention_heads=b["num_attention_heads"], num_key_value_heads=b["num_key_value_heads"],
                   head_dim=b["head_dim"], sliding_window=b["sliding_window"])
@@ -112,7 +111,7 @@ def build_pipeline(build_cfg: dict, variant: str, seed: int, tokenizer):
     torch.manual_seed(seed + 2)
     transformer = AceStepTransformer1DModel(num_hidden_layers=b["num_hidden_layers"], in_channels=3 * latent,
                                             audio_acoustic_hidden_dim=latent, patch_size=2,
-                                            is_turbo=variant == "turbo", model_version=variant, **shared)
+                                            is_turbo=turbo, model_version=variant, **shared)
     torch.manual_seed(seed + 3)
     cond = AceStepConditionEncoder(text_hidden_dim=b["text_hidden_dim"], timbre_hidden_dim=latent,
                                    num_lyric_encoder_hidden_layers=b["num_lyric_encoder_hidden_layers"],

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lofi_lora.core.errors import ModelError
+from lofi_lora.model.variants import variant as variant_row
 
 # Upstream's turbo inference schedule (8 steps, shift 3): t_i = 3s/(1+2s) for s = 1, 7/8, ..., 1/8.
 TURBO_SHIFT3_TIMESTEPS = tuple(3 * s / (1 + 2 * s) for s in (8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8))
@@ -32,14 +33,14 @@ TURBO_SHIFT3_TIMESTEPS = tuple(3 * s / (1 + 2 * s) for s in (8 / 8, 7 / 8, 6 / 8
 def timestep_scheme(setting: str, variant: str, model_scheme: str | None = None) -> str:
     """`train.timesteps` with `auto` resolved: the model config's `train_timesteps`, else what the variant implies."""
     if setting == "auto":
-        return model_scheme or ("discrete_turbo" if variant == "turbo" else "logit_normal")
+        return model_scheme or variant_row(variant).train_timesteps
     return setting
 
 
 def cfg_dropout_ratio(setting: str | float, variant: str) -> float:
     """`train.cfg_dropout` with `auto` resolved for the model variant."""
     if setting == "auto":
-        return 0.0 if variant == "turbo" else 0.15
+        return variant_row(variant).cfg_dropout
     return float(setting)
 
 

@@ -56,7 +56,7 @@ from lofi_lora.core.errors import ConfigError, ModelError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
 from lofi_lora.model.encode import SAMPLE_RATE, encode_silence
 from lofi_lora.model.tiny import tokenizer_corpus, train_tokenizer
-from lofi_lora.model.variants import VARIANTS
+from lofi_lora.model.variants import TABLE as VARIANTS
 from lofi_lora.model.xl import AceStepXLConditionEncoder
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,12 @@ def native_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 def native_config_from(dit: dict, variant: str) -> dict:
     """A native config.json (upstream's AceStepConfig fields plus variant flags) for DiT sizes `dit`."""
     if variant not in VARIANTS:
-        raise ConfigError(f"variant {variant!r}: expected one of {VARIANTS}")
+        raise ConfigError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     cfg = dict(UPSTREAM_CONFIG, **dit)
     cfg["layer_types"] = ["sliding_attention" if (i + 1) % 2 else "full_attention"
                           for i in range(cfg["num_hidden_layers"])]
     cfg.update(architectures=["AceStepConditionGenerationModel"], model_type="acestep",
-               is_turbo=variant == "turbo", model_version=variant)
+               is_turbo=VARIANTS[variant].turbo, model_version=variant)
     return cfg
 
 
