@@ -15,13 +15,14 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.errors import DataError
+from lofi_lora.dataset import _rows
 from lofi_lora.core.fsutil import atomic_write_json, path_inside, read_json, save_safetensors, sha256_file
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,6 @@ def features():
         "duration": Value("float64"), "bpm": Value("float64"),
         "keyscale": Value("string"), "timesignature": Value("string"), "vocal_language": Value("string"),
     })
-
-
-def _rows(rows: list[dict]) -> Iterator[dict]:
-    yield from rows
 
 
 def build_dataset(records: list[dict], holdout: set[str], repeat_count: int):
@@ -335,7 +332,7 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, weights_has
         if e:  # outdated: drop it now, so the manifest never lists an entry that does not match its inputs
             entries.pop(r["clip_id"])
             f.unlink(missing_ok=True)
-    manifest.update(version=CACHE_VERSION, weights_digest=weights_hash, settings=settings)
+    manifest.update(version=CACHE_VERSION, model_fingerprint=weights_hash, settings=settings)  # key kept: cache identity
     atomic_write_json(cache_dir / CACHE_MANIFEST, manifest)
 
     groups: dict[int, list] = defaultdict(list)  # equal sample counts batch together
