@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from lofi_lora.data import audio as audio_io
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze
@@ -22,6 +21,7 @@ from lofi_lora.annotate.track import analyse_track
 from lofi_lora.core.errors import DataError
 from lofi_lora.core.params import REPO_ROOT
 from lofi_lora.data.presets import PresetLibrary
+from helpers.config import real_config
 
 SR = 22050
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
@@ -227,15 +227,8 @@ def make_corpus(root: Path, specs) -> dict:
     (meta / "sources.json").write_text(json.dumps({"version": 1, "tracks": sources}))
     (meta / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": styles}))
     (meta / "truth.json").write_text(json.dumps({"version": 1, "tracks": truth}))
-    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
-    cfg.paths.clips = str(root / "clips")
-    cfg.paths.annotations = str(root / "annotations")
-    cfg.paths.annotator_cache = str(root / "annotator_cache")
-    cfg.paths.metrics = str(root / "metrics")
-    cfg.paths.presets = str(REPO_ROOT / "presets")
-    cfg.data.metadata_dir = str(meta)
-    cfg.annotate.workers = 1
-    return cfg
+    return real_config(root, paths={k: str(root / k) for k in ("clips", "annotations", "annotator_cache", "metrics")},
+                       data={"metadata_dir": str(meta)}, annotate={"workers": 1})
 
 
 def test_stage_writes_both_sidecar_formats_and_metrics(tmp_path):

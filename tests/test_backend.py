@@ -5,27 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lofi_lora.model.encode import context_latents, encode_audio, encode_conditions, null_condition
 from lofi_lora.model.load import COMPONENTS, load_pipeline, load_transformer, model_dir
 from lofi_lora.model.stage import run_base_model
 from lofi_lora.core.errors import ConfigError, ModelError
-from lofi_lora.core.params import REPO_ROOT
+from helpers.config import real_config
 
 
 def make_cfg(tmp: Path, model: str = "tiny", **model_over):
-    """params.yaml with every path under `tmp` (presets stay the repo's) and `model` from conf/model/."""
-    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
-    for k, v in cfg.paths.items():
-        cfg.paths[k] = str(REPO_ROOT / v) if k == "presets" else str(tmp / v)
-    if model != "tiny":
-        cfg.model = OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{model}.yaml")
-    else:
-        cfg.model.path = cfg.paths.base_model
-    for k, v in model_over.items():
-        cfg.model[k] = v
-    return cfg
+    """The real config with `model` from conf/model/ and `model_over` merged in, checked by the schema, outputs
+    under `tmp` (presets stay the repo's)."""
+    return real_config(tmp, f"model={model}", model=model_over)
 
 
 @pytest.fixture(scope="module")

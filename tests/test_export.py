@@ -18,7 +18,7 @@ from lofi_lora.core.errors import ExportParityError
 from lofi_lora.export import parity, quantize
 from lofi_lora.export.sampler import timestep_schedule
 from lofi_lora.export.stage import run_export
-from lofi_lora.core.params import REPO_ROOT
+from helpers.config import real_config
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -39,14 +39,11 @@ def add_trained_like_lora(transformer, rel_delta: float = 0.1, seed: int = 0):
 
 
 def make_cfg(tmp: Path):
-    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
-    for k, v in cfg.paths.items():
-        cfg.paths[k] = str(REPO_ROOT / v) if k == "presets" else str(tmp / v)
-    cfg.model.path = cfg.paths.base_model
-    cfg.export.latency.update(frames=50, repeats=3, warmup=1)
-    cfg.export.sampler.duration_s = 2.0
-    cfg.export.sampler.prompts = cfg.export.sampler.prompts[:1]
-    return cfg
+    """The real config, checked by the schema, with outputs under `tmp`, a short latency run and one short prompt."""
+    e = OmegaConf.to_container(real_config(tmp).export)
+    e["latency"].update(frames=50, repeats=3, warmup=1)
+    e["sampler"].update(duration_s=2.0, prompts=e["sampler"]["prompts"][:1])
+    return real_config(tmp, export=e)
 
 
 @pytest.fixture(scope="module")

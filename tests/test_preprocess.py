@@ -16,6 +16,7 @@ from lofi_lora.data import audio
 from lofi_lora.data import quality
 from lofi_lora.core.params import REPO_ROOT
 from lofi_lora.preprocess.stage import analyse, choose_cuts, merge_scores, preprocess, process_track
+from helpers.config import real_config
 from test_audio import make_track
 
 SR = 44100
@@ -204,20 +205,15 @@ EXPECTED_BY_KIND = {"good": "ok", "long": "ok", "clipped": "clipping", "silent":
 
 @pytest.mark.slow  # renders a small synth corpus, then runs ingest + preprocess on it (~1-2 min on 2 cores)
 def test_synth_corpus_every_bad_kind_gets_its_reason(tmp_path):
-    import yaml
-    from omegaconf import OmegaConf
-
     from lofi_lora.ingest.stage import run_ingest
     from lofi_lora.preprocess.stage import run_preprocess
 
     synth = pytest.importorskip("lofi_lora.synth")
-    cfg = OmegaConf.create(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
-    cfg.synth.n_tracks, cfg.synth.n_long, cfg.synth.track_seconds, cfg.synth.long_seconds = 3, 1, [10, 12], 40
-    for key in ("synth", "synth_metadata", "interim", "clips", "metrics"):
-        cfg.paths[key] = str(tmp_path / key)
-    cfg.data.raw_dir, cfg.data.metadata_dir = cfg.paths.synth, cfg.paths.synth_metadata
-    cfg.audio.quality_scores = str(tmp_path / "quality_scores.json")
-    cfg.audio.workers = cfg.ingest.workers = 1
+    paths = {key: str(tmp_path / key) for key in ("synth", "synth_metadata", "interim", "clips", "metrics")}
+    cfg = real_config(tmp_path, synth={"n_tracks": 3, "n_long": 1, "track_seconds": [10, 12], "long_seconds": 40},
+                      paths=paths, data={"raw_dir": paths["synth"], "metadata_dir": paths["synth_metadata"]},
+                      audio={"quality_scores": str(tmp_path / "quality_scores.json"), "workers": 1},
+                      ingest={"workers": 1})
     synth.generate_corpus(cfg)
     run_ingest(cfg)
     run_preprocess(cfg)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from omegaconf import OmegaConf
 from scipy import signal
 
@@ -21,17 +20,15 @@ from lofi_lora.synth import TrackSpec, generate_corpus, render_track
 from lofi_lora.synth.render import section_plan
 from lofi_lora.synth.styles import RENDERABLE, all_preset_ids
 from lofi_lora.synth.theory import PROGRESSIONS, diatonic_chord, progression_bars, scale_pcs, voice_lead, voicing_pcs
+from helpers.config import real_config
 
 SR = 22050  # half rate keeps the tests fast; the stage renders at synth.sample_rate
 
 
 def small_cfg(tmp: Path, **synth) -> OmegaConf:
-    cfg = OmegaConf.create(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
-    cfg.paths.synth = str(tmp / "raw" / "synth")
-    cfg.paths.synth_metadata = str(tmp / "metadata" / "synth")
-    cfg.synth.update({"n_tracks": 2, "n_long": 1, "long_seconds": 36, "track_seconds": [6, 8], "bad_seconds": 4,
-                      "sample_rate": SR, "workers": 1, **synth})
-    return cfg
+    """The real config, checked by the schema, with the corpus under `tmp` and shrunk."""
+    return real_config(tmp, synth={"n_tracks": 2, "n_long": 1, "long_seconds": 36, "track_seconds": [6, 8],
+                                   "bad_seconds": 4, "sample_rate": SR, "workers": 1, **synth})
 
 
 @pytest.fixture(scope="module")
