@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from lofi_lora.data import audio
 from lofi_lora.ingest.stage import find_duplicates, licence_problem, run_ingest
-from lofi_lora.core.params import REPO_ROOT
+from helpers.config import real_config
 from test_audio import make_track
 
 SR = 44100
@@ -78,13 +77,12 @@ def build_corpus(root: Path) -> dict[str, str]:
 
 
 def ingest_cfg(root: Path, workers: int = 1):
-    return OmegaConf.create({
-        "data": {"raw_dir": str(root / "raw"), "metadata_dir": str(root / "meta")},
-        "paths": {"interim": str(root / "interim"), "presets": str(REPO_ROOT / "presets")},
-        "ingest": {"extensions": ["wav", "flac", "mp3", "ogg", "m4a", "aac"],
-                   "allowed_licences": ["generated", "CC0-1.0"], "min_seconds": 2.0,
-                   "duplicate_threshold": 0.2, "workers": workers},
-    })
+    """The real config, checked by the schema, reading the corpus under `root`."""
+    return real_config(root, data={"raw_dir": str(root / "raw"), "metadata_dir": str(root / "meta")},
+                       paths={"interim": str(root / "interim")},
+                       ingest={"extensions": ["wav", "flac", "mp3", "ogg", "m4a", "aac"],
+                               "allowed_licences": ["generated", "CC0-1.0"], "min_seconds": 2.0,
+                               "duplicate_threshold": 0.2, "workers": workers})
 
 
 @pytest.fixture(scope="module")

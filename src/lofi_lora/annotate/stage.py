@@ -85,7 +85,7 @@ def build_sidecar(clip: dict[str, Any], a: ClipAnalysis, track: TrackAnalysis, v
     """The sidecar document and the v1 tag prompt of one clip (before any external annotator text)."""
     bpm = int(round(track.bpm))
     keyscale = verdict.keyscale
-    ts = str(a.beats_per_bar) if bool(acfg.get("estimate_timesignature", False)) else str(acfg.timesignature)
+    ts = str(a.beats_per_bar) if bool(acfg["estimate_timesignature"]) else str(acfg.timesignature)
     caption = compose_caption(clip["clip_id"], presets, bpm, keyscale, ts, str(acfg.artist), a.events,
                               bool(acfg.event_captions), int(acfg.max_caption_chars))
     details = {
@@ -168,7 +168,7 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
     meta = load_metadata(metadata_dir, library)
     clips = load_clips(clips_dir)
     opts = AnalysisOptions.from_cfg(acfg)
-    workers = int(acfg.get("workers", 1)) or (os.cpu_count() or 1)
+    workers = int(acfg["workers"]) or (os.cpu_count() or 1)
     log.info("annotate: %d clips from %s, %d presets, key profile %s, %d worker(s), event captions %s",
              len(clips), clips_dir, len(library.ids()), opts.key_profile, workers, bool(acfg.event_captions))
 
@@ -198,7 +198,7 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
         if annotator is not None:
             reply = annotator.annotate(cid, wavs[cid], {"bpm": doc["bpm"], "keyscale": doc["keyscale"],
                                                         "style_ids": doc["style_ids"]})
-            rich = clean_rich_text(reply["text"], int(ext_cfg.get("max_rich_chars", 300)))
+            rich = clean_rich_text(reply["text"], int(ext_cfg["max_rich_chars"]))
             doc["caption"] = fold_into_caption(doc["caption"], rich, int(acfg.max_caption_chars))
             doc["source"]["rich_details"]["external"] = {"text": reply["text"], "cleaned": rich,
                                                          "audio_sha256": reply["audio_sha256"],
@@ -210,7 +210,7 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
             write_sidecars(tmp, doc, prompts[cid])
 
     audio_s = float(sum(a.duration_s for a in analyses.values()))
-    audit = audit_captions({c: d["caption"] for c, d in docs.items()}, int(acfg.get("audit_ngram", 4)),
+    audit = audit_captions({c: d["caption"] for c, d in docs.items()}, int(acfg["audit_ngram"]),
                            str(acfg.artist))
     n = max(len(docs), 1)
     metrics = {

@@ -264,12 +264,12 @@ def run_ingest(cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw_dir = Path(require(cfg, "data.raw_dir"))
     ing = to_plain(require(cfg, "ingest"))
-    scores = cfg.get("audio", {}).get("quality_scores")
+    scores = cfg["audio"]["quality_scores"]
     result, quarantine = ingest(
         raw_dir, Path(require(cfg, "data.metadata_dir")), PresetLibrary(require(cfg, "paths.presets")),
         quality_scores=Path(scores) if scores else None,
         extensions=ing["extensions"], allowed_licences=ing["allowed_licences"], min_seconds=float(ing["min_seconds"]),
-        duplicate_threshold=float(ing["duplicate_threshold"]), workers=int(ing.get("workers", 1)))
+        duplicate_threshold=float(ing["duplicate_threshold"]), workers=int(ing["workers"]))
     with atomic_dir(require(cfg, "paths.interim")) as tmp:
         atomic_write_json(tmp / "ingest.json", result)
         atomic_write_json(tmp / "quarantine.json", quarantine)

@@ -59,7 +59,7 @@ def run_base_model(cfg: Any) -> dict:
                                 "variant": variant, "weights_dir": None}
     if source == "build":
         build = to_plain(require(model_cfg, "build"))
-        seed = int(cfg.get("seed", 0))
+        seed = int(require(cfg, "seed"))
         tokenizer = train_tokenizer(tokenizer_corpus(str(require(cfg, "paths.presets"))), int(build["vocab_size"]))
         pipe = build_pipeline(build, variant, seed, tokenizer)
         with atomic_dir(out) as tmp:

@@ -238,7 +238,7 @@ def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_pa
         (tmp / "mp3").mkdir()
         work = functools.partial(process_track, params=params, out_dir=tmp)
         # tracks are independent; each worker writes its own clip files
-        results = map_processes(work, tracks, int(params.get("workers", 1)), desc="preprocess", unit="track")
+        results = map_processes(work, tracks, int(params["workers"]), desc="preprocess", unit="track")
         for r in results:
             for c in r["clips"]:  # repo-relative paths where the clips will be once the folder is swapped in
                 c["wav"], c["mp3"] = (clips_dir / "wav" / c["wav"]).as_posix(), (clips_dir / "mp3" / c["mp3"]).as_posix()

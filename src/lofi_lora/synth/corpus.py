@@ -29,7 +29,6 @@ from lofi_lora.synth.styles import RENDERABLE, renderable_ids
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("CORE", "JAZZ", "AMB", "CHILL", "DUSK")
-DETERMINISTIC_FORMATS = ("wav", "flac", "mp3")  # libsndfile gives every Ogg stream a time-seeded serial number
 ATTRIBUTION = "lofi-lora project"
 TRUNCATE_AT_BYTES = 40  # inside FLAC's STREAMINFO block (the header is 42 bytes): no decoder can open it
 
@@ -54,7 +53,7 @@ def plan_corpus(cfg: Any) -> list[Job]:
     """Every file of the corpus, in a fixed order, drawn from one generator seeded by `cfg.seed`."""
     s = require(cfg, "synth")
     seed = int(require(cfg, "seed"))
-    formats = [str(f).lower() for f in s.get("formats", DETERMINISTIC_FORMATS)]
+    formats = [str(f).lower() for f in s["formats"]]
     for f in formats:
         if f not in ("wav", "flac", "mp3", "ogg"):
             raise ConfigError(f"synth.formats: {f!r} is not one of wav, flac, mp3, ogg")
@@ -63,7 +62,7 @@ def plan_corpus(cfg: Any) -> list[Job]:
     lo, hi = (float(x) for x in s.track_seconds)
     rng = np.random.default_rng([seed, 0x5EED])
     jobs: list[Job] = []
-    waltz_left = bool(s.get("waltz", True))
+    waltz_left = bool(s["waltz"])
     offsets = {cat: int(rng.integers(len(renderable_ids(cat)))) for cat in CATEGORIES}
 
     def spec(track_id: str, index: int, seconds: float, bpb: int = 4) -> tuple[TrackSpec, tuple[str, ...]]:
@@ -94,12 +93,12 @@ def plan_corpus(cfg: Any) -> list[Job]:
         sp, ids = spec(f"long_{j + 1:02d}_{cat.lower()}", idx, float(s.long_seconds))
         jobs.append(Job(sp, "long", "flac", ids))
     if s.bad_files:
-        bad_s = float(s.get("bad_seconds", 12.0))
+        bad_s = float(s["bad_seconds"])
         for j, (kind, fmt) in enumerate((("clipped", "wav"), ("silent", "flac"), ("mono_22k", "wav"),
                                          ("truncated", "flac"), ("unlicensed", "wav"))):
             sp, ids = spec(f"bad_{j + 1:02d}_{kind}", j, bad_s)
             jobs.append(Job(sp, kind, fmt, ids, licensed=kind != "unlicensed",
-                            params={"silent_dbfs": float(s.get("silent_dbfs", -70.0))}))
+                            params={"silent_dbfs": float(s["silent_dbfs"])}))
     return jobs
 
 
@@ -161,7 +160,7 @@ def generate_corpus(cfg: Any) -> dict:
     sr = int(s.sample_rate)
     jobs = plan_corpus(cfg)
     audio_root, meta_root = Path(require(cfg, "paths.synth")), Path(require(cfg, "paths.synth_metadata"))
-    workers = max(1, min(int(s.get("workers", 2)), os.cpu_count() or 1, len(jobs)))
+    workers = max(1, min(int(s["workers"]), os.cpu_count() or 1, len(jobs)))
     with atomic_dir(audio_root) as out_dir, atomic_dir(meta_root) as meta_dir:
         truths = _render_all(jobs, out_dir, sr, workers)
         if s.duplicates:
@@ -170,7 +169,7 @@ def generate_corpus(cfg: Any) -> dict:
                 log.warning("synth.duplicates: no good non-mp3 track to duplicate (n_tracks=%s)", s.n_tracks)
             else:
                 job, truth = _duplicate(source, truths[source.spec.track_id], out_dir,
-                                        float(s.get("duplicate_gain_db", -4.0)), float(s.get("duplicate_trim_s", 0.7)))
+                                        float(s["duplicate_gain_db"]), float(s["duplicate_trim_s"]))
                 jobs.append(job)
                 truths[job.spec.track_id] = truth
         _write_metadata(jobs, truths, meta_dir, int(require(cfg, "seed")))
