@@ -98,7 +98,7 @@ def test_undecodable_file_names_the_file(tmp_path):
 def test_long_ogg_write_does_not_crash(tmp_path):
     """libsndfile's Vorbis encoder overflowed the stack on one 60 s write (SIGSEGV in the report of a full-size
     rehearsal); `audio.write` feeds it in blocks. Run in a child so a crash fails this test, not the suite."""
-    code = ("import sys, numpy as np; from lofi_lora import audio; "
+    code = ("import sys, numpy as np; from lofi_lora.data import audio; "
             "x = (np.random.default_rng(0).standard_normal((2, 48000 * 90)) * 0.1).astype(np.float32); "
             "audio.write(sys.argv[1], x, 48000); print(audio.info(sys.argv[1]).frames)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "long.ogg")], capture_output=True, text=True)

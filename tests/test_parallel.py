@@ -46,7 +46,7 @@ def test_librosa_is_imported_under_the_machine_wide_lock(tmp_path):
 
     from lofi_lora.core import librosa_guard
 
-    code = ("import sys; from lofi_lora import librosa_guard; print('librosa' in sys.modules, flush=True); "
+    code = ("import sys; from lofi_lora.core import librosa_guard; print('librosa' in sys.modules, flush=True); "
             "librosa_guard.load(); print('librosa' in sys.modules, flush=True)")
     with FileLock(str(librosa_guard.LOCK)):
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
