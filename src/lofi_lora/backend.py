@@ -26,6 +26,7 @@ import lofi_lora.ace_step_xl  # noqa: F401  (registers the XL condition encoder 
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import ConfigError, ModelError
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
+from lofi_lora.model_variant import check_variant
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +410,7 @@ def verify_pipeline_dir(folder: str | Path, variant: str, key: str = "model.path
 
     Checks: `model_index.json` names `AceStepPipeline`; every component is present with its config and the
     expected class; model components have floating-point safetensors weights; the component widths agree;
-    the transformer's turbo flag matches `model.variant`.
+    the transformer's turbo flag and an upstream folder name match `model.variant` (lofi_lora.model_variant).
 
     Raises:
         ConfigError: the folder does not exist. ModelError: anything else, naming `key` and the component.
@@ -473,10 +474,8 @@ def verify_pipeline_dir(folder: str | Path, variant: str, key: str = "model.path
     if vae.get("downsampling_ratios") and math.prod(vae["downsampling_ratios"]) * 25 != vae.get("sampling_rate"):
         raise ModelError(f"`{key}` = {folder}: the VAE does not give 25 latent frames per second "
                          f"({vae.get('sampling_rate')} Hz / {math.prod(vae['downsampling_ratios'])})")
-    version, turbo = tr.get("model_version"), tr.get("is_turbo")
-    if (version in VARIANTS and version != variant) or (turbo is not None and bool(turbo) != (variant == "turbo")):
-        raise ModelError(f"`model.variant` = {variant!r} but {folder}/transformer/config.json says "
-                         f"model_version={version!r}, is_turbo={turbo!r}")
+    for warning in check_variant(variant, tr, folder):  # model_version alone (upstream defaults it) only warns
+        log.warning(warning)
     return summary
 
 
