@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -43,7 +44,8 @@ def wheels_for(pins: list[str], version: str) -> dict[str, str]:
 
 def main(extra: list[str]) -> None:
     pins = exact_pins() + extra  # extra: pins that live outside pyproject.toml (the Makefile's CPU torch)
-    found = {v: wheels_for(pins, v) for v in VERSIONS}
+    with ThreadPoolExecutor(len(VERSIONS)) as pool:  # both pip runs wait on PyPI: at once, half the time
+        found = dict(zip(VERSIONS, pool.map(lambda v: wheels_for(pins, v), VERSIONS)))
     print(f"{'pin':34s} " + " ".join(f"{'Python ' + v:60s}" for v in VERSIONS))
     missing = []
     for pin in pins:
