@@ -9,15 +9,17 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install sysdeps wheels demo test test-fast params clean-outputs bench-annotate
 
+# VENV_FLAGS=--system-site-packages: the venv sees a CUDA torch that the box already has (README, GPU recipe)
+VENV_FLAGS ?=
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # torch first, from its exact CPU pin (pyproject.toml holds only the tested range, so a GPU box keeps its CUDA build):
-# a bare requirement would pull a multi-GB CUDA build.
-TORCH_CPU := torch==2.13.0
+# a bare requirement would pull a multi-GB CUDA build. `TORCH_CPU=` (empty) keeps the torch the venv already sees.
+TORCH_CPU ?= torch==2.13.0
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(TORCH_CPU)
+	$(if $(TORCH_CPU),$(BIN)/pip install -q $(TORCH_CPU))
 	$(BIN)/pip install -q -e '.[dev,optuna]'
 	touch $(STAMP)
 
