@@ -26,7 +26,7 @@ import lofi_lora.ace_step_xl  # noqa: F401  (registers the XL condition encoder 
 from lofi_lora.config import require, to_plain
 from lofi_lora.errors import ConfigError, ModelError
 from lofi_lora.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
-from lofi_lora.model_variant import check_variant
+from lofi_lora.model_variant import VARIANTS, check_variant
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ COMPONENTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "scheduler": (("diffusers",), "FlowMatchEulerDiscreteScheduler"),
 }
 WEIGHT_COMPONENTS = ("vae", "text_encoder", "transformer", "condition_encoder")
-VARIANTS = ("turbo", "sft", "base")
 
 
 # --------------------------------------------------------------------------------------------------------------
