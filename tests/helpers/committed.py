@@ -74,6 +74,8 @@ def _lock(data: bytes) -> dict:
         for entry in st.get("outs", []) + [d for d in st.get("deps", []) if d["path"] in outs]:
             for k in HASH_KEYS:
                 entry.pop(k, None)
+        for kind in ("deps", "outs"):  # by path, so a difference names the file
+            st[kind] = {e.pop("path"): e for e in st.get(kind, [])}
     return lock
 
 
