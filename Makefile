@@ -7,15 +7,19 @@ STAMP := $(VENV)/.installed
 # dvc.yaml runs `python stages/...`: the venv's python must come first on PATH
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install sysdeps demo test test-fast params clean-outputs bench-annotate
+.PHONY: install sysdeps wheels demo test test-fast params clean-outputs bench-annotate
 
+# VENV_FLAGS=--system-site-packages: the venv sees a CUDA torch that the box already has (README, GPU recipe)
+VENV_FLAGS ?=
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first, from its exact pin: a bare requirement would pull a multi-GB CUDA build.
+# torch first, from its exact CPU pin (pyproject.toml holds only the tested range, so a GPU box keeps its CUDA build):
+# a bare requirement would pull a multi-GB CUDA build. `TORCH_CPU=` (empty) keeps the torch the venv already sees.
+TORCH_CPU ?= torch==2.13.0
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0
+	$(if $(TORCH_CPU),$(BIN)/pip install -q $(TORCH_CPU))
 	$(BIN)/pip install -q -e '.[dev,optuna]'
 	touch $(STAMP)
 
@@ -33,9 +37,13 @@ demo: $(STAMP)
 	$(BIN)/dvc metrics show
 	@echo "For the README's dvc commands (and the queue's workers, which start dvc from PATH): source $(VENV)/bin/activate"
 
+# Python 3.12 and 3.13: every exact pin (and the CPU torch) has a wheel for them (asks PyPI, downloads nothing).
+wheels: $(STAMP)
+	$(BIN)/python scripts/check_wheels.py $(TORCH_CPU)
+
 # Every CPU test, the slow ones included (the whole DVC pipeline in a fresh clone, a queued sweep), on every core:
 # each module on one worker, the pipeline module first (tests/conftest.py); `-p no:xdist` runs them in one process.
-test: $(STAMP) sysdeps
+test: $(STAMP) sysdeps wheels
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m 'not gpu and not needs_weights' -n auto --dist loadfile --no-loadscope-reorder
 
 # The fast unit tests only (plain `pytest` selects the same).

@@ -2,7 +2,7 @@
 # The 2B and XL rehearsals at once on a host with two GPUs, then a queued 2-member sweep (benchmarks/NOTES.md,
 # "Full-size rehearsal"). The 2B rehearsal runs the data stages; the XL one converts its checkpoint meanwhile, then
 # takes the data stages' outputs and dvc.lock entries from the 2B work folder; each runs its model stages on a GPU
-# of its own (stages claim a free GPU: lofi_lora.runtime.pick_device). Given XL_KILL, the XL train stage is
+# of its own (stages claim a free GPU: lofi_lora.core.runtime.pick_device). Given XL_KILL, the XL train stage is
 # SIGKILLed after that step and resumed (about 5 more minutes: a second compile). Once the 2B rehearsal has ended
 # (ok or not), `dvc queue start -j 2` runs lora.r=32 and lora.r=64 (200 steps, up to evaluate) in its work folder;
 # the members take GPU locks of their own, so one may share a GPU with the XL rehearsal's last stages instead of

@@ -78,3 +78,20 @@ def test_vggish_loads_local_state_dict_weights_only(tmp_path):
     assert out.shape == (2, 128) and np.isfinite(out).all()
     np.testing.assert_array_equal(out, emb.embed(_tone(440, seconds=2.0), 48000))
     assert len(emb.describe()["weights_sha256"]) == 64
+
+
+def test_vggish_file_is_checked_against_its_published_sha256(tmp_path):
+    """A file that is not the configured one stops the stage naming both keys and the expected hash; the default
+    is the published vggish-10086976.pth, whose name carries its hash's first 8 hex digits (torch.hub's rule)."""
+    import hashlib
+
+    from lofi_lora.core.config import compose_config
+
+    published = compose_config(["eval=full", "eval.vggish_path=x", "eval.clap_path=null"]).eval.vggish_sha256
+    assert published.startswith("10086976") and len(published) == 64
+    path = tmp_path / "vggish.pth"
+    torch.save(build_vggish().state_dict(), path)
+    with pytest.raises(ModelError, match=f"eval.vggish_path.*eval.vggish_sha256` = {published}"):
+        get_embedder("vggish", {"vggish_path": str(path), "vggish_sha256": published})
+    own = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert get_embedder("vggish", {"vggish_path": str(path), "vggish_sha256": own.upper()}).weights_sha256 == own

@@ -247,3 +247,29 @@ def test_bad_native_folders_fail_with_one_clear_line(native_2b, tmp_path):
     (root / name / "model.safetensors").rename(root / name / "weights.bin")
     with pytest.raises(ModelError, match="neither model.safetensors nor model.safetensors.index.json"):
         nc.converted_pipeline(root, name)
+
+
+def test_variant_follows_is_turbo_and_the_folder_when_model_version_keeps_upstreams_default(native_2b, tmp_path, caplog):
+    """Upstream's config class defaults `model_version` to "turbo": a real base checkpoint may carry it. The
+    conversion is taken as `model.variant`=base (is_turbo=False and the folder agree) with a warning; is_turbo and
+    the folder name still refuse a wrong `model=`."""
+    import logging
+    import shutil
+
+    from lofi_lora.model.load import verify_pipeline_dir
+
+    src, name = native_2b
+    root = tmp_path / "checkpoints"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("lofi-lora-diffusers"))
+    cfg_f = root / name / "config.json"
+    native = json.loads(cfg_f.read_text())
+    assert native["is_turbo"] is False and name == "acestep-v15-base"
+    cfg_f.write_text(json.dumps({**native, "model_version": "turbo"}))
+    folder, _ = nc.converted_pipeline(root, name)
+    with caplog.at_level(logging.WARNING, logger="lofi_lora.model.load"):
+        verify_pipeline_dir(folder, "base")
+    assert "model_version='turbo'" in caplog.text and "upstream's default" in caplog.text
+    with pytest.raises(ModelError, match="is_turbo=False"):
+        verify_pipeline_dir(folder, "turbo")
+    with pytest.raises(ModelError, match="upstream's 'base' checkpoint"):
+        verify_pipeline_dir(folder, "sft")

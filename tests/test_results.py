@@ -81,3 +81,21 @@ def test_export_headline_is_parity_and_size_per_precision_and_latency_stays_out(
     assert [r["case"] for r in tables["parity"]] == ["2x24", "sampler_audio"]
     assert timings["latency"] == {"torch_fp32_ms": 2.0, "int8_ms": 1.7}
     assert "latency" not in str(head)
+
+
+@pytest.mark.parametrize("committed, this_cpu, decimals", [  # metrics/*.json of two runs of the same commit
+    (1.5222619771957397, 1.5222620010375976, None),          # eval.val_loss
+    (1081.2995947515228, 1081.299577093658, None),           # eval.fd_logmel128_v1
+    (1.1869671798227135, 1.1869671631707388, None),          # eval.kad_logmel128_v1
+    (1.694670542994622e-06, 1.6904075438429268e-06, 6),      # export.fp32.rel_l2: float noise itself
+    (1.7904008815531304e-07, 1.826131887201094e-07, 6),      # export.merge.rel_l2
+    (0.006539775383151501, 0.006539770017361432, 6),         # export.fp16.rel_l2
+    (0.999444683771113, 0.9994446836385339, 6)])             # export.int4.cosine
+def test_headline_figures_keep_the_digits_two_cpus_agree_on(committed, this_cpu, decimals):
+    """Pairs measured on two x86-64 CPUs (issue 23: the committed run at fc87567 and `dvc repro` of it on an AMD EPYC
+    with AVX-512 VNNI): rounded to the meaningful digits they are one figure, so `make demo` mostly leaves
+    metrics/*.json as committed."""
+    from lofi_lora.core.results import meaningful
+
+    assert committed != this_cpu and meaningful(committed, decimals) == meaningful(this_cpu, decimals)
+    assert abs(meaningful(this_cpu, decimals) - this_cpu) <= max(abs(this_cpu) * 1e-4, 10.0 ** -(decimals or 99))

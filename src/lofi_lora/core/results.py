@@ -19,20 +19,30 @@ from lofi_lora.core.fsutil import atomic_dir, atomic_write_json
 log = logging.getLogger(__name__)
 
 Split = tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[str, Any]]  # headline, tables, timings
+SIGNIFICANT = 5  # what `dvc metrics show` prints; another CPU moves these figures in the 7th-8th digit (issue 23)
+PARITY_DECIMALS = 6  # parity figures (cosine, rel_l2, errors) below 1e-6 are float noise; export tolerances >= 1e-5
 
 
-def _num(v: Any) -> Any:
-    """A JSON number or null (NaN/inf are not JSON)."""
+def meaningful(v: Any, decimals: int | None = None) -> Any:
+    """A float to the digits that mean something, so a rerun on another CPU mostly writes the same bytes (a value
+    near a rounding boundary can still flip its last digit: the tests compare at a tolerance, not by bytes)."""
+    if not isinstance(v, float) or not math.isfinite(v):
+        return v
+    return float(f"{round(v, decimals) if decimals is not None else v:.{SIGNIFICANT}g}")
+
+
+def _num(v: Any, decimals: int | None = None) -> Any:
+    """A JSON number or null (NaN/inf are not JSON), to its meaningful digits."""
     if isinstance(v, bool) or v is None:
         return v
     if isinstance(v, (int, float)):
-        return v if math.isfinite(float(v)) else None
+        return meaningful(v, decimals) if math.isfinite(float(v)) else None
     raise TypeError(f"headline metric value {v!r} is not a number")
 
 
-def _pick(d: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+def _pick(d: dict[str, Any], names: dict[str, str], decimals: int | None = None) -> dict[str, Any]:
     """{new_name: d[old_name]} for the keys present in d."""
-    return {new: _num(d[old]) for new, old in names.items() if old in d}
+    return {new: _num(d[old], decimals) for new, old in names.items() if old in d}
 
 
 def split_data(m: dict[str, Any]) -> Split:
@@ -107,17 +117,19 @@ def split_eval(m: dict[str, Any]) -> Split:
 def split_export(m: dict[str, Any]) -> Split:
     head: dict[str, Any] = {"lora_layers_merged": _num(m.get("lora_layers_merged"))}
     if "merge" in m:
-        head["merge"] = _pick(m["merge"], {"cosine": "cosine", "rel_l2": "rel_l2"})
+        head["merge"] = _pick(m["merge"], {"cosine": "cosine", "rel_l2": "rel_l2"}, PARITY_DECIMALS)
     if "vae_decoder" in m:
-        head["vae"] = _pick(m["vae_decoder"]["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"})
+        head["vae"] = _pick(m["vae_decoder"]["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"}, PARITY_DECIMALS)
     rows, latency = [], {"torch_fp32_ms": m.get("torch_fp32_latency_ms")}
     for p, f in (m.get("precisions") or {}).items():
-        head[p] = {"passed": f["passed"], **_pick(f["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"}),
+        head[p] = {"passed": f["passed"], **_pick(f["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"}, PARITY_DECIMALS),
                    "size_ratio": _num(f["ratio_to_fp32"]), "mb": _num(f["mb"]),
-                   "audio_cosine": _num(f["sampler_audio"]["cosine"])}
+                   "audio_cosine": _num(f["sampler_audio"]["cosine"], PARITY_DECIMALS)}
         for case, figs in f.get("parity_cases", {}).items():
-            rows.append({"model": f"{p} {case}", "precision": p, "case": case, **figs})
-        rows.append({"model": f"{p} sampler audio", "precision": p, "case": "sampler_audio", **f["sampler_audio"]})
+            rows.append({"model": f"{p} {case}", "precision": p, "case": case,
+                         **{k: meaningful(v, PARITY_DECIMALS) for k, v in figs.items()}})
+        rows.append({"model": f"{p} sampler audio", "precision": p, "case": "sampler_audio",
+                     **{k: meaningful(v, PARITY_DECIMALS) for k, v in f["sampler_audio"].items()}})
         latency[f"{p}_ms"] = f.get("latency_ms")
     return head, {"parity": rows}, {"latency": latency, "timing_s": m.get("timing_s")}
 

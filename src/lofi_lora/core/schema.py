@@ -298,6 +298,7 @@ class Eval:
     duration_s: Number = key(gt=0)
     embedding: str = key(choices=("logmel", "vggish", "clap"))
     vggish_path: Optional[str] = key()
+    vggish_sha256: Optional[str] = key()                          # null = the file is not checked
     clap_path: Optional[str] = key()
     clap_min_vocab: int = key(ge=1)
     fad_inf_points: int = key(ge=2)

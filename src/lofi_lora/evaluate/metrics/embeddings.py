@@ -162,7 +162,8 @@ class VGGish(Embedder):
     sample_rate = 16000
     pretrained = True
 
-    def __init__(self, weights_path: str | Path | None, device: str = "cpu") -> None:
+    def __init__(self, weights_path: str | Path | None, device: str = "cpu", sha256: str | None = None) -> None:
+        """`sha256`: what the file must hash to (`eval.vggish_sha256`; None = not checked)."""
         import torch
 
         if not weights_path:
@@ -173,6 +174,12 @@ class VGGish(Embedder):
         from lofi_lora.core.fsutil import sha256_file
 
         self.weights_sha256 = sha256_file(path)
+        if sha256 and self.weights_sha256 != sha256.lower():
+            from lofi_lora.core.errors import ModelError
+
+            raise ModelError(f"`eval.vggish_path` = {path}: sha256 {self.weights_sha256} is not `eval.vggish_sha256` = "
+                             f"{sha256} (the published vggish-10086976.pth, README); another port: set "
+                             "eval.vggish_sha256 to its hash")
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -234,7 +241,7 @@ def get_embedder(kind: str, eval_cfg: Any = None, device: str = "cpu") -> Embedd
     if kind == "logmel":
         return LogMel128()
     if kind == "vggish":
-        return VGGish(get("vggish_path"), device=device)
+        return VGGish(get("vggish_path"), device=device, sha256=get("vggish_sha256"))
     if kind == "clap":
         return ClapAudio(get("clap_path"), device=device, min_vocab=int(get("clap_min_vocab") or 1000))
     from lofi_lora.core.errors import ConfigError
