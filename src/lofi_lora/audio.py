@@ -166,9 +166,11 @@ MAX_BLOCK_SECONDS = 60.0
 MAX_BLOCK_SAMPLES = 1 << 23  # over all channels: 32 MiB of float32 per decoded block
 
 
-def stereo_blocks(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
-    """`([channels <= 2, frames] float32, sample rate)` blocks of frames `[start, stop)` at the native rate, more
-    than two channels downmixed by the file's layout (downmix.py). Memory is one block, whatever the length.
+def blocks(path: str | Path, start: int = 0,
+           stop: int | None = None) -> Iterator[tuple[np.ndarray, int, tuple[str, ...]]]:
+    """`([channels, frames] float32, sample rate, speakers)` blocks of frames `[start, stop)` at the native rate,
+    with the file's channel layout (downmix.py; ffmpeg's formats come downmixed to stereo already). Memory is one
+    block, whatever the length.
 
     Raises:
         DataError: the file cannot be decoded, or the range holds no frames.
@@ -180,7 +182,7 @@ def stereo_blocks(path: str | Path, start: int = 0, stop: int | None = None) -> 
             sr, ch, _ = _probe_ffmpeg(path)
             for block in _ffmpeg_blocks(path, sr, ch, start, stop):
                 n += block.shape[1]
-                yield np.ascontiguousarray(block), sr
+                yield np.ascontiguousarray(block), sr, downmix.layout(block.shape[0])
         else:
             with sf.SoundFile(str(path)) as f:
                 sr, ch = int(f.samplerate), int(f.channels)
@@ -190,7 +192,7 @@ def stereo_blocks(path: str | Path, start: int = 0, stop: int | None = None) -> 
                 total = (stop if stop is not None else f.frames) - start
                 for block in f.blocks(size, frames=total, dtype="float32", always_2d=True):
                     n += block.shape[0]
-                    yield np.ascontiguousarray(downmix.to_stereo(block.T, layout)), sr
+                    yield np.ascontiguousarray(block.T), sr, layout
     except DataError:
         raise
     except Exception as e:  # libsndfile/ffmpeg errors in the middle of a file

@@ -74,11 +74,19 @@ def to_stereo(block: np.ndarray, speakers: tuple[str, ...]) -> np.ndarray:
     return (stereo_matrix(speakers) @ block).astype(block.dtype)
 
 
-def for_analysis(audio: np.ndarray) -> np.ndarray:
-    """Mono `[frames]` for analysis: the mid (L+R)/2 of a (downmixed) stereo signal, or its side (L-R)/2 when
-    that holds more energy, so an out-of-phase pair never cancels (mid + side energy = half the channels')."""
+def for_analysis(audio: np.ndarray, speakers: tuple[str, ...] | None = None) -> np.ndarray:
+    """Mono `[frames]` for analysis (fingerprint) that cannot cancel: the mid (L+R)/2 of the stereo downmix, or
+    its side (L-R)/2 when that holds more energy (an out-of-phase pair), or, when both together hold less than a
+    quarter of the channels' mean energy (surrounds that cancel the fronts), the loudest channel. So the result
+    always keeps at least a quarter of the mean channel energy; for ordinary stereo it is the mid, as before."""
     if audio.shape[0] == 1:
         return audio[0]
-    left, right = audio[0], audio[1]
+    stereo = to_stereo(audio, speakers or layout(audio.shape[0]))
+    left, right = stereo[0], stereo[1]
     mid, side = (left + right) / 2, (left - right) / 2
-    return side if float(np.dot(side, side)) > float(np.dot(mid, mid)) else mid
+    e_mid, e_side = float(np.dot(mid, mid)), float(np.dot(side, side))
+    if audio.shape[0] > 2:
+        energy = np.einsum("cf,cf->c", audio, audio, dtype=np.float64)
+        if 4 * max(e_mid, e_side) < energy.mean():
+            return audio[int(np.argmax(energy))]
+    return side if e_side > e_mid else mid

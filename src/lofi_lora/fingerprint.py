@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from lofi_lora import downmix
-from lofi_lora.audio import resample, to_channels
+from lofi_lora.audio import resample
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def landmarks(frames: np.ndarray, bins: np.ndarray) -> Fingerprint:
 def fingerprint(audio: np.ndarray, sample_rate: int) -> Fingerprint:
     """Fingerprint `[channels, frames]` audio at any rate (downmixed to a mono that cannot cancel, resampled to
     11.025 kHz)."""
-    stereo = to_channels(np.asarray(audio, dtype=np.float32), 2) if audio.shape[0] > 2 else np.asarray(audio, np.float32)
-    mono = downmix.for_analysis(stereo)[None, :]
+    mono = downmix.for_analysis(np.asarray(audio, dtype=np.float32))[None, :]
     return fingerprint_mono(resample(mono, sample_rate, FP_SAMPLE_RATE)[0])
 
 

@@ -1,4 +1,4 @@
-"""One pass over a file's decoded blocks (audio.stereo_blocks): quality measures, loudness, bandwidth, the
+"""One pass over a file's decoded blocks (audio.blocks): quality measures, loudness, bandwidth, the
 fingerprint's mono signal and the track conformed to the clip rate, in memory bounded by the block size plus
 the outputs asked for (the conformed track: 0.4 MB per second at 48 kHz stereo).
 
@@ -68,14 +68,15 @@ def scan(path: str | Path, start: int = 0, stop: int | None = None, *, silence_d
     lufs_single = float("-inf")
     blocks = 0
 
-    def feed(x: np.ndarray, last: bool) -> None:
+    def feed(x: np.ndarray, mono: np.ndarray | None, last: bool) -> None:
         if fp is not None:
-            fp.add(downmix.for_analysis(x)[None, :], last)
+            fp.add(mono[None, :], last)
         if conf is not None:
             conf.add(x, last)
 
-    for x, sr in audio.stereo_blocks(path, start, stop):
+    for native, sr, speakers in audio.blocks(path, start, stop):
         blocks += 1
+        x = downmix.to_stereo(native, speakers)  # quality and loudness are those of the stereo downmix
         if meter is None:
             meter = StreamingLoudness(sr, x.shape[0])
             fp = _Resampler(sr, fp_rate, 1) if fp_rate else None
@@ -95,9 +96,10 @@ def scan(path: str | Path, start: int = 0, stop: int | None = None, *, silence_d
             psd_sum = p * clean.shape[1] + (0 if psd_sum is None else psd_sum)
             psd_w += clean.shape[1]
         if pending is not None:
-            feed(pending, False)
-        pending = clean
-    feed(pending, True)
+            feed(*pending, False)
+        pending = clean, (downmix.for_analysis(np.nan_to_num(native), speakers) if fp is not None else None)
+        del native
+    feed(*pending, True)
     out = Scan(sample_rate=sr, frames=frames, peak=peak,
                lufs=lufs_single if blocks == 1 else meter.integrated())
     if silence_db is not None:
