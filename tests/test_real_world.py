@@ -151,3 +151,15 @@ def test_an_error_in_a_worker_prints_no_traceback_unless_debugging(tmp_path, mon
     monkeypatch.setenv("LOFI_LORA_DEBUG", "1")
     preprocess_mod.process_track(track, PARAMS, tmp_path)
     assert "Traceback" in capfd.readouterr().err
+
+
+def test_the_check_command_prints_each_problem_once_and_a_count(ran, capsys):
+    from lofi_lora.annotate.check import main as check_main
+
+    root = ran[0]
+    assert check_main(["--metadata-dir", str(root / "meta"), "--raw-dir", str(root / "raw"),
+                       "--presets", str(REPO_ROOT / "presets")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    missing = N_ENTRIES - N_PRESENT + 1  # mono.wav was moved away after ingest
+    assert len(lines) == missing + 1 and len(set(lines)) == len(lines)
+    assert lines[-1] == f"{missing} problem(s) in {root / 'meta'}"

@@ -216,6 +216,9 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
     for pr in meta.problems:
         problems.setdefault(_rel_key(pr.raw_file) if pr.raw_file else "", []).append(pr)
     files, refused = rawfiles.scan(raw_dir)
+    stale = rawfiles.unignored(raw_dir)
+    if stale:
+        log.warning("%s", rawfiles.unignored_message(raw_dir, stale))
     for r in refused:
         quarantined.append(_q(r.path, r.path.stem, r.reason, r.detail))
     candidates: list[tuple[Path, dict[str, Any]]] = []
