@@ -20,7 +20,7 @@ def test_every_stage_depends_on_check_which_reads_all_params():
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     assert next(iter(stages)) == "check"
     assert stages["check"]["params"] == [{"params.yaml": None}]
-    assert [o for o in stages["check"]["outs"]] == [{str(params_check.OUTPUT): {"cache": False}}]
+    assert [o for o in stages["check"]["outs"]] == [{str(params_check.OUTPUT): {"cache": False, "persist": True}}]
     for name, stage in stages.items():
         if name != "check":
             assert str(params_check.OUTPUT) in stage["deps"], name
