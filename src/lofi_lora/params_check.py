@@ -1,4 +1,4 @@
-"""`python -m lofi_lora.params_check`: stage `check`, the first of the pipeline, which every other depends on.
+"""Stage `check` (stages/check.py), the first of the pipeline, which every other stage depends on.
 
 A stage validates params.yaml itself, but only after DVC has removed that stage's outputs, so a refused value
 (`dvc exp run -S lora.alpha=-1`) used to cost the trained adapter. This stage depends on the whole params.yaml and
@@ -8,13 +8,10 @@ always the same bytes, so a valid change of params reruns no stage that does not
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from lofi_lora import rawfiles
-from lofi_lora.cli import _report_errors
 from lofi_lora.config import load_config
 from lofi_lora.errors import DataError
 from lofi_lora.fsutil import atomic_write_text
@@ -22,19 +19,12 @@ from lofi_lora.fsutil import atomic_write_text
 OUTPUT = Path("data/params.ok")
 
 
-def check(params: Path = Path("params.yaml"), output: Path = OUTPUT) -> None:
-    """Raise ConfigError/DataError (one line) when params.yaml or the raw folder would fail a stage."""
-    cfg = load_config(yaml.safe_load(params.read_text(encoding="utf-8")) or {})
+def run_check(params: Any, output: Path = OUTPUT) -> dict[str, Any]:
+    """Raise ConfigError/DataError (one line) when `params` (params.yaml's content) or the raw folder would fail a
+    stage; else write `output`."""
+    cfg = load_config(params)
     stale = rawfiles.unignored(cfg.data.raw_dir)
     if stale:
         raise DataError(rawfiles.unignored_message(cfg.data.raw_dir, stale))
     atomic_write_text(output, "params.yaml is valid (stage check; the content never changes)\n")
-
-
-def main() -> int:
-    _report_errors(check)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"params": "valid"}
