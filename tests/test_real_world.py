@@ -163,3 +163,23 @@ def test_the_check_command_prints_each_problem_once_and_a_count(ran, capsys):
     missing = N_ENTRIES - N_PRESENT + 1  # mono.wav was moved away after ingest
     assert len(lines) == missing + 1 and len(set(lines)) == len(lines)
     assert lines[-1] == f"{missing} problem(s) in {root / 'meta'}"
+
+
+def test_long_tracks_refuse_quarantines_the_file_from_its_header(tmp_path):
+    (tmp_path / "raw").mkdir(), (tmp_path / "meta").mkdir()
+    sf.write(str(tmp_path / "raw" / "mix.wav"), make_track(8, 30.0, 48000).T, 48000)
+    entry = {"file": "mix.wav", "licence": "generated", "provenance": "tests", "attribution": "tests"}
+    (tmp_path / "meta" / "sources.json").write_text(json.dumps({"version": 1, "tracks": {"mix": entry}}))
+    (tmp_path / "meta" / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": {"mix": ["CORE-01"]}}))
+    c = cfg(tmp_path)
+    c.audio.long_tracks = "refuse"
+    ingest_mod.run_ingest(c)
+    (q,) = json.loads((tmp_path / "interim" / "quarantine.json").read_text())["quarantined"]
+    assert q["reason"] == "too_long" and "audio.max_track_seconds=12" in q["detail"]
+
+
+def test_parts_are_equal_and_bounded():
+    assert ingest_mod.parts(100, 10, 5.0) == [(0, 50), (50, 100)]
+    assert ingest_mod.parts(7201 * 44100, 44100, 600.0)[-1][1] == 7201 * 44100
+    assert len(ingest_mod.parts(7201 * 44100, 44100, 600.0)) == 13
+    assert ingest_mod.parts(10, 10, 5.0) == [(0, 10)]

@@ -150,6 +150,8 @@ def find_duplicates(ids: list[str], probes: list[Probe], threshold: float) -> li
         edges[(m.a, m.b)] = (m.similarity, m.offset_s)
     by_hash: dict[tuple[str, int], int] = {}
     for i, p in enumerate(probes):  # identical bytes: the same part of identical files
+        if not p.sha256:
+            continue  # not hashed (its file's first part failed)
         j = by_hash.setdefault((p.sha256, p.start), i)
         if j != i:
             edges[(j, i)] = (1.0, 0.0)
@@ -256,6 +258,9 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
             head = audio.info(f)
         except (DataError, OSError) as e:
             quarantined.append(_q(f, entry["track_id"], "undecodable", str(e)))
+            continue
+        except Exception as e:  # a header no reader expected: this file's
+            quarantined.append(_q(f, entry["track_id"], "undecodable", failure(f, "header", e)))
             continue
         split = parts(head.frames, head.sample_rate, max_track_seconds) if head.frames else [(0, None)]
         if len(split) > 1 and long_tracks == "refuse":
