@@ -264,8 +264,9 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
             continue
         split = parts(head.frames, head.sample_rate, max_track_seconds) if head.frames else [(0, None)]
         if len(split) > 1 and long_tracks == "refuse":
-            quarantined.append(_q(f, entry["track_id"], "too_long", f"{head.duration_s:.0f} s > audio.max_track_seconds="
-                                  f"{max_track_seconds:g} (audio.long_tracks=refuse; `split` makes parts of it)"))
+            quarantined.append(_q(f, entry["track_id"], "too_long",
+                                  f"{head.duration_s:.0f} s > audio.max_track_seconds={max_track_seconds:g} "
+                                  "(audio.long_tracks=refuse; `split` makes parts of it)"))
             continue
         for k, (a, b) in enumerate(split):
             tasks.append((f, entry, k, len(split)))

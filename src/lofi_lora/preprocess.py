@@ -188,7 +188,8 @@ def _process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path)
             result["short_clips_dropped"] += 1
             continue
         clip_id = f"{tid}__p{track['part']:03d}_{k:03d}" if part else f"{tid}__{k:03d}"
-        clip = _fade_edges(x[:, a:b], sr, fade_in=i > 0 or bool(start), fade_out=i < len(cuts) - 2 or (part and track["part"] < track["parts"] - 1))
+        inner_end = part and track["part"] < track["parts"] - 1  # a part's end is a cut in the file
+        clip = _fade_edges(x[:, a:b], sr, fade_in=i > 0 or bool(start), fade_out=i < len(cuts) - 2 or inner_end)
         cm = quality.measure(clip, sr, native_sr, float(params["silence_db"]))
         clip_problems = [p for p in quality.check(cm, params) if p[0] in ("silence", "too_quiet")]
         if clip_problems:
