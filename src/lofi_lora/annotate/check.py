@@ -2,11 +2,13 @@
 
 Checks sources.json and style_mapping.json against their schemas (including the optional per-track `bpm`
 and `keyscale`), that every styled track has a licence entry and every preset id exists, and that each
-`file` named in sources.json is under the raw folder. Prints one line per problem and exits 1 if any.
+`file` named in sources.json is under the raw folder. Prints each problem once, then their count, and exits 1
+if there is any.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ def check(metadata_dir: Path, raw_dir: Path, presets: Path) -> list[str]:
     problems = [str(p) for p in meta.problems]
     problems += [f"{metadata_dir / SOURCES_FILE}: tracks.{tid}.file: {entry['file']} not found under {raw_dir}"
                  for tid, entry in meta.sources.items() if not (raw_dir / entry["file"]).is_file()]
-    return problems
+    return list(dict.fromkeys(problems))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-dir", type=Path, default=Path("data/raw/local"))
     ap.add_argument("--presets", type=Path, default=Path("presets"))
     args = ap.parse_args(argv)
-    problems = check(args.metadata_dir, args.raw_dir, args.presets)
+    logger = logging.getLogger("lofi_lora")
+    level, _ = logger.level, logger.setLevel(logging.ERROR)  # the problems are printed below, each once
+    try:
+        problems = check(args.metadata_dir, args.raw_dir, args.presets)
+    finally:
+        logger.setLevel(level)
     for p in problems:
         print(p, file=sys.stderr)
-    if not problems:
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.metadata_dir}", file=sys.stderr)
+    else:
         n = len(load_metadata(args.metadata_dir, PresetLibrary(args.presets)).sources)
         print(f"{args.metadata_dir}: {n} track(s), sources.json and style_mapping.json are valid")
     return 1 if problems else 0

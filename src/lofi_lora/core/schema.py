@@ -138,7 +138,8 @@ class Audio:
     min_clip_seconds: Number = key(gt=0)
     beat_start_bpm: Number = key(gt=0)
     beats_per_bar: int = key(ge=1)
-    max_track_seconds: Number = key(gt=0)
+    max_track_seconds: Number = key(gt=0, le=1800)  # a part is held whole at 48 kHz: memory grows with it
+    long_tracks: str = key(choices=("split", "refuse"))
     min_source_sample_rate: int = key(ge=1)
     max_clipping_ratio: Number = key(**UNIT)
     max_silence_ratio: Number = key(**UNIT)

@@ -7,13 +7,16 @@ list, never a shell string. Every write is atomic.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 
+from lofi_lora.data import downmix
 from lofi_lora.core.errors import DataError
 from lofi_lora.core.fsutil import atomic_path
 
@@ -49,8 +52,8 @@ def info(path: str | Path) -> AudioInfo:
     """Header information; raises DataError when the file cannot be decoded."""
     path = Path(path)
     if path.suffix.lower() in FFMPEG_EXTS:
-        audio, sr = read(path)
-        return AudioInfo(sr, audio.shape[0], audio.shape[1], path.suffix.lower().lstrip("."))
+        sr, ch, duration = _probe_ffmpeg(path)
+        return AudioInfo(sr, ch, int(round(duration * sr)), path.suffix.lower().lstrip("."))
     try:
         i = sf.info(str(path))
     except Exception as e:
@@ -106,31 +109,112 @@ def read(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(sr)
 
 
-def _read_ffmpeg(path: Path, dtype: str) -> tuple[np.ndarray, int]:
+# ffmpeg's channel layout names -> channel count (its decoder reorders to the WAV order).
+_FFMPEG_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "4.1": 5, "5.0": 5,
+                   "5.0(side)": 5, "5.1": 6, "5.1(side)": 6, "6.0": 6, "6.1": 7, "7.0": 7, "7.1": 8, "7.1(wide)": 8}
+
+
+def _probe_ffmpeg(path: Path) -> tuple[int, int, float]:
+    """(sample rate, channels, duration s) from ffmpeg's header report, without decoding."""
     exe = ffmpeg_exe()
     if exe is None:
         raise DataError(f"{path}: {path.suffix} needs ffmpeg, which is not available (pip install imageio-ffmpeg)")
     probe = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
-    sr, ch = 48000, 2
+    found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", probe.stderr)
+    duration = int(found[1]) * 3600 + int(found[2]) * 60 + float(found[3]) if found else 0.0
     for line in probe.stderr.splitlines():
         if "Audio:" in line:
             parts = [p.strip() for p in line.split("Audio:", 1)[1].split(",")]
-            for p in parts:
-                if p.endswith(" Hz"):
-                    sr = int(p.split()[0])
-                if p in ("mono", "stereo"):
-                    ch = 1 if p == "mono" else 2
-            break
-    else:
-        raise DataError(f"{path}: ffmpeg finds no audio stream ({probe.stderr.strip().splitlines()[-1:]})")
-    proc = subprocess.run(
-        [exe, "-v", "error", "-i", str(path), "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(ch), "-ar", str(sr), "-"],
-        capture_output=True,
-    )
+            sr = next((int(p.split()[0]) for p in parts if p.endswith(" Hz")), 48000)
+            counted = [int(p.split()[0]) for p in parts if re.fullmatch(r"\d+ channels", p)]
+            ch = next((_FFMPEG_LAYOUTS[p] for p in parts if p in _FFMPEG_LAYOUTS), counted[0] if counted else 2)
+            return sr, ch, duration
+    raise DataError(f"{path}: ffmpeg finds no audio stream ({probe.stderr.strip().splitlines()[-1:]})")
+
+
+def _ffmpeg_command(path: Path, sr: int, ch: int, start_s: float = 0.0, seconds: float | None = None) -> list[str]:
+    """Decode to f32le on stdout; more than two channels are downmixed by ffmpeg (centre and surrounds at -3 dB,
+    LFE left out: its standard matrix)."""
+    cmd = [ffmpeg_exe() or "ffmpeg", "-v", "error"]
+    if start_s > 0:
+        cmd += ["-ss", f"{start_s:.6f}"]
+    if seconds is not None:
+        cmd += ["-t", f"{seconds:.6f}"]
+    return cmd + ["-i", str(path), "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(min(ch, 2)), "-ar", str(sr), "-"]
+
+
+def _read_ffmpeg(path: Path, dtype: str) -> tuple[np.ndarray, int]:
+    sr, ch, _ = _probe_ffmpeg(path)
+    proc = subprocess.run(_ffmpeg_command(path, sr, ch), capture_output=True)
     if proc.returncode != 0 or not proc.stdout:
         raise DataError(f"{path}: ffmpeg cannot decode ({proc.stderr.decode(errors='replace').strip()[-300:]})")
-    data = np.frombuffer(proc.stdout, dtype=np.float32).reshape(-1, ch).T.astype(dtype)
+    data = np.frombuffer(proc.stdout, dtype=np.float32).reshape(-1, min(ch, 2)).T.astype(dtype)
     return np.ascontiguousarray(data), sr
+
+
+def speakers(path: str | Path, channels: int) -> tuple[str, ...]:
+    """The file's channel layout: a WAV's channel mask, else the format's order for the count."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext in FFMPEG_EXTS:
+        return downmix.layout(min(channels, 2))  # ffmpeg has downmixed already
+    mask = downmix.wav_channel_mask(path) if ext == ".wav" else None
+    return downmix.layout(channels, mask, vorbis=ext == ".ogg")
+
+
+MAX_BLOCK_SECONDS = 60.0
+MAX_BLOCK_SAMPLES = 1 << 23  # over all channels: 32 MiB of float32 per decoded block
+
+
+def blocks(path: str | Path, start: int = 0,
+           stop: int | None = None) -> Iterator[tuple[np.ndarray, int, tuple[str, ...]]]:
+    """`([channels, frames] float32, sample rate, speakers)` blocks of frames `[start, stop)` at the native rate,
+    with the file's channel layout (downmix.py; ffmpeg's formats come downmixed to stereo already). Memory is one
+    block, whatever the length.
+
+    Raises:
+        DataError: the file cannot be decoded, or the range holds no frames.
+    """
+    path = Path(path)
+    n = 0
+    try:
+        if path.suffix.lower() in FFMPEG_EXTS:
+            sr, ch, _ = _probe_ffmpeg(path)
+            for block in _ffmpeg_blocks(path, sr, ch, start, stop):
+                n += block.shape[1]
+                yield np.ascontiguousarray(block), sr, downmix.layout(block.shape[0])
+        else:
+            with sf.SoundFile(str(path)) as f:
+                sr, ch = int(f.samplerate), int(f.channels)
+                layout = speakers(path, ch)
+                size = max(1024, min(int(MAX_BLOCK_SECONDS * sr), MAX_BLOCK_SAMPLES // ch))
+                f.seek(start)
+                total = (stop if stop is not None else f.frames) - start
+                for block in f.blocks(size, frames=total, dtype="float32", always_2d=True):
+                    n += block.shape[0]
+                    yield np.ascontiguousarray(block.T), sr, layout
+    except DataError:
+        raise
+    except Exception as e:  # libsndfile/ffmpeg errors in the middle of a file
+        raise DataError(f"{path}: cannot decode ({e})") from e
+    if n == 0:
+        raise DataError(f"{path}: no audio frames")
+
+
+def _ffmpeg_blocks(path: Path, sr: int, ch: int, start: int, stop: int | None) -> Iterator[np.ndarray]:
+    out_ch = min(ch, 2)
+    cmd = _ffmpeg_command(path, sr, ch, start / sr, None if stop is None else (stop - start) / sr)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        size = int(MAX_BLOCK_SECONDS * sr) * out_ch * 4
+        while chunk := proc.stdout.read(size):
+            yield np.frombuffer(chunk[: len(chunk) // (4 * out_ch) * 4 * out_ch], np.float32).reshape(-1, out_ch).T
+        err = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() != 0:
+            raise DataError(f"{path}: ffmpeg cannot decode ({err[-300:]})")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -143,9 +227,14 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
-    """Mono -> duplicated stereo, more channels -> first `channels` (or mean for mono)."""
+    """Mono -> duplicated stereo; more than two channels -> the BS.775 stereo downmix of the count's default
+    layout (downmix.py; `stereo_blocks` uses the file's own layout); 1 channel -> the mean."""
     if audio.shape[0] == channels:
         return audio
+    if audio.shape[0] > 2:
+        audio = downmix.to_stereo(audio, downmix.layout(audio.shape[0]))
+        if audio.shape[0] == channels:
+            return audio
     if audio.shape[0] == 1:
         return np.repeat(audio, channels, axis=0)
     if channels == 1:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import jsonschema
 
+from lofi_lora.data.accounting import log_summary
 from lofi_lora.core.errors import DataError
 from lofi_lora.core.fsutil import SAFE_NAME, is_safe_name, read_json
 
@@ -282,8 +283,7 @@ def load_metadata(metadata_dir: str | Path, presets: Any, raw_dir: str | Path | 
                                 sources.pop(tid)["file"]))
     if quality_scores is not None and Path(quality_scores).exists():
         load_quality_scores(quality_scores)
-    for p in problems:
-        log.warning("metadata: %s (track left out)", p)
+    log_summary(log, "metadata: entries left out", [str(p) for p in problems])
     log.info("metadata %s: %d usable tracks, %d entries left out", d, len(sources), len(problems))
     return TrackMetadata(sources, styles, tuple(problems))
 

@@ -73,8 +73,17 @@ def bandwidth_hz(audio: np.ndarray, sample_rate: int, floor_db: float = -70.0) -
     Evidence of a copy's history: a lossy encode is low-passed (often at 15-19 kHz) and an upsampled copy
     holds nothing above its old Nyquist frequency.
     """
+    return bandwidth_from_psd(*welch_psd(audio, sample_rate), floor_db)
+
+
+def welch_psd(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies, Welch power spectrum) of the mono mix; spectra of consecutive blocks can be averaged."""
     mono = audio.mean(axis=0) if audio.size else np.zeros(1)
-    f, p = signal.welch(mono.astype(np.float64), sample_rate, nperseg=min(4096, mono.size))
+    return signal.welch(mono.astype(np.float64), sample_rate, nperseg=min(4096, mono.size))
+
+
+def bandwidth_from_psd(f: np.ndarray, p: np.ndarray, floor_db: float = -70.0) -> float:
+    """`bandwidth_hz` of a (block-averaged) Welch spectrum."""
     if not np.any(p > 0):
         return 0.0
     above = np.nonzero(10.0 * np.log10(p / p.max() + 1e-30) > floor_db)[0]
@@ -190,6 +199,22 @@ def measure(audio: np.ndarray, sample_rate: int, source_sample_rate: int, silenc
         clipping_ratio=clipping_ratio(clean, bits), silence_ratio=silence_ratio(clean, sample_rate, silence_db),
         dc_offset=dc_offset(clean), lufs=integrated_lufs(clean, sample_rate),
         sample_peak_dbfs=20.0 * np.log10(peak) if peak > 0 else float("-inf"), sample_bits=bits)
+
+
+def combine(parts: list[Measures], dc_offset: float, lufs: float) -> Measures:
+    """The measures of consecutive blocks of one track as one: sums, maxima and frame-weighted ratios, with the
+    track's DC offset and integrated loudness (which do not combine from blocks) given. One block: itself."""
+    if len(parts) == 1:
+        return parts[0]
+    w = np.array([m.duration_s for m in parts])
+    peak = max(m.sample_peak_dbfs for m in parts)
+    bits = [m.sample_bits for m in parts]
+    return Measures(
+        duration_s=float(w.sum()), source_sample_rate=parts[0].source_sample_rate,
+        non_finite=sum(m.non_finite for m in parts),
+        clipping_ratio=float(np.dot(w, [m.clipping_ratio for m in parts]) / w.sum()),
+        silence_ratio=float(np.dot(w, [m.silence_ratio for m in parts]) / w.sum()),
+        dc_offset=dc_offset, lufs=lufs, sample_peak_dbfs=peak, sample_bits=None if None in bits else max(bits))
 
 
 def check(m: Measures, limits: dict[str, Any]) -> list[tuple[str, str]]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
-from lofi_lora.data.audio import resample, to_channels
+from lofi_lora.data import downmix
+from lofi_lora.data.audio import resample
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,15 @@ def landmarks(frames: np.ndarray, bins: np.ndarray) -> Fingerprint:
 
 
 def fingerprint(audio: np.ndarray, sample_rate: int) -> Fingerprint:
-    """Fingerprint `[channels, frames]` audio at any rate (mixed to mono, resampled to 11.025 kHz)."""
-    mono = to_channels(np.asarray(audio, dtype=np.float32), 1)
-    mono = resample(mono, sample_rate, FP_SAMPLE_RATE)[0].astype(np.float64)
-    mono = np.nan_to_num(mono)
-    frames, bins = spectrogram_peaks(mono, FP_SAMPLE_RATE)
+    """Fingerprint `[channels, frames]` audio at any rate (downmixed to a mono that cannot cancel, resampled to
+    11.025 kHz)."""
+    mono = downmix.for_analysis(np.asarray(audio, dtype=np.float32))[None, :]
+    return fingerprint_mono(resample(mono, sample_rate, FP_SAMPLE_RATE)[0])
+
+
+def fingerprint_mono(mono: np.ndarray) -> Fingerprint:
+    """Fingerprint of a mono signal already at FP_SAMPLE_RATE (trackscan.scan's `fp_mono`)."""
+    frames, bins = spectrogram_peaks(np.nan_to_num(mono.astype(np.float64)), FP_SAMPLE_RATE)
     return landmarks(frames, bins)
 
 

@@ -93,6 +93,26 @@ def ignore_refused(raw_dir: str | Path, root: str | Path = ".") -> list[Refused]
     return refused
 
 
+def unignored(raw_dir: str | Path, root: str | Path = ".") -> list[Refused]:
+    """Refused entries under raw_dir that the repo's .dvcignore does not list: the raw folder changed since
+    `python -m lofi_lora.ingest.rawfiles` last ran (DVC hangs on such a FIFO and fails on such a loop). Empty when
+    raw_dir is not inside `root` (DVC does not track it there)."""
+    rel = os.path.relpath(raw_dir, root)
+    if rel.startswith("..") or os.path.isabs(rel) or not Path(raw_dir).is_dir():
+        return []
+    _, refused = scan(raw_dir)
+    dvcignore = Path(root) / ".dvcignore"
+    lines = set(dvcignore.read_text(encoding="utf-8").splitlines()) if dvcignore.exists() else set()
+    return [r for r in refused if _ignore_pattern(os.path.relpath(r.path, root).replace(os.sep, "/")) not in lines]
+
+
+def unignored_message(raw_dir: str | Path, entries: list[Refused]) -> str:
+    """One line naming the entries (the first few) and the command that adds them to .dvcignore."""
+    names = ", ".join(f"{r.path} ({r.reason})" for r in entries[:3]) + (", ..." if len(entries) > 3 else "")
+    return (f"{raw_dir} changed since `python -m lofi_lora.ingest.rawfiles {raw_dir}` last ran: {len(entries)} entr"
+            f"{'y' if len(entries) == 1 else 'ies'} DVC cannot read ({names}) not in .dvcignore; run it again")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lofi_lora.ingest.rawfiles",
                                  description="List raw entries DVC and ingest refuse and add them to .dvcignore.")

@@ -8,7 +8,9 @@ a machine-readable reason in quarantine.json and the run goes on. Raw files are 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 import unicodedata
 from collections import Counter
@@ -20,14 +22,12 @@ from typing import Any, Callable, Iterable, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from lofi_lora.data import audio
-
-from lofi_lora.data import quality
-
+from lofi_lora.data import audio, trackscan
 from lofi_lora.ingest import rawfiles
+from lofi_lora.data.accounting import considered, failure, log_summary
 from lofi_lora.core.config import require, to_plain
 from lofi_lora.core.errors import DataError
-from lofi_lora.ingest.fingerprint import Fingerprint, fingerprint, match_all
+from lofi_lora.ingest.fingerprint import FP_SAMPLE_RATE, Fingerprint, fingerprint_mono, match_all
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, sha256_file
 from lofi_lora.data.metadata import Problem, load_metadata
 from lofi_lora.data.presets import PresetLibrary
@@ -62,14 +62,16 @@ class Probe:
     plr_db: float = 0.0  # peak-to-loudness ratio: a limited or clipped (louder) remaster has less
     error: str | None = None
     reason: str = "undecodable"  # quarantine reason when `error` is set
+    start: int = 0  # the frames of the file this probe covers (a part of a long file)
 
     @property
     def duration_s(self) -> float:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-def probe(path: Path) -> Probe:
-    """Decode one raw file (read-only), hash its bytes and fingerprint its audio."""
+def probe(path: Path, start: int = 0, stop: int | None = None, hash_bytes: bool = True) -> Probe:
+    """Decode frames `[start, stop)` of one raw file (read-only) in blocks, hash its bytes and fingerprint its
+    audio. Any failure is this file's: it comes back as `error` (a one-line reason naming the file)."""
     if path.suffix.lower() in audio.FFMPEG_EXTS and audio.ffmpeg_exe() is None:
         return Probe(error=f"{path}: {path.suffix} needs the ffmpeg of the imageio-ffmpeg wheel, which is not installed",
                      reason="unsupported_format")
@@ -77,15 +79,28 @@ def probe(path: Path) -> Probe:
         cut = audio.truncation(path)
         if cut:
             return Probe(error=f"{path}: {cut}")
-        data, sr = audio.read(path)
+        s = trackscan.scan(path, start, stop, fp_rate=FP_SAMPLE_RATE, bandwidth=True)
+        channels = audio.info(path).channels
     except (DataError, OSError) as e:
         return Probe(error=str(e))
-    clean = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    lufs, peak = quality.integrated_lufs(clean, sr), float(np.abs(clean).max(initial=0.0))
-    return Probe(sample_rate=sr, channels=int(data.shape[0]), frames=int(data.shape[1]),
-                 format=path.suffix.lower().lstrip("."), sha256=sha256_file(path), fingerprint=fingerprint(clean, sr),
-                 bandwidth_hz=quality.bandwidth_hz(clean, sr), lufs=lufs,
-                 plr_db=20 * np.log10(peak) - lufs if peak > 0 and np.isfinite(lufs) else 0.0)
+    except Exception as e:  # a measurement that breaks on this file's audio stops this file only
+        return Probe(error=failure(path, "decode + fingerprint", e), reason="processing_error")
+    lufs = s.lufs
+    return Probe(sample_rate=s.sample_rate, channels=channels, frames=s.frames, start=start,
+                 format=path.suffix.lower().lstrip("."), sha256=sha256_file(path) if hash_bytes else "",
+                 fingerprint=fingerprint_mono(s.fp_mono), bandwidth_hz=s.bandwidth_hz, lufs=lufs,
+                 plr_db=20 * np.log10(s.peak) - lufs if s.peak > 0 and np.isfinite(lufs) else 0.0)
+
+
+def _probe_part(task: tuple[Path, int, int | None, bool]) -> Probe:
+    return probe(*task)
+
+
+def parts(frames: int, sample_rate: int, max_seconds: float) -> list[tuple[int, int]]:
+    """`[start, stop)` frames of the equal parts, each at most `max_seconds`, a long file is split into."""
+    n = max(1, math.ceil(frames / (max_seconds * sample_rate))) if sample_rate else 1
+    edges = [round(k * frames / n) for k in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def licence_problem(entry: dict[str, Any] | None, allowed: set[str]) -> str | None:
@@ -134,9 +149,11 @@ def find_duplicates(ids: list[str], probes: list[Probe], threshold: float) -> li
     edges: dict[tuple[int, int], tuple[float, float]] = {}
     for m in match_all([p.fingerprint for p in probes], threshold):
         edges[(m.a, m.b)] = (m.similarity, m.offset_s)
-    by_hash: dict[str, int] = {}
-    for i, p in enumerate(probes):
-        j = by_hash.setdefault(p.sha256, i)
+    by_hash: dict[tuple[str, int], int] = {}
+    for i, p in enumerate(probes):  # identical bytes: the same part of identical files
+        if not p.sha256:
+            continue  # not hashed (its file's first part failed)
+        j = by_hash.setdefault((p.sha256, p.start), i)
         if j != i:
             edges[(j, i)] = (1.0, 0.0)
     parent = list(range(len(ids)))
@@ -181,11 +198,15 @@ def _rel_key(path: str) -> str:
 
 def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable[str],
            allowed_licences: Iterable[str], min_seconds: float, duplicate_threshold: float, workers: int = 1,
-           quality_scores: Path | None = None) -> tuple[dict, dict]:
+           quality_scores: Path | None = None, max_track_seconds: float = math.inf,
+           long_tracks: str = "split") -> tuple[dict, dict]:
     """Decide for every file under raw_dir: accepted or quarantined (with a reason). Returns (ingest, quarantine).
 
     The metadata is validated first (metadata.load_metadata, the validation annotate applies too); a track whose
-    entries are unusable is quarantined with the file, key and reason, never trusted further.
+    entries are unusable is quarantined with the file, key and reason, never trusted further. An entry whose file
+    is missing is quarantined (missing_file). A file longer than `max_track_seconds` (its header says so before
+    anything is decoded) is split into equal parts of at most that length (`long_tracks: split`: each part an
+    accepted entry with `part`, `start_s`, `end_s` under the same track id) or quarantined (`refuse`: too_long).
     """
     if not Path(raw_dir).is_dir():
         raise DataError(f"data.raw_dir {raw_dir} does not exist or is not a folder")
@@ -198,6 +219,9 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
     for pr in meta.problems:
         problems.setdefault(_rel_key(pr.raw_file) if pr.raw_file else "", []).append(pr)
     files, refused = rawfiles.scan(raw_dir)
+    stale = rawfiles.unignored(raw_dir)
+    if stale:
+        log.warning("%s", rawfiles.unignored_message(raw_dir, stale))
     for r in refused:
         quarantined.append(_q(r.path, r.path.stem, r.reason, r.detail))
     candidates: list[tuple[Path, dict[str, Any]]] = []
@@ -219,14 +243,44 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
             quarantined.append(_q(f, track_id, "no_licence", problem))
             continue
         candidates.append((f, entry))
-    for rel in sorted(set(sources) - seen_files):
-        log.warning("sources.json lists %s (track %s) but no such file is under %s", rel, sources[rel]["track_id"], raw_dir)
+    missing = sorted(set(sources) - seen_files)
+    for rel in missing:
+        quarantined.append(_q(raw_dir / rel, sources[rel]["track_id"], "missing_file",
+                              f"sources.json lists {rel} but no such file is under {raw_dir}", quiet=True))
+    log_summary(log, f"ingest: sources.json entries whose file is missing under {raw_dir} (quarantined: missing_file)",
+                [f"{sources[rel]['track_id']}: {rel}" for rel in missing])
     for pr in (pr for prs in problems.values() for pr in prs):  # not tied to a file left out: the entry itself
         quarantined.append(_q(Path(pr.file), pr.track_id, pr.reason, str(pr)))
 
-    probes = map_with_progress(probe, [f for f, _ in candidates], workers, "ingest: decode + fingerprint")
+    tasks: list[tuple[Path, dict[str, Any], int, int]] = []  # (file, entry, part, of parts)
+    spans: list[tuple[Path, int, int | None, bool]] = []
+    for f, entry in candidates:
+        try:
+            head = audio.info(f)
+        except (DataError, OSError) as e:
+            quarantined.append(_q(f, entry["track_id"], "undecodable", str(e)))
+            continue
+        except Exception as e:  # a header no reader expected: this file's
+            quarantined.append(_q(f, entry["track_id"], "undecodable", failure(f, "header", e)))
+            continue
+        split = parts(head.frames, head.sample_rate, max_track_seconds) if head.frames else [(0, None)]
+        if len(split) > 1 and long_tracks == "refuse":
+            quarantined.append(_q(f, entry["track_id"], "too_long",
+                                  f"{head.duration_s:.0f} s > audio.max_track_seconds={max_track_seconds:g} "
+                                  "(audio.long_tracks=refuse; `split` makes parts of it)"))
+            continue
+        for k, (a, b) in enumerate(split):
+            tasks.append((f, entry, k, len(split)))
+            spans.append((f, a, b if len(split) > 1 else None, k == 0))
+    probes = map_with_progress(_probe_part, spans, workers, "ingest: decode + fingerprint")
+    for i, (_, _, k, n) in enumerate(tasks):  # a file's bytes are hashed once, with its first part
+        if k:
+            probes[i] = dataclasses.replace(probes[i], sha256=probes[i - k].sha256)
     usable: list[tuple[Path, dict[str, Any], Probe]] = []
-    for (f, entry), p in zip(candidates, probes):
+    labels: list[str] = []
+    for i, ((f, entry, k, n), p) in enumerate(zip(tasks, probes)):
+        if p.error and k and probes[i - k].error:
+            continue  # the file's failure is reported once, with its first part
         if p.error:
             quarantined.append(_q(f, entry["track_id"], p.reason, p.error))
         elif p.duration_s < min_seconds:
@@ -234,28 +288,34 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
                                   f"{p.duration_s:.2f} s < ingest.min_seconds={min_seconds}"))
         else:
             usable.append((f, entry, p))
+            labels.append(entry["track_id"] if n == 1 else f"{entry['track_id']}#part{k:03d}/{n}")
 
-    ids = [e["track_id"] for _, e, _ in usable]
-    duplicates = find_duplicates(ids, [p for _, _, p in usable], duplicate_threshold)
+    duplicates = find_duplicates(labels, [p for _, _, p in usable], duplicate_threshold)
     dropped = {d["dropped"]: d for d in duplicates}
     accepted = []
-    for f, entry, p in usable:
+    for label, (f, entry, p) in zip(labels, usable):
         tid = entry["track_id"]
-        if tid in dropped:
-            d = dropped[tid]
-            quarantined.append(_q(f, tid, "duplicate", f"duplicate of {d['kept']} (similarity {d['similarity']})"))
+        if label in dropped:
+            d = dropped[label]
+            quarantined.append(_q(f, tid, "duplicate", ("" if label == tid else f"{label}: ")
+                                  + f"duplicate of {d['kept']} (similarity {d['similarity']})"))
             continue
         accepted.append({"track_id": tid, "path": f.as_posix(), "sha256": p.sha256, "duration_s": round(p.duration_s, 4),
                          "sample_rate": p.sample_rate, "channels": p.channels, "format": p.format,
                          "licence": entry["licence"], "attribution": entry.get("attribution", ""),
                          "provenance": entry.get("provenance", "")})
-    accepted.sort(key=lambda a: a["track_id"])
+        if label != tid:  # a part of a long file
+            k, n = map(int, label.rsplit("#part", 1)[1].split("/"))
+            accepted[-1].update(part=k, parts=n, start_s=round(p.start / p.sample_rate, 4),
+                                end_s=round((p.start + p.frames) / p.sample_rate, 4))
+    accepted.sort(key=lambda a: (a["track_id"], a.get("part", 0)))
     quarantined.sort(key=lambda q: (q["path"], q["track_id"]))
     return {"version": 1, "accepted": accepted, "duplicates": duplicates}, {"quarantined": quarantined}
 
 
-def _q(path: Path, track_id: str, reason: str, detail: str) -> dict[str, str]:
-    log.info("quarantine %s (%s): %s", path, reason, detail)
+def _q(path: Path, track_id: str, reason: str, detail: str, quiet: bool = False) -> dict[str, str]:
+    if not quiet:
+        log.info("quarantine %s (%s): %s", path, reason, detail)
     return {"path": path.as_posix(), "track_id": track_id, "reason": reason, "detail": detail}
 
 
@@ -264,17 +324,19 @@ def run_ingest(cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw_dir = Path(require(cfg, "data.raw_dir"))
     ing = to_plain(require(cfg, "ingest"))
-    scores = cfg["audio"]["quality_scores"]
+    audio_cfg = cfg["audio"]
+    scores = audio_cfg["quality_scores"]
     result, quarantine = ingest(
         raw_dir, Path(require(cfg, "data.metadata_dir")), PresetLibrary(require(cfg, "paths.presets")),
         quality_scores=Path(scores) if scores else None,
         extensions=ing["extensions"], allowed_licences=ing["allowed_licences"], min_seconds=float(ing["min_seconds"]),
-        duplicate_threshold=float(ing["duplicate_threshold"]), workers=int(ing["workers"]))
+        duplicate_threshold=float(ing["duplicate_threshold"]), workers=int(ing["workers"]),
+        max_track_seconds=float(audio_cfg["max_track_seconds"]), long_tracks=str(audio_cfg["long_tracks"]))
     with atomic_dir(require(cfg, "paths.interim")) as tmp:
         atomic_write_json(tmp / "ingest.json", result)
         atomic_write_json(tmp / "quarantine.json", quarantine)
     reasons = Counter(q["reason"] for q in quarantine["quarantined"])
-    summary = {"files": len(result["accepted"]) + len(quarantine["quarantined"]), "accepted": len(result["accepted"]),
+    summary = {"files": considered(result, quarantine), "accepted": len(result["accepted"]),
                "quarantined": len(quarantine["quarantined"]), "duplicates": len(result["duplicates"]),
                **{f"quarantined_{k}": v for k, v in sorted(reasons.items())}, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("ingest: %s", summary)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from lofi_lora.data import audio as audio_io
-from lofi_lora.data import quality
+from lofi_lora.data import quality, trackscan
+from lofi_lora.data.accounting import considered, failure
 from lofi_lora.core.config import require, to_plain
 from lofi_lora.core.errors import ConfigError, DataError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, is_safe_name, path_inside, read_json
@@ -135,7 +136,19 @@ def _fade_edges(clip: np.ndarray, sample_rate: int, fade_in: bool, fade_out: boo
 
 # ---------------------------------------------------------------------------------------------- per track
 def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Check, segment, normalise and write one accepted track. Returns clips, quarantine entries, scores."""
+    """Check, segment, normalise and write one accepted track (or part of a long file). Returns clips, quarantine
+    entries, scores; any failure is this track's: it is quarantined with the file and the reason."""
+    try:
+        return _process_track(track, params, out_dir)
+    except Exception as e:
+        reason = "undecodable" if isinstance(e, (DataError, OSError)) else "processing_error"
+        return {"clips": [], "scores": {}, "short_clips_dropped": 0, "quarantine": [{
+            "path": Path(track["path"]).as_posix(), "track_id": track["track_id"], "reason": reason,
+            "detail": str(e) if reason == "undecodable" else failure(track["path"], "preprocess", e),
+            "reasons": [reason], "measures": {}}]}
+
+
+def _process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     tid, path = track["track_id"], Path(track["path"])
     result: dict[str, Any] = {"clips": [], "quarantine": [], "scores": {}, "short_clips_dropped": 0}
 
@@ -149,17 +162,22 @@ def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) 
 
     if not is_safe_name(tid):  # ingest refuses these; checked again because clip files are named after it
         return quarantine([("bad_metadata", f"track id {tid!r} is not a safe file name")], {})
+    sr = int(params["sample_rate"])
+    part = "part" in track
+    start = stop = None
+    if part:  # a part of a long file (ingest): its frames at the file's rate
+        start, stop = round(track["start_s"] * track["sample_rate"]), round(track["end_s"] * track["sample_rate"])
     try:
-        native, native_sr = audio_io.read(path)
+        s = trackscan.scan(path, start or 0, stop, silence_db=float(params["silence_db"]),
+                           conform=(sr, int(params["channels"])))
     except DataError as e:
         return quarantine([("undecodable", str(e))], {})
-    m = quality.measure(native, native_sr, native_sr, float(params["silence_db"]))
+    m = s.measures
     problems = quality.check(m, params)
     if problems:
         return quarantine(problems, m.as_dict())
-
-    sr = int(params["sample_rate"])
-    x = audio_io.conform(native, native_sr, sr, int(params["channels"]))
+    native_sr, x = s.sample_rate, s.conformed
+    del s
     duration_s = x.shape[1] / sr
     curves = analyse(x, sr, float(params.get("beat_start_bpm", 85.0)), int(params.get("beats_per_bar", 4)))
     cuts = choose_cuts(curves, duration_s, float(params["max_clip_seconds"]), float(params["min_clip_seconds"]))
@@ -169,8 +187,9 @@ def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) 
         if (b - a) / sr < float(params["min_clip_seconds"]):
             result["short_clips_dropped"] += 1
             continue
-        clip_id = f"{tid}__{k:03d}"
-        clip = _fade_edges(x[:, a:b], sr, fade_in=i > 0, fade_out=i < len(cuts) - 2)
+        clip_id = f"{tid}__p{track['part']:03d}_{k:03d}" if part else f"{tid}__{k:03d}"
+        inner_end = part and track["part"] < track["parts"] - 1  # a part's end is a cut in the file
+        clip = _fade_edges(x[:, a:b], sr, fade_in=i > 0 or bool(start), fade_out=i < len(cuts) - 2 or inner_end)
         cm = quality.measure(clip, sr, native_sr, float(params["silence_db"]))
         clip_problems = [p for p in quality.check(cm, params) if p[0] in ("silence", "too_quiet")]
         if clip_problems:
@@ -253,7 +272,7 @@ def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_pa
     ingest_reasons = Counter(q["reason"] for q in ingest_q.get("quarantined", []))
     pre_reasons = Counter(q["reason"] for q in quarantined)
     metrics = {
-        "tracks_in": len(tracks) + sum(ingest_reasons.values()),
+        "tracks_in": considered(ingest_doc, ingest_q),
         "tracks_accepted_ingest": len(tracks),
         "tracks_with_clips": len({c["track_id"] for c in clips}),
         "duplicates": len(ingest_doc.get("duplicates", [])),

@@ -1,0 +1,1 @@
+"""Stage `check`: params and the raw folder checked before DVC removes any output."""
