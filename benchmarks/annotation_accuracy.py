@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gm_corpus import gm_specs, render  # noqa: E402
+import human_corpus  # noqa: E402
 
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze  # noqa: E402
 from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score  # noqa: E402
@@ -84,6 +85,20 @@ def _gm_render(args: tuple) -> np.ndarray:
         return np.load(path)
     with tempfile.TemporaryDirectory() as wd:
         y = render(spec, Path(wd), SR)
+    if path is not None:
+        np.save(path, y)
+    return y
+
+
+def _human_render(args: tuple) -> np.ndarray:
+    spec, cache_dir = args
+    src = "".join(Path(__file__).with_name(f).read_text() for f in ("human_corpus.py", "gm_corpus.py"))
+    digest = hashlib.sha256((repr(spec) + src).encode()).hexdigest()
+    path = Path(cache_dir) / f"{spec.track_id}_{digest[:12]}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    with tempfile.TemporaryDirectory() as wd:
+        y = human_corpus.render(spec, Path(wd), SR)
     if path is not None:
         np.save(path, y)
     return y
@@ -182,12 +197,28 @@ def run_variant(tracks: list[tuple[dict, np.ndarray]], name: str, opts: Analysis
     return {"rows": rows, "clip_rows": clip_rows, "audio_s": audio_s, "wall_s": wall, "cpu_s": cpu}
 
 
+def confusion(est: str, truth: str) -> str:
+    """How an estimated key relates to the truth: exact, relative, dominant, subdominant, parallel or other."""
+    (et, em), (tt, tm) = est.split(), truth.split()
+    d = (NOTE_NAMES.index(et) - NOTE_NAMES.index(tt)) % 12
+    if em == tm:
+        return {0: "exact", 7: "dominant", 5: "subdominant"}.get(d, "other")
+    if (tm == "minor" and d == 3) or (tm == "major" and d == 9):
+        return "relative"
+    return "parallel" if d == 0 else "other"
+
+
 def scores(rows: list[dict], bpm_key: str = "est_bpm", key_key: str = "est_key") -> dict:
     steady = [r for r in rows if not r.get("modulates")] if rows and "modulates" in rows[0] else rows
-    ks = [mirex_key_score(r[key_key], r["key"]) for r in (steady if key_key == "est_key" else rows)]
+    keyed = steady if key_key == "est_key" else rows
+    ks = [mirex_key_score(r[key_key], r["key"]) for r in keyed]
+    kinds = [confusion(r[key_key], r["key"]) for r in keyed]
     return {"n": len(rows), "acc1": float(np.mean([bpm_acc1(r[bpm_key], r["bpm"]) for r in rows])),
             "acc2": float(np.mean([bpm_acc2(r[bpm_key], r["bpm"]) for r in rows])),
-            "mirex": float(np.mean(ks)), "exact": float(np.mean(np.array(ks) == 1.0))}
+            "mirex": float(np.mean(ks)), "exact": float(np.mean(np.array(ks) == 1.0)),
+            "relative": float(np.mean([k == "relative" for k in kinds])),
+            "dominant": float(np.mean([k == "dominant" for k in kinds])),
+            "subdominant": float(np.mean([k == "subdominant" for k in kinds]))}
 
 
 def report(set_name: str, name: str, res: dict, workers: int) -> dict:
@@ -195,7 +226,9 @@ def report(set_name: str, name: str, res: dict, workers: int) -> dict:
     out = {"set": set_name, "variant": name, "track": scores(rows), "speed_x": res["audio_s"] / res["wall_s"],
            "per_core_x": res["audio_s"] / res["cpu_s"]}
     line = (f"{set_name:5s} {name:9s} tracks {out['track']['n']:3d}  Acc1 {out['track']['acc1']:.3f}  "
-            f"Acc2 {out['track']['acc2']:.3f}  MIREX {out['track']['mirex']:.3f}  exact {out['track']['exact']:.3f}")
+            f"Acc2 {out['track']['acc2']:.3f}  MIREX {out['track']['mirex']:.3f}  exact {out['track']['exact']:.3f}  "
+            f"rel {out['track']['relative']:.3f}  dom {out['track']['dominant']:.3f}  "
+            f"sub {out['track']['subdominant']:.3f}")
     if name == "clips":
         out["clip"] = {k: v for k, v in scores([{**r, "modulates": False} for r in clip_rows]).items()}
         out["clip_own"] = scores([{**r, "modulates": False} for r in clip_rows], "own_bpm", "own_key")
@@ -226,6 +259,10 @@ def load_set(set_name: str, args) -> list[tuple[dict, np.ndarray]]:
     if args.cache:
         os.makedirs(args.cache, exist_ok=True)
     with ProcessPoolExecutor(args.workers) as pool:
+        if set_name in ("chorales-A", "chorales-B", "fiddle"):
+            specs = human_corpus.human_specs(set_name, args.tracks, args.seed)
+            audio = list(pool.map(_human_render, [(s, args.cache) for s in specs]))
+            return [(s.truth(), y) for s, y in zip(specs, audio)]
         if set_name == "gm":
             specs = gm_specs(args.tracks, args.seconds, args.seed, modulating=max(args.tracks // 6, 1))
             audio = list(pool.map(_gm_render, [(s, args.cache) for s in specs]))
