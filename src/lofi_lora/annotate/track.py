@@ -1,10 +1,9 @@
 """One tempo and one key (or one key change) per track, from the evidence of all of its clips.
 
 A track has one tempo and, unless it modulates, one key; clips analysed one by one scatter (a 10 s tail clip
-has little evidence). Here every clip's own tempo votes with its duration, and the key
-is read from the chroma of the whole track. A key change is accepted only where splitting the track in two
-raises the key-profile fit of both halves clearly (`key_change_gain`) and each half lasts
-`min_key_segment_s`. Each clip then gets the track's values with a confidence saying how well its own audio
+has little evidence). Here every clip's own tempo votes with its duration, and the key is read from the tonal
+function of the whole track's chords (`tonality`). A key change is accepted only where splitting the track in
+two raises the key score of both halves clearly (`key_change_gain`) and each half lasts `min_key_segment_s`. Each clip then gets the track's values with a confidence saying how well its own audio
 supports them, and a flag where it disagrees strongly (another tempo that is not an octave of the track's,
 or an unrelated key it is confident about).
 
@@ -12,7 +11,8 @@ No hidden prior: the style's tempo range is consulted only when the audio leaves
 between two tempi, or no clip has a beat the rhythm extractor could follow), and then `bpm_source` says
 "prior". Independently of any style, a tracked tempo outside the music's usual range (`tempo_range` in conf
 annotate: 60-100 for lofi) is folded by an octave into it where the onsets fit both beat grids about equally
-(`bpm_source` "range"); where the fits were that close, every clip's flags say so. Values the user gave in sources.json win and are marked "sources.json".
+(`bpm_source` "range"); where the fits were that close, every clip's flags say so, as they do for a key whose
+margin over the runner-up is small. Values the user gave in sources.json win and are marked "sources.json".
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ class ClipVerdict:
 @dataclass(frozen=True)
 class TrackAnalysis:
     bpm: float
-    bpm_source: str              # audio | prior | sources.json
+    bpm_source: str              # audio | prior | range (octave folded into tempo_range) | sources.json
     bpm_confidence: float        # share of the track's tempo evidence behind `bpm`, 0-1
-    bpm_audio: float | None      # what the audio said (kept when a given value or the prior wins)
+    bpm_audio: float | None      # what the beat tracker said (kept when a given value, the prior or the range wins)
     key_segments: list[KeySegment]
     key_source: str              # audio | sources.json
     clips: list[ClipVerdict]
@@ -168,12 +168,10 @@ def analyse_track(clips: Sequence[ClipAnalysis], opts: AnalysisOptions = Analysi
                   given_key: str | None = None) -> TrackAnalysis:
     """Track-level labels for `clips` (in playing order) and each clip's verdict."""
     bpm_audio, source, conf = track_tempo(clips, tempo_range)
-    octave = None
+    bpm, octave = bpm_audio, None
     if source == "audio":
-        folded, octave = fold_octave(clips, bpm_audio, opts.tempo_lo, opts.tempo_hi, opts.octave_tie)
-        if folded != bpm_audio:
-            bpm_audio, source = folded, "range"
-    bpm = bpm_audio
+        bpm, octave = fold_octave(clips, bpm_audio, opts.tempo_lo, opts.tempo_hi, opts.octave_tie)
+        source = "range" if bpm != bpm_audio else source
     if given_bpm is not None:
         bpm, source, conf = float(given_bpm), "sources.json", 1.0
     hop = clips[0].chroma_hop_s
