@@ -258,7 +258,8 @@ def report(set_name: str, name: str, res: dict, workers: int) -> dict:
     old = scores(rows, key_key="profile_key") if rows and "profile_key" in rows[0] else None
     if old is not None:
         out["profile_key"] = old
-        line += f"\n{'':16s}issue-14 profile key: MIREX {old['mirex']:.3f}  rel {old['relative']:.3f}  dom {old['dominant']:.3f}"
+        line += (f"\n{'':16s}issue-14 profile key: MIREX {old['mirex']:.3f}  rel {old['relative']:.3f}  "
+                 f"dom {old['dominant']:.3f}")
     if rows and "essentia" in rows[0]:
         steady = [r for r in rows if not r.get("modulates")]
         out["essentia_mirex"] = {p: float(np.mean([mirex_key_score(r["essentia"][p], r["key"]) for r in steady]))

@@ -3,8 +3,9 @@
 A pitch-class profile cannot tell a minor key from its relative major (same notes), and barely a key from its
 dominant (one note apart). Function can: in A minor the A-minor chord is the most used and the most returned to,
 E major (V, with G#) leads to it and the bass sits on A; in C major it is C that plays that role. So the chroma
-is cut into beat-long windows, each window gets a soft chord label (24 major/minor triads, the bass note
-favouring the chord it is the root of), and every one of the 24 keys scores each window by
+is cut into beat-long windows, each window gets a soft chord label (major and minor triads, maj7, min7 and dom7
+chords on every root, as templates that carry each tone's partials; a seventh chord counts as its triad; the bass
+note favours the chord it is the root of), and every one of the 24 keys scores each window by
 
 - `chord`: log-probability of that chord in the key (a table of diatonic functions per mode, below),
 - `cadence`: a dominant chord (major triad on the fifth) resolving to the key's tonic chord, V-i vs V-I,
@@ -138,11 +139,11 @@ def evidence(chroma: np.ndarray, bass: np.ndarray, hop_s: float, beat_s: float,
     post = (post / post.sum(axis=1, keepdims=True)) @ _TO_CLASS   # [W, 24] chord classes
     post[~active] = 0
     chord = post @ _LOG_P.T                                   # [W, 24] expected log P(chord | key)
-    # V -> I: a major chord on the key's fifth in one window, the key's tonic chord in the next.
-    dom = np.concatenate([post[:, 7:12], post[:, 0:7]], axis=1)[:, :12]   # P(major chord on tonic+7) per tonic
-    tonic_chord = np.concatenate([post[:, :12], post[:, 12:]], axis=1)    # key k's tonic chord is chord k
+    # V -> I: a major chord on the key's fifth in one window, the key's tonic chord (chord class k for key k,
+    # both 0-11 major and 12-23 minor) in the next.
+    dom = np.roll(post[:, :12], -7, axis=1)                   # [W, 12] P(major chord on tonic + 7) per tonic
     cad = np.zeros_like(chord)
-    cad[1:] = np.tile(dom[:-1], 2) * tonic_chord[1:]
+    cad[1:] = np.tile(dom[:-1], 2) * post[1:]
     bass_k = np.tile(bn + 0.5 * np.roll(bn, -7, axis=1), 2)  # tonic, and half for the dominant, in the bass
     prof = cn @ _profile_matrix(weights.profile_name).T / np.sqrt(12)  # [W, 24] window chroma vs key profile
     scores = (weights.chord * chord + weights.cadence * 4.0 * cad + weights.bass * bass_k

@@ -3,9 +3,10 @@
 A track has one tempo and, unless it modulates, one key; clips analysed one by one scatter (a 10 s tail clip
 has little evidence). Here every clip's own tempo votes with its duration, and the key is read from the tonal
 function of the whole track's chords (`tonality`). A key change is accepted only where splitting the track in
-two raises the key score of both halves clearly (`key_change_gain`) and each half lasts `min_key_segment_s`. Each clip then gets the track's values with a confidence saying how well its own audio
-supports them, and a flag where it disagrees strongly (another tempo that is not an octave of the track's,
-or an unrelated key it is confident about).
+two raises the key score of both halves clearly (`key_change_gain`) and each half lasts `min_key_segment_s`.
+Each clip then gets the track's values with a confidence saying how well its own audio supports them, and a
+flag where it disagrees strongly (another tempo that is not an octave of the track's, or an unrelated key it is
+confident about).
 
 No hidden prior: the style's tempo range is consulted only when the audio leaves a near-tie (clips split
 between two tempi, or no clip has a beat the rhythm extractor could follow), and then `bpm_source` says
