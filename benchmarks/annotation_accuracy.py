@@ -1,23 +1,31 @@
 """Accuracy and speed of stage annotate's track-level tempo and key, on material it was not tuned to.
 
-Sets: `synth` (the project's own generator, for reference only: it shares the estimators' assumptions) and
-`gm` (benchmarks/gm_corpus.py: MIDI rendered by FluidSynth through the FluidR3 General MIDI soundfont, swung
-60-100 BPM, progressions that do not open on the tonic, four tracks that modulate). Variants of each:
+Sets: `synth` (the project's own generator, for reference only: it shares the estimators' assumptions),
+`gm` (benchmarks/gm_corpus.py: MIDI written by a script, rendered by FluidSynth through the FluidR3 General MIDI
+soundfont, swung 60-100 BPM, progressions that do not open on the tonic, four tracks that modulate), and music
+written by people (benchmarks/human_corpus.py: music21's corpus through three soundfonts): `chorales-A` and
+`chorales-B` (Bach chorales, alternate pieces) and `fiddle` (Ryan's Mammoth Collection, single-line tunes).
+The key and tempo estimators were tuned on synth, gm and chorales-A only; chorales-B and fiddle are reported.
+Key columns beside MIREX: the share of tracks named as the relative key (rel), the dominant (dom) and the
+subdominant (sub). Variants of each:
   full      the whole track as one clip
   midphrase the track minus its first 1.37 bars (starts mid-phrase, mid-bar)
   10s       a 10 s excerpt from 40 % into the track
   pink10    pink noise added at 10 dB SNR
   clips     cut by stage preprocess's own cutter (`audio.max_clip_seconds`), annotated as the stage does:
             each clip analysed alone, then one tempo and one key (or key change) per track
-No style prior anywhere (`tempo_range=None`): the octave must come from the audio.
+No style prior anywhere (`tempo_range=None`): the octave comes from the audio and, where the beat grid fits both
+octaves about equally, from the lofi range of conf/annotate (`AnalysisOptions` default 60-100 BPM; the human
+sets draw their tempi from 56-104 so that some lie outside it).
 
 Scores: BPM Acc1 (within 4 %), Acc2 (also x2, x1/2, x3, x1/3), MIREX weighted key score (mir_eval weights),
 exact key; per track and, for `clips`, per clip (`clip-own` = each clip analysed alone, the old behaviour);
 one-key-per-track rate; key changes found; speed as audio seconds per wall second of the annotate analysis
 with `--workers` processes. `--compare` adds essentia's KeyExtractor (edma, temperley, shaath) per track.
 
-    make bench-annotate        # installs fluidsynth + the soundfont (root), then the full run below
-    python benchmarks/annotation_accuracy.py --sets synth,gm --tracks 24 --workers 2 --compare
+    make bench-annotate        # installs fluidsynth, the soundfonts (root) and music21, then the runs below
+    python benchmarks/annotation_accuracy.py --sets chorales-B,fiddle,chorales-A --tracks 20 --workers 2 --compare
+    python benchmarks/annotation_accuracy.py --sets gm,synth --tracks 24 --workers 2 --compare
 """
 from __future__ import annotations
 
@@ -35,8 +43,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gm_corpus import gm_specs, render  # noqa: E402
+import human_corpus  # noqa: E402
 
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze  # noqa: E402
+from lofi_lora.annotate.key import key_from_chroma  # noqa: E402
 from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score  # noqa: E402
 from lofi_lora.annotate.track import analyse_track  # noqa: E402
 from lofi_lora.data.presets import PresetLibrary  # noqa: E402
@@ -84,6 +94,20 @@ def _gm_render(args: tuple) -> np.ndarray:
         return np.load(path)
     with tempfile.TemporaryDirectory() as wd:
         y = render(spec, Path(wd), SR)
+    if path is not None:
+        np.save(path, y)
+    return y
+
+
+def _human_render(args: tuple) -> np.ndarray:
+    spec, cache_dir = args
+    src = "".join(Path(__file__).with_name(f).read_text() for f in ("human_corpus.py", "gm_corpus.py"))
+    digest = hashlib.sha256((repr(spec) + src).encode()).hexdigest()
+    path = Path(cache_dir) / f"{spec.track_id}_{digest[:12]}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    with tempfile.TemporaryDirectory() as wd:
+        y = human_corpus.render(spec, Path(wd), SR)
     if path is not None:
         np.save(path, y)
     return y
@@ -169,6 +193,9 @@ def run_variant(tracks: list[tuple[dict, np.ndarray]], name: str, opts: Analysis
         if truth.get("change_s") is not None and name in ("full", "pink10", "clips"):
             row["change_ok"] = bool(tr.key_change and tr.key_change["to"] == truth["keyscale2"]
                                     and abs(tr.key_change["at_s"] + start - truth["change_s"]) < 6)
+        # Issue 14's estimator (key profile + bass tonic evidence on the whole track's chroma), for comparison.
+        row["profile_key"] = key_from_chroma(np.concatenate([an.chroma for an in analyses], axis=1),
+                                             np.concatenate([an.bass_chroma for an in analyses], axis=1)).keyscale
         rows.append(row)
         for (a, b, _), an, v in zip(clips, analyses, tr.clips):
             clip_rows.append({"bpm": truth["bpm"], "key": key_at(truth, 0.5 * (a + b)), "est_bpm": tr.bpm,
@@ -182,12 +209,28 @@ def run_variant(tracks: list[tuple[dict, np.ndarray]], name: str, opts: Analysis
     return {"rows": rows, "clip_rows": clip_rows, "audio_s": audio_s, "wall_s": wall, "cpu_s": cpu}
 
 
+def confusion(est: str, truth: str) -> str:
+    """How an estimated key relates to the truth: exact, relative, dominant, subdominant, parallel or other."""
+    (et, em), (tt, tm) = est.split(), truth.split()
+    d = (NOTE_NAMES.index(et) - NOTE_NAMES.index(tt)) % 12
+    if em == tm:
+        return {0: "exact", 7: "dominant", 5: "subdominant"}.get(d, "other")
+    if (tm == "minor" and d == 3) or (tm == "major" and d == 9):
+        return "relative"
+    return "parallel" if d == 0 else "other"
+
+
 def scores(rows: list[dict], bpm_key: str = "est_bpm", key_key: str = "est_key") -> dict:
     steady = [r for r in rows if not r.get("modulates")] if rows and "modulates" in rows[0] else rows
-    ks = [mirex_key_score(r[key_key], r["key"]) for r in (steady if key_key == "est_key" else rows)]
+    keyed = steady if key_key in ("est_key", "profile_key") else rows
+    ks = [mirex_key_score(r[key_key], r["key"]) for r in keyed]
+    kinds = [confusion(r[key_key], r["key"]) for r in keyed]
     return {"n": len(rows), "acc1": float(np.mean([bpm_acc1(r[bpm_key], r["bpm"]) for r in rows])),
             "acc2": float(np.mean([bpm_acc2(r[bpm_key], r["bpm"]) for r in rows])),
-            "mirex": float(np.mean(ks)), "exact": float(np.mean(np.array(ks) == 1.0))}
+            "mirex": float(np.mean(ks)), "exact": float(np.mean(np.array(ks) == 1.0)),
+            "relative": float(np.mean([k == "relative" for k in kinds])),
+            "dominant": float(np.mean([k == "dominant" for k in kinds])),
+            "subdominant": float(np.mean([k == "subdominant" for k in kinds]))}
 
 
 def report(set_name: str, name: str, res: dict, workers: int) -> dict:
@@ -195,7 +238,9 @@ def report(set_name: str, name: str, res: dict, workers: int) -> dict:
     out = {"set": set_name, "variant": name, "track": scores(rows), "speed_x": res["audio_s"] / res["wall_s"],
            "per_core_x": res["audio_s"] / res["cpu_s"]}
     line = (f"{set_name:5s} {name:9s} tracks {out['track']['n']:3d}  Acc1 {out['track']['acc1']:.3f}  "
-            f"Acc2 {out['track']['acc2']:.3f}  MIREX {out['track']['mirex']:.3f}  exact {out['track']['exact']:.3f}")
+            f"Acc2 {out['track']['acc2']:.3f}  MIREX {out['track']['mirex']:.3f}  exact {out['track']['exact']:.3f}  "
+            f"rel {out['track']['relative']:.3f}  dom {out['track']['dominant']:.3f}  "
+            f"sub {out['track']['subdominant']:.3f}")
     if name == "clips":
         out["clip"] = {k: v for k, v in scores([{**r, "modulates": False} for r in clip_rows]).items()}
         out["clip_own"] = scores([{**r, "modulates": False} for r in clip_rows], "own_bpm", "own_key")
@@ -210,6 +255,11 @@ def report(set_name: str, name: str, res: dict, workers: int) -> dict:
         out["false_key_changes"] = f"{sum(bool(r['key_change']) for r in rows if not r['modulates'])}/" \
                                    f"{sum(not r['modulates'] for r in rows)}"
         line += f"  key changes found {out['key_changes_found']}, false {out['false_key_changes']}"
+    old = scores(rows, key_key="profile_key") if rows and "profile_key" in rows[0] else None
+    if old is not None:
+        out["profile_key"] = old
+        line += (f"\n{'':16s}issue-14 profile key: MIREX {old['mirex']:.3f}  rel {old['relative']:.3f}  "
+                 f"dom {old['dominant']:.3f}")
     if rows and "essentia" in rows[0]:
         steady = [r for r in rows if not r.get("modulates")]
         out["essentia_mirex"] = {p: float(np.mean([mirex_key_score(r["essentia"][p], r["key"]) for r in steady]))
@@ -226,6 +276,10 @@ def load_set(set_name: str, args) -> list[tuple[dict, np.ndarray]]:
     if args.cache:
         os.makedirs(args.cache, exist_ok=True)
     with ProcessPoolExecutor(args.workers) as pool:
+        if set_name in ("chorales-A", "chorales-B", "fiddle"):
+            specs = human_corpus.human_specs(set_name, args.tracks, args.seed)
+            audio = list(pool.map(_human_render, [(s, args.cache) for s in specs]))
+            return [(s.truth(), y) for s, y in zip(specs, audio)]
         if set_name == "gm":
             specs = gm_specs(args.tracks, args.seconds, args.seed, modulating=max(args.tracks // 6, 1))
             audio = list(pool.map(_gm_render, [(s, args.cache) for s in specs]))

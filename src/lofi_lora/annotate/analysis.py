@@ -13,7 +13,8 @@ import numpy as np
 
 from lofi_lora.annotate.events import Event, segment
 from lofi_lora.annotate.features import ANALYSIS_SR, compute_features, to_analysis_mono
-from lofi_lora.annotate.key import KeyEstimate, estimate_key
+from lofi_lora.annotate.key import KeyEstimate
+from lofi_lora.annotate.tonality import TonalWeights, evidence
 from lofi_lora.annotate.tempo import (MIN_BPM, TempoEstimate, _autocorr, estimate_beats_per_bar,
                                       estimate_tempo, rhythm_bpm)
 
@@ -24,16 +25,26 @@ RHYTHM_SR = 44100  # essentia's rhythm extractor assumes this rate
 class AnalysisOptions:
     key_profile: str = "temperley"
     bass_weight: float = 1.0
-    candidate_margin: float = 0.25
     min_event_s: float = 2.5
     novelty_threshold: float = 0.25
-    key_change_gain: float = 0.1     # profile-correlation gain two halves must show to count as a key change
+    key_change_gain: float = 0.3     # key-score gain two halves must show to count as a key change
     min_key_segment_s: float = 15.0  # shortest stretch in one key that counts as a key change
+    tempo_lo: float = 60.0           # the music's usual tempo range (conf annotate.tempo_range): an octave
+    tempo_hi: float = 100.0          # outside it is folded in when the beat grid fits both equally
+    octave_tie: float = 0.85         # the folded tempo's beat fit, as a share of the tracker's, that counts as equal
+
+    def tonal_weights(self) -> TonalWeights:
+        return TonalWeights(bass=self.bass_weight, profile_name=self.key_profile)
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "AnalysisOptions":
         get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
-        return cls(**{k: type(v)(get(k, v)) for k, v in cls().__dict__.items()})
+        rng = get("tempo_range", None) or (cls.tempo_lo, cls.tempo_hi)
+        if len(rng) != 2 or not 0 < float(rng[0]) < float(rng[1]):
+            raise ValueError(f"annotate.tempo_range: want [low, high] BPM with 0 < low < high, got {list(rng)}")
+        lo, hi = rng
+        given = {k: type(v)(get(k, v)) for k, v in cls().__dict__.items() if k not in ("tempo_lo", "tempo_hi")}
+        return cls(**given, tempo_lo=float(lo), tempo_hi=float(hi))
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ def analyze(audio: np.ndarray, sr: int, opts: AnalysisOptions = AnalysisOptions(
     rbpm = rhythm_bpm(mono)
     beat_s = 60.0 / (rbpm or tempo.bpm)
     bpb, meter_conf = estimate_beats_per_bar(feats, beat_s)
-    key = estimate_key(feats, opts.key_profile, opts.bass_weight, candidate_margin=opts.candidate_margin)
+    key = evidence(feats.chroma, feats.bass_chroma, feats.chroma_hop_s, beat_s, opts.tonal_weights()).key()[0]
     events = segment(feats, beat_s, opts.min_event_s, opts.novelty_threshold)
     max_lag = min(len(feats.onset_env) - 1, int(np.ceil(60.0 / MIN_BPM / feats.onset_hop_s * 1.03)) + 2)
     ac = 0.5 * (_autocorr(feats.onset_env, max_lag) + _autocorr(feats.onset_env_low, max_lag)) if max_lag > 0 \

@@ -1,4 +1,7 @@
-"""Key and mode from constant-Q chroma with key profiles (Krumhansl-Kessler, Temperley, or both).
+"""Key profiles (Krumhansl-Kessler, Temperley, or both), pitch names, and issue 14's profile-only estimator.
+
+Stage annotate decides keys by tonal function (`lofi_lora.annotate.tonality`), which uses these profiles as one
+of its terms; `key_from_chroma` below is kept as the pitch-content baseline the benchmark compares against.
 
 The time-averaged chroma is correlated with the 24 rotations of a major and a minor profile; the best
 correlation names the key. The bass register gets extra weight because in loop-based music the bass
@@ -12,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lofi_lora.annotate.features import Features
 
 PITCHES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")  # sharps, as the synth truth
 _ALIASES = {"Db": "C#", "Eb": "D#", "Gb": "F#", "Ab": "G#", "Bb": "A#", "Cb": "B", "Fb": "E", "E#": "F", "B#": "C"}
@@ -119,9 +121,3 @@ def _summarise(chroma: np.ndarray) -> np.ndarray:
     c = c / (c.max(axis=0, keepdims=True) + 1e-12)
     v = c.mean(axis=1)
     return v / (v.sum() + 1e-12)
-
-
-def estimate_key(feats: Features, profile: str = "temperley", bass_weight: float = 1.0,
-                 candidate_margin: float = 0.25) -> KeyEstimate:
-    """Key of one clip's features."""
-    return key_from_chroma(feats.chroma, feats.bass_chroma, profile, bass_weight, candidate_margin)

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from lofi_lora.annotate.captions import compose_caption, compose_tags
 from lofi_lora.annotate.external import ExternalAnnotator, clean_rich_text, fold_into_caption
 from lofi_lora.annotate.scoring import bpm_acc1, mirex_key_score
 from lofi_lora.annotate.sidecar import write_sidecars
-from lofi_lora.annotate.track import ClipVerdict, TrackAnalysis, analyse_track
+from lofi_lora.annotate.track import KEY_CLOSE, ClipVerdict, TrackAnalysis, analyse_track
 from lofi_lora.core.config import require, to_plain
 from lofi_lora.core.errors import DataError
 from lofi_lora.core.parallel import map_processes
@@ -94,7 +95,9 @@ def build_sidecar(clip: dict[str, Any], a: ClipAnalysis, track: TrackAnalysis, v
         "bpm_audio": None if track.bpm_audio is None else round(float(track.bpm_audio), 2),
         "clip_bpm": round(float(a.own_bpm), 2), "key_source": track.key_source,
         "key_confidence": verdict.key_confidence, "clip_key": a.key.keyscale, "key_change": track.key_change,
-        "flags": verdict.flags, "beats_per_bar_estimate": int(a.beats_per_bar),
+        "flags": verdict.flags, "tempo_octave": None if track.octave is None else asdict(track.octave),
+        "key_margin": None if track.key_source != "audio" else round(track.key_segments[0].key.confidence, 3),
+        "beats_per_bar_estimate": int(a.beats_per_bar),
         "meter_confidence": round(float(a.meter_confidence), 3),
         "tempo_range_prior": list(_union_range(presets)), "preset_names": [p["name"] for p in presets]}
     doc = {
@@ -224,6 +227,10 @@ def run_annotate(cfg: Any) -> dict[str, Any]:
                                                    for t in tracks.values()] or [1])), 4),
         "bpm_sources": dict(Counter(t.bpm_source for t in tracks.values())),
         "key_changes": {tid: t.key_change for tid, t in tracks.items() if t.key_change},
+        "tempo_octave_close": sorted(tid for tid, t in tracks.items() if t.octave is not None and t.octave.close),
+        "tempo_octave_folded": sorted(tid for tid, t in tracks.items() if t.bpm_source == "range"),
+        "key_close": sorted(tid for tid, t in tracks.items()
+                            if t.key_source == "audio" and t.key_segments[0].key.confidence < KEY_CLOSE),
         "flagged_clips": {cid: v.flags for cid, v in verdicts.items() if v.flags},
         "events_per_clip": round(sum(len(d["events"]) for d in docs.values()) / n, 3),
         "event_types": dict(Counter(e["type"] for d in docs.values() for e in d["events"])),

@@ -1,16 +1,19 @@
 """One tempo and one key (or one key change) per track, from the evidence of all of its clips.
 
 A track has one tempo and, unless it modulates, one key; clips analysed one by one scatter (a 10 s tail clip
-has little evidence). Here every clip's own tempo votes with its duration, and the key
-is read from the chroma of the whole track. A key change is accepted only where splitting the track in two
-raises the key-profile fit of both halves clearly (`key_change_gain`) and each half lasts
-`min_key_segment_s`. Each clip then gets the track's values with a confidence saying how well its own audio
-supports them, and a flag where it disagrees strongly (another tempo that is not an octave of the track's,
-or an unrelated key it is confident about).
+has little evidence). Here every clip's own tempo votes with its duration, and the key is read from the tonal
+function of the whole track's chords (`tonality`). A key change is accepted only where splitting the track in
+two raises the key score of both halves clearly (`key_change_gain`) and each half lasts `min_key_segment_s`.
+Each clip then gets the track's values with a confidence saying how well its own audio supports them, and a
+flag where it disagrees strongly (another tempo that is not an octave of the track's, or an unrelated key it is
+confident about).
 
 No hidden prior: the style's tempo range is consulted only when the audio leaves a near-tie (clips split
 between two tempi, or no clip has a beat the rhythm extractor could follow), and then `bpm_source` says
-"prior". Values the user gave in sources.json win and are marked "sources.json".
+"prior". Independently of any style, a tracked tempo outside the music's usual range (`tempo_range` in conf
+annotate: 60-100 for lofi) is folded by an octave into it where the onsets fit both beat grids about equally
+(`bpm_source` "range"); where the fits were that close, every clip's flags say so, as they do for a key whose
+margin over the runner-up is small. Values the user gave in sources.json win and are marked "sources.json".
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from lofi_lora.annotate.analysis import AnalysisOptions, ClipAnalysis
-from lofi_lora.annotate.key import KeyEstimate, key_from_chroma, key_index, normalise_tonic, profile_correlations
+from lofi_lora.annotate.key import KeyEstimate, key_index, normalise_tonic
+from lofi_lora.annotate.tonality import Evidence, evidence
 from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score
 
 NEAR_TIE = 0.8           # a runner-up tempo with this share of the winner's support is a near-tie
 KEY_FLAG_CONFIDENCE = 0.5
+KEY_CLOSE = 0.1          # a track key whose margin over the runner-up is below this (0-1) is flagged as close
 SPLIT_STEP_S = 2.0
 
 
@@ -47,12 +52,13 @@ class ClipVerdict:
 @dataclass(frozen=True)
 class TrackAnalysis:
     bpm: float
-    bpm_source: str              # audio | prior | sources.json
+    bpm_source: str              # audio | prior | range (octave folded into tempo_range) | sources.json
     bpm_confidence: float        # share of the track's tempo evidence behind `bpm`, 0-1
-    bpm_audio: float | None      # what the audio said (kept when a given value or the prior wins)
+    bpm_audio: float | None      # what the beat tracker said (kept when a given value, the prior or the range wins)
     key_segments: list[KeySegment]
     key_source: str              # audio | sources.json
     clips: list[ClipVerdict]
+    octave: "OctaveChoice | None" = None   # set where the tracked tempo lay outside the tempo range
 
     @property
     def key_change(self) -> dict[str, Any] | None:
@@ -88,37 +94,74 @@ def track_tempo(clips: Sequence[ClipAnalysis], tempo_range: tuple[float, float] 
     return value, source, float(w[group].sum() / w.sum())
 
 
+@dataclass(frozen=True)
+class OctaveChoice:
+    """The tempo octave question of a track whose tracked tempo lies outside `tempo_range`."""
+    chosen: float
+    other: float
+    fit_ratio: float     # beat-grid fit of the folded tempo over the tracked one's
+    close: bool          # the two fits within `OCTAVE_CLOSE` of each other: the range, not the audio, decided
+
+    def flag(self) -> str:
+        return f"tempo octave close: {self.chosen:.1f} over {self.other:.1f} (beat fit ratio {self.fit_ratio:.2f})"
+
+
+OCTAVE_CLOSE = 0.15
+
+
+def fold_octave(clips: Sequence[ClipAnalysis], bpm: float, lo: float, hi: float, tie: float
+                ) -> tuple[float, OctaveChoice | None]:
+    """`bpm`, or its half/double where that lies nearer the range [lo, hi] (in octaves) and fits the onsets'
+    beat grid at least `tie` times as well (duration-weighted over the clips). A tempo inside the range stays."""
+    def dist(b: float) -> float:
+        return max(np.log2(lo / b), 0.0) + max(np.log2(b / hi), 0.0)
+
+    if dist(bpm) == 0:
+        return bpm, None
+    alt = min((bpm / 2, bpm * 2), key=dist)
+    if dist(alt) >= dist(bpm):
+        return bpm, None
+    w = np.array([c.duration_s for c in clips])
+    fit = lambda b: float(np.dot(w, [c.beat_strength(b) for c in clips]) / max(w.sum(), 1e-9))  # noqa: E731
+    f_bpm, f_alt = fit(bpm), fit(alt)
+    ratio = f_alt / f_bpm if f_bpm > 0 else (1.0 if f_alt > 0 else 0.0)
+    chosen, other = (alt, bpm) if ratio >= tie else (bpm, alt)
+    return chosen, OctaveChoice(round(chosen, 2), round(other, 2), round(ratio, 3),
+                                bool(abs(np.log(max(ratio, 1e-9))) <= -np.log(1 - OCTAVE_CLOSE)))
+
+
 def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
     o = np.argsort(x)
     cum = np.cumsum(w[o])
     return float(x[o][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
-def key_segments(chroma: np.ndarray, bass: np.ndarray, hop_s: float, opts: AnalysisOptions) -> list[KeySegment]:
-    """The track's key, or two keys where a split raises the fit of both halves by `key_change_gain`."""
-    n = chroma.shape[1]
-    dur = n * hop_s
-    whole = key_from_chroma(chroma, bass, opts.key_profile, opts.bass_weight, opts.candidate_margin)
-    seg = int(opts.min_key_segment_s / hop_s)
+def key_segments(chroma: np.ndarray, bass: np.ndarray, hop_s: float, beat_s: float, opts: AnalysisOptions
+                 ) -> tuple[list[KeySegment], Evidence]:
+    """The track's key from tonal function (`tonality`), or two keys where a split raises the score of both
+    halves' own keys over the whole track's key by `key_change_gain` (duration-weighted) and each half lasts
+    `min_key_segment_s`."""
+    ev = evidence(chroma, bass, hop_s, beat_s, opts.tonal_weights())
+    W = len(ev.scores)
+    whole, _ = ev.key()
+    dur = chroma.shape[1] * hop_s
+    seg = int(np.ceil(opts.min_key_segment_s / ev.window_s))
+    k0 = key_index(whole.keyscale)
     best: tuple[float, int, KeyEstimate, KeyEstimate] | None = None
-    if n >= 2 * seg and seg > 0:
-        k0 = key_index(whole.keyscale)
-        for cut in range(seg, n - seg + 1, max(1, int(SPLIT_STEP_S / hop_s))):
-            parts = [(chroma[:, :cut], bass[:, :cut]), (chroma[:, cut:], bass[:, cut:])]
-            keys = [key_from_chroma(c, b, opts.key_profile, opts.bass_weight, opts.candidate_margin) for c, b in parts]
-            if keys[0].keyscale == keys[1].keyscale:
-                continue
-            gains = []
-            for (c, _), k in zip(parts, keys):
-                corr = profile_correlations(c, opts.key_profile)
-                gains.append(corr[key_index(k.keyscale)] - corr[k0])
-            gain = (cut * gains[0] + (n - cut) * gains[1]) / n
-            if min(gains) >= 0 and (best is None or gain > best[0]):
-                best = (gain, cut, keys[0], keys[1])
+    step = max(1, int(round(SPLIT_STEP_S / ev.window_s)))
+    for cut in range(seg, W - seg + 1, step) if W >= 2 * seg and seg > 0 else ():
+        (a, sa), (b, sb) = ev.key(0, cut), ev.key(cut, W)
+        if a.keyscale == b.keyscale:
+            continue
+        gains = (sa[key_index(a.keyscale)] - sa[k0], sb[key_index(b.keyscale)] - sb[k0])
+        gain = (cut * gains[0] + (W - cut) * gains[1]) / W
+        if min(gains) >= 0 and (best is None or gain > best[0]):
+            best = (gain, cut, a, b)
     if best is None or best[0] < opts.key_change_gain:
-        return [KeySegment(0.0, dur, whole)]
+        return [KeySegment(0.0, dur, whole)], ev
     _, cut, a, b = best
-    return [KeySegment(0.0, cut * hop_s, a), KeySegment(cut * hop_s, dur, b)]
+    at = min(cut * ev.window_s, dur)
+    return [KeySegment(0.0, at, a), KeySegment(at, dur, b)], ev
 
 
 def analyse_track(clips: Sequence[ClipAnalysis], opts: AnalysisOptions = AnalysisOptions(),
@@ -126,30 +169,43 @@ def analyse_track(clips: Sequence[ClipAnalysis], opts: AnalysisOptions = Analysi
                   given_key: str | None = None) -> TrackAnalysis:
     """Track-level labels for `clips` (in playing order) and each clip's verdict."""
     bpm_audio, source, conf = track_tempo(clips, tempo_range)
-    bpm = bpm_audio
+    bpm, octave = bpm_audio, None
+    if source == "audio":
+        bpm, octave = fold_octave(clips, bpm_audio, opts.tempo_lo, opts.tempo_hi, opts.octave_tie)
+        source = "range" if bpm != bpm_audio else source
     if given_bpm is not None:
         bpm, source, conf = float(given_bpm), "sources.json", 1.0
     hop = clips[0].chroma_hop_s
+    ev = None
     if given_key is not None:
         tonic, mode = given_key.split()
         given = KeyEstimate(normalise_tonic(tonic), mode.lower(), 1.0, 1.0)
         segments = [KeySegment(0.0, sum(c.chroma.shape[1] * hop for c in clips), given)]
         key_source = "sources.json"
     else:
-        segments = key_segments(np.concatenate([c.chroma for c in clips], axis=1),
-                                np.concatenate([c.bass_chroma for c in clips], axis=1), hop, opts)
+        segments, ev = key_segments(np.concatenate([c.chroma for c in clips], axis=1),
+                                    np.concatenate([c.bass_chroma for c in clips], axis=1), hop, 60.0 / bpm, opts)
         key_source = "audio"
+    track_flags = []
+    if octave is not None and octave.close and given_bpm is None:
+        track_flags.append(octave.flag())
+    if given_key is None and segments[0].key.confidence < KEY_CLOSE:
+        track_flags.append(f"key close: {segments[0].key.keyscale} (margin {segments[0].key.confidence:.2f})")
     verdicts, t = [], 0.0
     for c in clips:
-        mid = t + 0.5 * c.chroma.shape[1] * hop
-        t += c.chroma.shape[1] * hop
+        n = c.chroma.shape[1]
+        mid = t + 0.5 * n * hop
         key = next((s.key for s in segments if s.start_s <= mid < s.end_s), segments[-1].key)
-        corr = profile_correlations(c.chroma, opts.key_profile)
-        kconf = float(np.clip(1 - (corr.max() - corr[key_index(key.keyscale)]) / 0.2, 0, 1)) if corr.any() else 0.0
-        flags = []
+        kconf = 1.0
+        if ev is not None:   # how well the clip's own windows support the track's key, 0-1
+            w0 = int(t / ev.window_s)
+            sc = ev.scores[w0: max(w0 + 1, int((t + n * hop) / ev.window_s))].mean(axis=0)
+            kconf = float(np.clip(1 - (sc.max() - sc[key_index(key.keyscale)]) / 0.5, 0, 1))
+        t += n * hop
+        flags = list(track_flags)
         if c.rhythm_bpm > 0 and not bpm_acc2(c.rhythm_bpm, bpm):
             flags.append(f"tempo {c.rhythm_bpm:.1f} vs track {bpm:.1f}")
         if c.key.confidence >= KEY_FLAG_CONFIDENCE and mirex_key_score(c.key.keyscale, key.keyscale) == 0:
             flags.append(f"key {c.key.keyscale} vs track {key.keyscale}")
         verdicts.append(ClipVerdict(key.keyscale, round(c.beat_strength(bpm), 3), round(kconf, 3), flags))
-    return TrackAnalysis(bpm, source, round(conf, 3), bpm_audio, segments, key_source, verdicts)
+    return TrackAnalysis(bpm, source, round(conf, 3), bpm_audio, segments, key_source, verdicts, octave)

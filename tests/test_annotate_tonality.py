@@ -1,0 +1,97 @@
+"""Key from tonal function (relative keys, the dominant, seventh-chord loops, modulation) and the tempo octave
+folded into the configured range, on signals whose key and tempo are known by construction."""
+import numpy as np
+import pytest
+
+from lofi_lora.annotate.analysis import AnalysisOptions, analyze
+from lofi_lora.annotate.key import pitch_class
+from lofi_lora.annotate.tonality import evidence
+from lofi_lora.annotate.track import analyse_track, key_segments
+
+HOP = 0.1
+BEAT = 0.75   # 80 BPM
+
+
+def chord_chroma(chords: list[tuple[str, tuple[int, ...]]], beats_each: int = 4, loops: int = 4):
+    """[12, T] chroma and bass chroma of a chord loop: every chord tone with its first five partials (as a
+    sampled instrument sounds), the bass on the chord's root."""
+    frames = int(round(BEAT / HOP)) * beats_each
+    cols, bass = [], []
+    for _ in range(loops):
+        for root, tones in chords:
+            r = pitch_class(root)
+            v, b = np.zeros(12), np.zeros(12)
+            for t in tones:
+                for h in range(1, 6):
+                    v[(r + t + int(round(12 * np.log2(h)))) % 12] += 0.6 ** (h - 1)
+            b[r] = 1.0
+            cols += [v] * frames
+            bass += [b] * frames
+    return np.array(cols).T, np.array(bass).T
+
+
+MAJ, MIN, DOM7, MAJ7, MIN7 = (0, 4, 7), (0, 3, 7), (0, 4, 7, 10), (0, 4, 7, 11), (0, 3, 7, 10)
+
+
+def key_of(chords, **kw) -> str:
+    c, b = chord_chroma(chords, **kw)
+    return evidence(c, b, HOP, BEAT).key()[0].keyscale
+
+
+def test_minor_key_with_its_dominant_is_not_its_relative_major():
+    # i-iv-V7-i in A minor: the E major chord (G#) resolving to A minor names A minor, not C major.
+    assert key_of([("A", MIN), ("D", MIN), ("E", DOM7), ("A", MIN)]) == "A minor"
+    # Its relative major's own cadence: I-IV-V7-I in C.
+    assert key_of([("C", MAJ), ("F", MAJ), ("G", DOM7), ("C", MAJ)]) == "C major"
+
+
+def test_tonic_is_not_read_as_the_dominant():
+    # ii7-V7-Imaj7-Imaj7 in F: the partials of F-A-C put C (the dominant) everywhere; the key is still F.
+    assert key_of([("G", MIN7), ("C", DOM7), ("F", MAJ7), ("F", MAJ7)]) == "F major"
+    # i-VI-VII-i in E minor (no leading tone) still E minor: the tonic chord and bass dominate.
+    assert key_of([("E", MIN7), ("C", MAJ7), ("D", MAJ), ("E", MIN7)]) == "E minor"
+
+
+def test_modulation_is_found_and_a_steady_track_has_none():
+    a, ab = chord_chroma([("C", MAJ), ("F", MAJ), ("G", DOM7), ("C", MAJ)], loops=4)
+    b, bb = chord_chroma([("D#", MAJ), ("G#", MAJ), ("A#", DOM7), ("D#", MAJ)], loops=4)
+    segs, _ = key_segments(np.concatenate([a, b], 1), np.concatenate([ab, bb], 1), HOP, BEAT, AnalysisOptions())
+    assert [s.key.keyscale for s in segs] == ["C major", "D# major"]
+    assert abs(segs[1].start_s - a.shape[1] * HOP) < 4 * BEAT
+    segs, _ = key_segments(np.concatenate([a, a], 1), np.concatenate([ab, ab], 1), HOP, BEAT, AnalysisOptions())
+    assert [s.key.keyscale for s in segs] == ["C major"]
+
+
+def straight_loop(bpm: float, seconds: float = 24.0, sr: int = 22050) -> np.ndarray:
+    """Kick on every beat and equally loud, straight eighth hats: the half and the double tempo fit alike."""
+    n = int(seconds * sr)
+    y = np.zeros(n)
+    rng = np.random.default_rng(1)
+    k = np.arange(int(0.12 * sr))
+    kick = np.sin(2 * np.pi * 60 * k / sr) * np.exp(-k / (0.03 * sr))
+    hat = rng.standard_normal(900) * np.exp(-np.arange(900) / 150)
+    step = 60.0 / bpm / 2
+    for i in range(int(seconds / step)):
+        j = int(i * step * sr)
+        y[j:j + 900] += 0.5 * hat[: min(900, n - j)]
+        if i % 2 == 0:
+            y[j:j + len(kick)] += kick[: n - j][: len(kick)] * 0.7
+    return (0.3 * y / np.abs(y).max()).astype(np.float32)
+
+
+def test_double_time_reading_folds_into_the_range_and_says_so():
+    a = analyze(straight_loop(63.0), 22050)
+    if abs(a.rhythm_bpm / 126.0 - 1) > 0.04:
+        pytest.skip(f"the beat tracker read {a.rhythm_bpm:.1f} here, not the double time this test is about")
+    track = analyse_track([a])
+    assert abs(track.bpm - 63.0) < 1.5 and track.bpm_source == "range" and track.bpm_audio == a.rhythm_bpm
+    assert track.octave is not None and track.octave.other == pytest.approx(a.rhythm_bpm, abs=0.01)
+    # A range that already holds 126 leaves the tracker's reading alone.
+    kept = analyse_track([a], AnalysisOptions(tempo_lo=90.0, tempo_hi=140.0))
+    assert kept.bpm == a.rhythm_bpm and kept.bpm_source == "audio" and kept.octave is None
+
+
+def test_tempo_range_config_is_checked():
+    assert AnalysisOptions.from_cfg({"tempo_range": [55, 95]}).tempo_hi == 95.0
+    with pytest.raises(ValueError, match="annotate.tempo_range"):
+        AnalysisOptions.from_cfg({"tempo_range": [95, 55]})
