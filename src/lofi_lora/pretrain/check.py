@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lofi_lora.pretrain.corpus import ClipSpec, render_clip
-from lofi_lora.pretrain.losses import multi_resolution_stft
+from lofi_lora.pretrain.losses import multi_resolution_stft, spectral_convergence
 
 SAMPLE_RATE = 48000
 
@@ -27,14 +27,26 @@ def lofi_clips(seconds: float = 6.0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vae_recon_error(vae, audio: torch.Tensor) -> float:
-    """Mean multi-resolution STFT distance between each clip and its reconstruction (posterior mean)."""
+def vae_recon_error(vae, audio: torch.Tensor, metric: str = "mrstft") -> float:
+    """Mean distance between each clip and its reconstruction through the posterior mean.
+
+    `mrstft`: the training loss (spectral convergence + log magnitude); `sc`: spectral convergence alone.
+    """
+    fn = {"mrstft": multi_resolution_stft, "sc": spectral_convergence}[metric]
     errs = []
     for x in audio:
         x = x[None].to(vae.device, vae.dtype)
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample[..., : x.shape[-1]]
-        errs.append(float(multi_resolution_stft(rec, x)))
+        errs.append(float(fn(rec, x)))
     return float(np.mean(errs))
+
+
+def style_clips(seconds: float = 4.0, seed: int = 99) -> torch.Tensor:
+    """One freshly seeded clip of every pretraining style (seeds the pretraining plan never drew), `[8, 2, N]`."""
+    from lofi_lora.pretrain.corpus import plan_corpus
+
+    return torch.stack([torch.from_numpy(render_clip(c)[:, : int(seconds * SAMPLE_RATE) // 1920 * 1920].copy())
+                        for c in plan_corpus(seed, 1, seconds)])
 
 
 @torch.no_grad()
