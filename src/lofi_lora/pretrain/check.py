@@ -66,16 +66,23 @@ def clip_embedding(embedder, audio: np.ndarray) -> np.ndarray:
 def nearest_style(sample_vecs: dict[str, np.ndarray], ref_vecs: dict[str, np.ndarray]) -> dict[str, dict]:
     """For each style's samples: the distance of their mean embedding to every style's reference centroid.
 
-    Dimensions are standardised by the references' spread, so no band dominates. `correct` = own style nearest.
+    Dimensions are standardised by the references' spread, so no band dominates. `correct`: the own style's
+    references are the nearest. `correct_relative`: the same after subtracting, per reference style, its mean
+    distance to every style's samples, i.e. a caption of style A moves the samples toward A's clips more than the
+    other captions do (a tiny base's samples can all sit nearest one central style and still be steered).
     """
     allref = np.concatenate(list(ref_vecs.values()))
     scale = allref.std(axis=0) + 1e-6
     cents = {s: v.mean(axis=0) / scale for s, v in ref_vecs.items()}
+    dist = {s: {r: float(np.linalg.norm(v.mean(axis=0) / scale - c)) for r, c in cents.items()}
+            for s, v in sample_vecs.items()}
+    col_mean = {r: float(np.mean([dist[s][r] for s in dist])) for r in cents}
     out = {}
-    for s, v in sample_vecs.items():
-        m = v.mean(axis=0) / scale
-        d = {r: float(np.linalg.norm(m - c)) for r, c in cents.items()}
-        out[s] = {"distances": d, "nearest": min(d, key=d.get), "correct": min(d, key=d.get) == s}
+    for s, d in dist.items():
+        centred = {r: d[r] - col_mean[r] for r in d}
+        out[s] = {"distances": d, "nearest": min(d, key=d.get), "correct": min(d, key=d.get) == s,
+                  "nearest_relative": min(centred, key=centred.get),
+                  "correct_relative": min(centred, key=centred.get) == s}
     return out
 
 
