@@ -4,7 +4,7 @@ Same diffusers classes as the real model (Oobleck VAE, AceStepTransformer1DModel
 encoder, the offline byte-level BPE tokenizer), at a size the 2-core CPU samples from in the demo.
   1. corpus: `lofi_lora.pretrain.corpus` (8 non-lofi styles, captions + metas), rendered in parallel;
   2. VAE: multi-resolution STFT + small KL on random 1 s crops;
-  3. DiT: the project's flow-matching objective (`lofi_lora.objective.Objective`, the turbo timesteps stage train
+  3. DiT: the project's flow-matching objective (`lofi_lora.train.objective.Objective`, the turbo timesteps stage train
      uses), trained end to end with the text and condition encoders, conditioned through `encode_conditions` exactly
      as stage dataset encodes captions; EMA weights are saved.
 Provenance (script, config, seed, corpus hashes, device, wall time, losses) goes into provenance.json beside the
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lofi_lora.backend import (build_pipeline, context_latents, encode_conditions, encode_silence, tokenizer_corpus,
-                               train_tokenizer)
-from lofi_lora.objective import Objective, flow_matching_loss, timestep_scheme
+from lofi_lora.model.encode import context_latents, encode_conditions, encode_silence
+from lofi_lora.model.tiny import build_pipeline, tokenizer_corpus, train_tokenizer
+from lofi_lora.train.objective import Objective, flow_matching_loss, timestep_scheme
 from lofi_lora.pretrain import corpus, weights
 from lofi_lora.pretrain.losses import kl_standard_normal, multi_resolution_stft
 
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
                    else platform.processor() or platform.machine(), "torch": torch.__version__},
         "vae": {**vae_stats, "recon_mrstft_random": recon_before, "recon_mrstft_trained": recon_after,
                 "latents": lat},
-        "dit": {**dit_stats, "objective": "lofi_lora.objective.Objective",
+        "dit": {**dit_stats, "objective": "lofi_lora.train.objective.Objective",
                 "timesteps": timestep_scheme("auto", VARIANT)},
         "params": {c: sum(p.numel() for p in getattr(pipe, c).parameters()) for c in weights.COMPONENTS},
     }

@@ -24,7 +24,7 @@ def pretrained():
 @pytest.fixture(scope="module")
 def random_twin(pretrained):
     """The same pipeline sizes with the random weights the builder gives (the 'nothing learned' control)."""
-    from lofi_lora.backend import build_pipeline
+    from lofi_lora.model.tiny import build_pipeline
 
     rec = weights.verify(FOLDER)
     return build_pipeline(rec["build"], rec["variant"], int(rec["seed"]), pretrained.tokenizer)
@@ -52,7 +52,7 @@ def test_recorded_corpus_plan_is_reproducible():
 def test_a_changed_weight_file_is_refused(tmp_path):
     import shutil
 
-    from lofi_lora.errors import ModelError
+    from lofi_lora.core.errors import ModelError
 
     for f in FOLDER.iterdir():
         shutil.copy(f, tmp_path / f.name)

@@ -60,7 +60,6 @@ def tokenizer_corpus(presets_dir: str | Path) -> list[str]:
 def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     """Byte-level BPE with exactly `vocab_size` ids, wrapped as `PreTrainedTokenizerFast` (pad = eos = <|endoftext|>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -70,8 +69,19 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     tok.train_from_iterator(list(corpus), trainer=trainer)
     if tok.get_vocab_size() > vocab_size:
         raise ModelError(f"tokenizer has {tok.get_vocab_size()} ids > model.build.vocab_size={vocab_size}")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
-                                   padding_side="right", model_max_length=32768)
+    return _wrap(tokenizer_object=tok)
+
+
+def load_tokenizer(path: str | Path):
+    """A tokenizer that `train_tokenizer` made and saved (tokenizer.json), wrapped the same way."""
+    return _wrap(tokenizer_file=str(path))
+
+
+def _wrap(**source):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(**source, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, padding_side="right",
+                                   model_max_length=32768)
 
 
 def build_pipeline(build_cfg: dict, variant: str, seed: int, tokenizer):

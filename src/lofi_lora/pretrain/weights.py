@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from lofi_lora.errors import ModelError
-from lofi_lora.fsutil import atomic_write_json, atomic_write_text, read_json, save_safetensors, sha256_file
+from lofi_lora.core.errors import ModelError
+from lofi_lora.core.fsutil import atomic_write_json, atomic_write_text, read_json, save_safetensors, sha256_file
 
 WEIGHTS_FILE = "tiny_pretrained.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
@@ -62,19 +62,16 @@ def verify(folder: str | Path) -> dict[str, Any]:
 
 
 def load_tokenizer(folder: str | Path):
-    from transformers import PreTrainedTokenizerFast
+    from lofi_lora.model.tiny import load_tokenizer as load_tiny_tokenizer
 
-    from lofi_lora.backend import EOS_TOKEN
-
-    return PreTrainedTokenizerFast(tokenizer_file=str(Path(folder) / TOKENIZER_FILE), eos_token=EOS_TOKEN,
-                                   pad_token=EOS_TOKEN, padding_side="right", model_max_length=32768)
+    return load_tiny_tokenizer(Path(folder) / TOKENIZER_FILE)
 
 
 def load(folder: str | Path):
     """The pretrained `AceStepPipeline` (float32, CPU), hashes checked first."""
     from safetensors.torch import load_file
 
-    from lofi_lora.backend import build_pipeline
+    from lofi_lora.model.tiny import build_pipeline
 
     record = verify(folder)
     pipe = build_pipeline(record["build"], record["variant"], int(record["seed"]), load_tokenizer(folder))
