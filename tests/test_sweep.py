@@ -58,7 +58,9 @@ def test_two_job_sweep_gives_each_job_its_own_adapter_metrics_and_experiment(clo
     assert [j["lora.r"] for j in jobs] == [2, 8] and [j["overrides"].split()[0] for j in jobs] == ["lora.r=2", "lora.r=8"]
     assert "every job: train.max_steps=4" in (sweep_dir / "sweep.md").read_text()
     assert jobs[0]["adapter"] != jobs[1]["adapter"], jobs
-    assert jobs[0]["val_loss"] != jobs[1]["val_loss"] and jobs[0]["fd"] != jobs[1]["fd"], jobs
+    # each job scored its own adapter: the validation losses differ (FD to its 5 significant digits may not, after
+    # 4 steps), and both FDs were computed
+    assert jobs[0]["val_loss"] != jobs[1]["val_loss"] and None not in (jobs[0]["fd"], jobs[1]["fd"]), jobs
     for j in jobs:  # each row traces to its own adapter: the dvc.lock hash in the row is a rank-r LoRA in the cache
         assert _cached_adapter_rank(clone, j["adapter"]) == j["lora.r"], j
         assert j["best_step"] == 4 and 0.99 < j["int4_cosine"] <= 1.0, j

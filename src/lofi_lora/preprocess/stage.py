@@ -135,11 +135,19 @@ def _fade_edges(clip: np.ndarray, sample_rate: int, fade_in: bool, fade_out: boo
 
 
 # ---------------------------------------------------------------------------------------------- per track
+class _WriteFailed(Exception):
+    """Writing an output clip failed: the stage's problem, not the track's (process_track re-raises the cause)."""
+
+
 def process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Check, segment, normalise and write one accepted track (or part of a long file). Returns clips, quarantine
-    entries, scores; any failure is this track's: it is quarantined with the file and the reason."""
+    entries, scores; any failure reading or measuring it is this track's: it is quarantined with the file and the
+    reason. A failure writing the clips (a full disk) is not the track's: it stops the stage, whose outputs stay as
+    they were."""
     try:
         return _process_track(track, params, out_dir)
+    except _WriteFailed as e:
+        raise e.__cause__ from None
     except Exception as e:
         reason = "undecodable" if isinstance(e, (DataError, OSError)) else "processing_error"
         return {"clips": [], "scores": {}, "short_clips_dropped": 0, "quarantine": [{
@@ -198,8 +206,11 @@ def _process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path)
             continue
         norm = quality.normalise(clip, sr, float(params["target_lufs"]), float(params["true_peak_dbfs"]))
         wav, mp3 = path_inside(out_dir / "wav", f"{clip_id}.wav"), path_inside(out_dir / "mp3", f"{clip_id}.mp3")
-        audio_io.write(wav, norm.audio, sr, subtype="PCM_24")
-        audio_io.write(mp3, norm.audio, sr, bitrate_kbps=int(params["mp3_bitrate_kbps"]))
+        try:
+            audio_io.write(wav, norm.audio, sr, subtype="PCM_24")
+            audio_io.write(mp3, norm.audio, sr, bitrate_kbps=int(params["mp3_bitrate_kbps"]))
+        except Exception as e:
+            raise _WriteFailed() from e
         result["clips"].append({
             "clip_id": clip_id, "track_id": tid, "wav": wav.name, "mp3": mp3.name,
             "start_s": round(a / sr, 4), "end_s": round(b / sr, 4), "duration_s": round((b - a) / sr, 4),
