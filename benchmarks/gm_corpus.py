@@ -154,6 +154,11 @@ def write_midi(t: GMTrack, path: Path) -> None:
                 note(9, 38 if rng.random() < 0.8 else 40, t0, tpb / 4, 92)
             note(9, 42, t0, tpb / 8, 62)
             note(9, 42 if rng.random() < 0.85 else 46, start + swing(beat, True), tpb / 8, 44)
+    save_events(mid, ev, path)
+
+
+def save_events(mid, ev: list, path: Path) -> None:
+    """Absolute-tick (tick, message) events as one track of `mid`, note-offs before note-ons at a tick, saved."""
     track = mido.MidiTrack()
     ev.sort(key=lambda e: (e[0], e[1].type == "note_on"))
     now = 0

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gm_corpus import NOTE_NAMES, lofi_fx
+from gm_corpus import NOTE_NAMES, lofi_fx, save_events
 
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
               Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"))
@@ -167,14 +167,7 @@ def write_midi(p: HumanPiece, path: Path) -> float:
                 ev.append((s, mido.Message("note_on", channel=ch, note=key, velocity=vel)))
                 ev.append((s + d, mido.Message("note_off", channel=ch, note=key, velocity=0)))
             end = max(end, s + d)
-    track = mido.MidiTrack()
-    ev.sort(key=lambda e: (e[0], e[1].type == "note_on"))
-    now = 0
-    for when, msg in ev:
-        track.append(msg.copy(time=when - now))
-        now = when
-    mid.tracks.append(track)
-    mid.save(path)
+    save_events(mid, ev, path)
     return end / tpb * 60.0 / quarter_bpm
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from lofi_lora.synth import drums, effects
 from lofi_lora.synth.theory import NOTE_NAMES, bass_root, progression_bars, voice_lead
-from lofi_lora.pretrain.voices import NoteCache
+from lofi_lora.synth.voices import NoteRenderer
+from lofi_lora.pretrain.voices import VOICES
 
 SAMPLE_RATE = 48000
 PROG_MAJOR = ("I-vi-IV-V", "I-IV", "I-iii-vi-IV", "I-vi-ii-V", "ii-V-I", "I-IV-iii-vi")
@@ -140,13 +141,13 @@ def render_clip(spec: ClipSpec, sr: int = SAMPLE_RATE) -> np.ndarray:
     pad_n = int((n_bars * bar_s + 3.0) * sr)
     chords = progression_bars(spec.tonic, spec.mode, spec.progression, ninths=False)
     chords = [chords[b % len(chords)] for b in range(n_bars)]
-    cache = NoteCache(sr)
+    cache = NoteRenderer(sr, VOICES)
     comp, lead, bass = _Score(g, spec, chords, beat_s, bar_s, rng).parts()
 
     def stem(notes, voice):
         out = np.zeros(pad_n, dtype=np.float32)
         for t, dur, midi, vel in notes:
-            x = cache.note(voice, midi, dur, 1.0)
+            x = cache.note(voice, midi, dur, 1.0).astype(np.float32, copy=False)
             i = int(round(t * sr))
             if i < pad_n:
                 seg = x[: pad_n - i]

@@ -111,17 +111,3 @@ VOICES: dict[str, Callable[[int, float, float, int], np.ndarray]] = {
     **lofi_voices.VOICES, "pulse": pulse, "triangle": triangle, "pluck": pluck, "brass": brass,
     "drive_guitar": drive_guitar, "strings": strings, "organ": organ,
 }
-
-
-class NoteCache:
-    """Per-clip note cache over VOICES (the lofi NoteRenderer only knows its own voices)."""
-
-    def __init__(self, sr: int):
-        self.sr = sr
-        self._cache: dict[tuple, np.ndarray] = {}
-
-    def note(self, voice: str, midi: int, dur_s: float, vel: float) -> np.ndarray:
-        key = (voice, int(midi), round(dur_s, 2), round(vel * 8) / 8)
-        if key not in self._cache:
-            self._cache[key] = VOICES[voice](key[1], key[2], max(key[3], 0.125), self.sr).astype(np.float32)
-        return self._cache[key]

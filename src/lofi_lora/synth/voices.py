@@ -164,12 +164,13 @@ VOICES: dict[str, Callable[[int, float, float, int], np.ndarray]] = {
 class NoteRenderer:
     """Renders notes through a per-track cache: loops repeat, so most notes are rendered once."""
 
-    def __init__(self, sr: int):
+    def __init__(self, sr: int, voices: dict | None = None):
         self.sr = sr
+        self.voices = VOICES if voices is None else voices
         self._cache: dict[tuple, np.ndarray] = {}
 
     def note(self, voice: str, midi: int, dur_s: float, vel: float) -> np.ndarray:
         key = (voice, int(midi), round(dur_s, 2), round(vel * 8) / 8)
         if key not in self._cache:
-            self._cache[key] = VOICES[voice](key[1], key[2], max(key[3], 0.125), self.sr)
+            self._cache[key] = self.voices[voice](key[1], key[2], max(key[3], 0.125), self.sr)
         return self._cache[key]
