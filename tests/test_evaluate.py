@@ -94,7 +94,8 @@ def test_evaluate_outputs(workspace):
         assert -1.0 <= m[k] <= 1.0 and -1.0 <= m["base"][k] <= 1.0, k
     assert m["clap_score_holdout"] == m["base"]["clap_score_holdout"]
     assert m["best_step"] in (10, 15) and result["num_checkpoints"] == 2  # last_n = 2 of 3
-    assert result["fd_logmel128_v1_n_clips_best"] == 4  # 2 prompts x 2 seeds
+    base_scores = json.loads((root / "lora" / "best" / "scores.json").read_text())["base"]["scores"]
+    assert base_scores["fd_logmel128_v1_n_clips"] == 4  # 2 prompts x 2 seeds
     assert result["best_step"] == m["best_step"]
     assert not any(isinstance(v, str) for v in m.values())  # reasons and labels live in the report
     # samples: base + 2 checkpoints, 4 each, 48 kHz stereo of the requested duration
@@ -185,13 +186,20 @@ def test_unset_weight_path_is_a_config_error(tmp_path):
 
 
 def test_pick_best_rules():
-    ms = [ModelEval("base", 0, None, scores={"val_loss": 0.1}),
-          ModelEval("000010", 10, "x", scores={"val_loss": 0.5, "fad_vggish_inf": None,
-                                               "fad_vggish_reason": "no VGGish weights configured"}),
-          ModelEval("000020", 20, "y", scores={"val_loss": 0.5, "fad_vggish_inf": None})]
+    from lofi_lora.core.records import Record
+    from lofi_lora.evaluate.metrics import metric
+
+    def model(label, step, val_loss, reason=None):
+        m = ModelEval(label, step, None if step == 0 else label)
+        m.add(Record(metric("val_loss"), val_loss))
+        if step:
+            m.add(Record(metric("fad_vggish_inf"), None, reason))
+        return m
+
+    ms = [model("base", 0, 0.1), model("000010", 10, 0.5, "no VGGish weights configured"), model("000020", 20, 0.5)]
     assert pick_best(ms, "val_loss", "min").step == 20  # base never wins; ties -> later step
     assert pick_best(ms, "val_loss", "max").step == 20
-    with pytest.raises(ConfigError, match="no value for any checkpoint"):
+    with pytest.raises(ConfigError, match=r"no value for any checkpoint \(no VGGish weights configured\)"):
         pick_best(ms, "fad_vggish_inf", "min")
     with pytest.raises(ConfigError, match="best_mode"):
         pick_best(ms, "val_loss", "lowest")

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from lofi_lora.data import audio as audio_io
+from lofi_lora.core.records import Record
+from lofi_lora.evaluate.metrics import metric
 from lofi_lora.evaluate.report import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,7 +30,7 @@ class _M:
     label: str
     step: int
     samples: list = field(default_factory=list)
-    scores: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
 
 
 def _fixture(tmp_path, seconds=2.0):
@@ -42,8 +44,9 @@ def _fixture(tmp_path, seconds=2.0):
         audio_io.write(f, np.stack([y, y]).astype(np.float32), sr)
         prompts.append(_P(i, f"clip{i}", f"lofi <tape> & piano {i}", str(f)))
     for label, step in (("base", 0), ("000010", 10)):
-        m = _M(label, step, scores={"val_loss": 1.0 / (step + 1), "fd_logmel128_v1": 3.0 - step / 10,
-                                    "clap_score": None, "clap_score_reason": "no CLAP weights configured"})
+        recs = [Record(metric("val_loss"), 1.0 / (step + 1)), Record(metric("fd_logmel128_v1"), 3.0 - step / 10),
+                Record(metric("clap_score"), None, "no CLAP weights configured")]
+        m = _M(label, step, records={r.id: r for r in recs})
         for p in prompts:
             for s in (0, 1):
                 f = tmp_path / "samples" / label / f"p{p.index:02d}_s{s}.wav"

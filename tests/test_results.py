@@ -36,19 +36,50 @@ def test_export_metrics_name_precisions_and_keep_latency_out_of_files(tmp_path, 
     assert "latency" in caplog.text  # the timings are logged instead
 
 
+def _recs(**values):
+    from lofi_lora.core.records import Metric, Record
+    from lofi_lora.evaluate.metrics import METRICS
+
+    return [Record(METRICS.get(k) or Metric(k, "", k, "clips"), v, "no CLAP weights" if v is None else None).as_dict()
+            for k, v in values.items()]
+
+
 def test_eval_headline_is_best_and_base_without_sample_sizes_or_strings():
-    flat = {"best_step": 40, "best_metric": "val_loss", "num_checkpoints": 3, "val_loss_best": 1.5,
-            "val_loss_base": 2.0, "fd_logmel128_v1_best": 1081.0, "fd_logmel128_v1_base": 1041.0,
-            "fd_logmel128_v1_n_clips_best": 3, "fd_logmel128_v1_inf_slope_best": 34.1, "clap_score_best": None,
-            "clap_score_base": None, "clap_score_reason": "no CLAP weights", "seconds": 14.1}
+    flat = {"best_step": 40, "best_metric": "val_loss", "num_checkpoints": 3, "seconds": 14.1,
+            "records": {"best": _recs(val_loss=1.5, fd_logmel128_v1=1081.0, fd_logmel128_v1_n_clips=3, clap_score=None),
+                        "base": _recs(val_loss=2.0, fd_logmel128_v1=1041.0, clap_score=None)}}
     head, tables, timings = split_eval(flat)
     assert head == {"best_step": 40, "val_loss": 1.5, "fd_logmel128_v1": 1081.0, "clap_score": None,
                     "base": {"val_loss": 2.0, "fd_logmel128_v1": 1041.0, "clap_score": None}}
     assert timings == {"seconds": 14.1} and tables == {}
 
 
+def test_an_interval_flows_to_the_headline_beside_its_value():
+    from dataclasses import replace
+
+    from lofi_lora.core.records import Record
+    from lofi_lora.evaluate.metrics import metric
+
+    rec = Record(metric("fd_logmel128_v1"), 1081.0, low=1002.5, high=1160.25)
+    head, _, _ = split_eval({"best_step": 1, "records": {"best": [rec.as_dict()],
+                                                         "base": [replace(rec, low=None, high=None).as_dict()]}})
+    assert head["fd_logmel128_v1_low"] == 1002.5 and head["fd_logmel128_v1_high"] == 1160.2
+    assert head["base"] == {"fd_logmel128_v1": 1081.0}
+
+
+def test_flat_scores_keep_a_zero_bound_and_a_reason_only_where_there_is_one():
+    from lofi_lora.core.records import Record, flat
+    from lofi_lora.evaluate.metrics import metric
+
+    assert flat([Record(metric("kad_clap"), 0.1, low=0.0, high=0.2), Record(metric("val_loss"), 1.0),
+                 Record(metric("clap_score"), None, "no CLAP weights")]) == {
+        "kad_clap": 0.1, "kad_clap_low": 0.0, "kad_clap_high": 0.2, "val_loss": 1.0, "clap_score": None,
+        "clap_score_reason": "no CLAP weights"}
+
+
 def test_non_finite_headline_becomes_null_and_a_string_is_refused(tmp_path):
-    head, _, _ = split_eval({"best_step": 1, "val_loss_best": float("nan"), "val_loss_base": float("inf")})
+    head, _, _ = split_eval({"best_step": 1, "records": {"best": _recs(val_loss=float("nan")),
+                                                         "base": _recs(val_loss=float("inf"))}})
     assert head["val_loss"] is None and head["base"]["val_loss"] is None
     with pytest.raises(TypeError, match="not a number"):
         write_stage_metrics("train", tmp_path / "train.json", {"final_loss": "1.0"})

@@ -98,19 +98,22 @@ def split_train(m: dict[str, Any]) -> Split:
     return head, {}, {k: m.get(k) for k in TRAIN_TIMINGS}
 
 
-_EVAL_SIZES = ("_n_clips_best", "_n_vectors_best", "_inf_slope_best", "_inf_r2_best")
+def _scored(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """{id: value} of the records that are scores (a direction; sizes and fit diagnostics stay in the report), with
+    `<id>_low`/`<id>_high` where a record has an interval."""
+    out: dict[str, Any] = {}
+    for r in records:
+        if r["direction"]:
+            out[r["id"]] = _num(r["value"])
+            out.update({f"{r['id']}_{k}": _num(r[k]) for k in ("low", "high") if r.get(k) is not None})
+    return out
 
 
 def split_eval(m: dict[str, Any]) -> Split:
-    """`<metric>_best` -> eval.<metric>, `<metric>_base` -> eval.base.<metric>; sample sizes stay in the report."""
-    head: dict[str, Any] = {"best_step": _num(m.get("best_step"))}
-    base: dict[str, Any] = {}
-    for k, v in m.items():
-        if k.endswith("_best") and not k.endswith(_EVAL_SIZES) and not isinstance(v, (str, dict, list)):
-            head[k[: -len("_best")]] = _num(v)
-        elif k.endswith("_base") and not isinstance(v, (str, dict, list)):
-            base[k[: -len("_base")]] = _num(v)
-    head["base"] = base
+    """The best checkpoint's scored records -> eval.<id>, the base model's -> eval.base.<id>."""
+    recs = m.get("records") or {}
+    head: dict[str, Any] = {"best_step": _num(m.get("best_step")), **_scored(recs.get("best", []))}
+    head["base"] = _scored(recs.get("base", []))
     return head, {}, {"seconds": m.get("seconds")}
 
 

@@ -18,21 +18,9 @@ import numpy as np
 
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.fsutil import atomic_dir, atomic_path, atomic_write_text
+from lofi_lora.evaluate.metrics import METRICS
 
 log = logging.getLogger(__name__)
-
-METRIC_LABELS = {
-    "val_loss": "validation flow-matching loss (holdout cache, fixed t and noise)",
-    "fd_logmel128_v1": "FD on handcrafted log-mel statistics (not FAD/VGGish; not comparable to published FAD)",
-    "fd_logmel128_v1_inf": "the same, extrapolated to infinitely many clips (FD-inf)",
-    "fad_vggish": "FAD, VGGish embedding", "fad_vggish_inf": "FAD-inf, VGGish embedding",
-    "fad_clap": "FAD, CLAP audio embedding", "fad_clap_inf": "FAD-inf, CLAP audio embedding",
-    "kad_logmel128_v1": "KAD (unbiased kernel MMD^2, RBF bandwidth fixed from the reference) on the log-mel statistics",
-    "kad_vggish": "KAD on VGGish embeddings", "kad_clap": "KAD on CLAP audio embeddings",
-    "clap_score": "CLAP score: mean cosine(prompt, sample)",
-    "clap_score_shuffled": "CLAP score with shuffled prompts (floor)",
-    "clap_score_holdout": "CLAP score of holdout clips vs their captions (ceiling)",
-}
 
 SCRIPT = """
 <script>
@@ -98,6 +86,11 @@ def _media(src: str | Path, dst_stem: Path) -> tuple[Path, Path]:
     return ogg, png
 
 
+def _label(metric_id: str) -> str:
+    m = METRICS.get(metric_id)
+    return m.label if m else metric_id
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return '<span class="na">n/a</span>'
@@ -110,7 +103,8 @@ def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequen
                  metric_keys: Sequence[str], flat: dict[str, Any], embed_max_mb: float = 16.0) -> Path:
     """Build `reports_dir` (index.html + media) atomically; returns the index path.
 
-    `models` have `.label`, `.step`, `.samples` (dicts with `path`, `prompt_index`, `seed`) and `.scores`;
+    `models` have `.label`, `.step`, `.samples` (dicts with `path`, `prompt_index`, `seed`) and `.records` (metric
+    id -> `lofi_lora.core.records.Record`); columns are titled with the registered metric's label;
     `prompts` have `.index`, `.clip_id`, `.caption`, `.audio_path`.
     """
     reports_dir = Path(reports_dir)
@@ -149,22 +143,24 @@ def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequen
                  f"reference: {flat.get('holdout_clips')} holdout clips.</p>",
                  '<p id="audio-status" data-decoded="0" data-errors="0">players: loading</p>',
                  "<h2>Metrics</h2><table><tr><th>model</th><th>step</th>"]
-        parts += [f"<th title='{html.escape(METRIC_LABELS.get(k, k))}'>{html.escape(k)}</th>" for k in metric_keys]
+        parts += [f"<th title='{html.escape(_label(k))}'>{html.escape(k)}</th>" for k in metric_keys]
         parts.append("</tr>")
         for m in models:
             cls = ' class="best"' if m is best else ""
             parts.append(f"<tr{cls}><td>{html.escape(m.label)}</td><td>{m.step}</td>")
             for k in metric_keys:
-                reason = m.scores.get(f"{k}_reason") or m.scores.get(f"{k.removesuffix('_inf')}_reason")
-                cell = _fmt(m.scores.get(k))
-                if m.scores.get(k) is None and reason:
-                    cell += f"<br><small>{html.escape(str(reason))}</small>"
+                rec = m.records.get(k)
+                cell = _fmt(rec.value if rec else None)
+                if rec and rec.value is None and rec.reason:
+                    cell += f"<br><small>{html.escape(str(rec.reason))}</small>"
                 parts.append(f"<td>{cell}</td>")
             parts.append("</tr>")
         parts.append("</table><ul>")
-        parts += [f"<li><code>{html.escape(k)}</code>: {html.escape(METRIC_LABELS.get(k, k))}</li>" for k in metric_keys]
-        sizes = [f"<code>{html.escape(k)}</code> = {_fmt(v)}" for k, v in flat.items()
-                 if k.endswith(("_n_clips_best", "_n_vectors_best", "_reference_clips", "_reference_vectors"))]
+        parts += [f"<li><code>{html.escape(k)}</code>: {html.escape(_label(k))}</li>" for k in metric_keys]
+        sizes = [f"<code>{html.escape(r.id)}_best</code> = {_fmt(r.value)}" for r in best.records.values()
+                 if r.metric.unit in ("clips", "vectors")]
+        sizes += [f"<code>{html.escape(k)}</code> = {_fmt(v)}" for k, v in flat.items()
+                  if k.endswith(("_reference_clips", "_reference_vectors"))]
         if sizes:
             parts.append("<li>sample sizes behind the distances: " + ", ".join(sizes) + "</li>")
         parts.append("</ul><h2>Samples</h2>")

@@ -25,6 +25,8 @@ from lofi_lora.data import audio as audio_io
 from lofi_lora.core.config import to_plain
 from lofi_lora.core.errors import CheckpointError, ConfigError, DataError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from lofi_lora.core.records import Metric, Record, flat as flat_scores
+from lofi_lora.evaluate.metrics import metric
 from lofi_lora.model.variants import sampling_settings
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,20 @@ class ModelEval:
     step: int
     adapter_dir: str | None
     samples: list[dict] = field(default_factory=list)
-    scores: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, *records: Record) -> None:
+        self.records.update((r.id, r) for r in records)
+
+    def value(self, metric_id: str) -> Any:
+        r = self.records.get(metric_id)
+        return None if r is None else r.value
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        """The flat form written to best/scores.json."""
+        return flat_scores(self.records.values())
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -211,23 +225,25 @@ def kad_id(metric_id: str) -> str:
 
 
 def fd_scores(embedder, gen: list[np.ndarray], ref_stats, num_points: int, seed: int,
-              ref_vectors: np.ndarray | None = None, kad_bandwidth: float | None = None) -> dict[str, Any]:
-    """FD at this N, FD-inf (clips subsampled without replacement) and KAD, with the sample sizes."""
+              ref_vectors: np.ndarray | None = None,
+              kad_bandwidth: float | None = None) -> tuple[list[Record], list | None]:
+    """FD at this N, FD-inf (clips subsampled without replacement) and KAD, with the sample sizes; and FD-inf's
+    points (None when it could not be fitted)."""
     from lofi_lora.evaluate.metrics.fad import fd_inf, frechet_distance, gaussian_stats, kad
 
     x = np.concatenate(gen)
     mid = embedder.metric_id
-    res: dict[str, Any] = {mid: frechet_distance(gaussian_stats(x, len(gen)), ref_stats),
-                           f"{mid}_n_clips": len(gen), f"{mid}_n_vectors": int(x.shape[0])}
+    recs = [Record(metric(mid), frechet_distance(gaussian_stats(x, len(gen)), ref_stats)),
+            Record(Metric(f"{mid}_n_clips", "", f"generated clips behind {mid}", "clips"), len(gen)),
+            Record(Metric(f"{mid}_n_vectors", "", f"embedding vectors behind {mid}", "vectors"), int(x.shape[0]))]
     if ref_vectors is not None:
-        res[kad_id(mid)] = kad(x, ref_vectors, kad_bandwidth)[0]
-    if len(gen) >= 3:
-        inf = fd_inf(gen, ref_stats, num_points=num_points, seed=seed)
-        res.update({f"{mid}_inf": inf.fd_inf, f"{mid}_inf_slope": inf.slope, f"{mid}_inf_r2": inf.r2})
-        res["_fd_inf_points"] = inf.as_dict()["points"]
-    else:
-        res.update({f"{mid}_inf": None, f"{mid}_inf_reason": f"FD-inf needs >= 3 generated clips, got {len(gen)}"})
-    return res
+        recs.append(Record(metric(kad_id(mid)), kad(x, ref_vectors, kad_bandwidth)[0]))
+    if len(gen) < 3:
+        return recs + [Record(metric(f"{mid}_inf"), None, f"FD-inf needs >= 3 generated clips, got {len(gen)}")], None
+    inf = fd_inf(gen, ref_stats, num_points=num_points, seed=seed)
+    return recs + [Record(metric(f"{mid}_inf"), inf.fd_inf),
+                   Record(Metric(f"{mid}_inf_slope", "", f"slope of {mid} against 1/N"), inf.slope),
+                   Record(Metric(f"{mid}_inf_r2", "", f"R^2 of the {mid}_inf fit"), inf.r2)], inf.as_dict()["points"]
 
 
 def check_weight_paths(ev) -> None:
@@ -257,11 +273,12 @@ def pick_best(models: list[ModelEval], metric: str, mode: str) -> ModelEval:
     if mode not in ("min", "max"):
         raise ConfigError(f"`eval.best_mode` = {mode!r}: expected min or max")
     cands = [m for m in models if m.label != BASE]
-    vals = [(m.scores.get(metric), m) for m in cands]
+    vals = [(m.value(metric), m) for m in cands]
     ok = [(v, m) for v, m in vals if isinstance(v, (int, float)) and math.isfinite(v)]
     if not ok:
-        known = sorted(k for k in (cands[0].scores if cands else {}) if not k.endswith("_reason"))
-        reason = cands[0].scores.get(f"{metric}_reason") if cands else None
+        known = sorted(cands[0].records if cands else {})
+        rec = cands[0].records.get(metric) if cands else None
+        reason = rec.reason if rec else None
         raise ConfigError(f"`eval.best_metric` = {metric!r} has no value for any checkpoint"
                           + (f" ({reason})" if reason else "") + f"; measured metrics: {known}")
     key = (lambda vm: (vm[0], -vm[1].step)) if mode == "min" else (lambda vm: (-vm[0], -vm[1].step))
@@ -283,7 +300,7 @@ def write_plots(models: list[ModelEval], plots_dir: Path, metric_keys: list[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [{"step": m.step, "model": m.label, **{k: m.scores.get(k) for k in metric_keys}} for m in models]
+    rows = [{"step": m.step, "model": m.label, **{k: m.value(k) for k in metric_keys}} for m in models]
     atomic_write_json(plots_dir / "metrics.json", rows)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["step", "model", *metric_keys], lineterminator="\n")
@@ -307,25 +324,6 @@ def write_plots(models: list[ModelEval], plots_dir: Path, metric_keys: list[str]
         with atomic_path(plots_dir / f"{k}.png") as tmp:
             fig.savefig(tmp, format="png")
         plt.close(fig)
-
-
-def flat_metrics(models: list[ModelEval], best: ModelEval, metric_keys: list[str], extra: dict) -> dict:
-    """metrics/eval.json: flat keys `dvc exp show` can sort (`<metric>_best`, `<metric>_base`, ...)."""
-    base = next(m for m in models if m.label == BASE)
-    out: dict[str, Any] = {"best_step": best.step, "best_metric": extra["best_metric"],
-                           "best_mode": extra["best_mode"], "num_checkpoints": len(models) - 1,
-                           "num_samples_per_model": len(best.samples)}
-    for k in metric_keys:
-        out[f"{k}_best"] = best.scores.get(k)
-        out[f"{k}_base"] = base.scores.get(k)
-        for src in (best.scores, base.scores):
-            if src.get(f"{k}_reason"):
-                out[f"{k}_reason"] = src[f"{k}_reason"]
-    for k, v in best.scores.items():
-        if k.endswith(("_n_clips", "_n_vectors", "_inf_slope", "_inf_r2")) and f"{k}_best" not in out:
-            out[f"{k}_best"] = v
-    out.update({k: v for k, v in extra.items() if k not in out})
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- stage
@@ -382,17 +380,16 @@ def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_poin
     """FD/KAD per embedding (nulls with reasons for unavailable ones) and the CLAP score of one model's samples."""
     for ref in setup.references:
         mid = ref.embedder.metric_id
-        r = fd_scores(ref.embedder, embed_files(ref.embedder, files), ref.stats, fad_inf_points, seed, ref.vectors,
-                      ref.kad_bandwidth)
-        m.details[mid] = {"fd_inf_points": r.pop("_fd_inf_points", None), **ref.embedder.describe(),
+        recs, points = fd_scores(ref.embedder, embed_files(ref.embedder, files), ref.stats, fad_inf_points, seed,
+                                 ref.vectors, ref.kad_bandwidth)
+        m.details[mid] = {"fd_inf_points": points, **ref.embedder.describe(),
                           "kad_bandwidth": ref.kad_bandwidth, "reference_clips": ref.stats.n_clips,
                           "reference_vectors": ref.stats.n_vectors}
-        m.scores.update(r)
+        m.add(*recs)
     for mid, reason in setup.unavailable.items():
-        m.scores.update({mid: None, f"{mid}_inf": None, kad_id(mid): None, f"{mid}_reason": reason,
-                         f"{kad_id(mid)}_reason": reason})
+        m.add(*(Record(metric(k), None, reason) for k in (mid, f"{mid}_inf", kad_id(mid))))
     if setup.clap is None:
-        m.scores.update({"clap_score": None, "clap_score_reason": setup.clap_reason})
+        m.add(Record(metric("clap_score"), None, setup.clap_reason))
         return
     from lofi_lora.evaluate.metrics.clap import clap_scores
 
@@ -402,8 +399,9 @@ def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_poin
                      [p.caption for p in prompts] if hold else None, seed)
     setup.clap_holdout = cs["clap_score_holdout"] = cs.get("clap_score_holdout", setup.clap_holdout)
     m.details["clap"] = {**cs, **setup.clap.describe()}
-    m.scores.update({"clap_score": cs["clap_score"]["mean"], "clap_score_shuffled": cs["clap_score_shuffled"]["mean"],
-                     "clap_score_holdout": setup.clap_holdout["mean"]})
+    m.add(Record(metric("clap_score"), cs["clap_score"]["mean"]),
+          Record(metric("clap_score_shuffled"), cs["clap_score_shuffled"]["mean"]),
+          Record(metric("clap_score_holdout"), setup.clap_holdout["mean"]))
 
 
 def evaluate_model(pipe, m: ModelEval, setup: EvalSetup, out_dir: Path, ev, seed: int, device: str) -> None:
@@ -419,14 +417,14 @@ def evaluate_model(pipe, m: ModelEval, setup: EvalSetup, out_dir: Path, ev, seed
     finally:
         if m.adapter_dir:
             pipe.unload_lora_weights()
-    m.scores["val_loss"], m.details["val_loss"] = vl["val_loss"], vl
+    m.add(Record(metric("val_loss"), vl["val_loss"]))
+    m.details["val_loss"] = vl
     score_samples(m, [str(out_dir / s["file"]) for s in m.samples], setup, ev.fad_inf_points, seed)
     seconds = time.perf_counter() - t0  # logged only: best/scores.json must rehash the same
     atomic_write_json(out_dir / "samples.json", {"model": m.label, "step": m.step, "sampling": setup.settings,
                                                  "duration_s": setup.duration_s, "samples": m.samples})
-    log.info("model %s: %s (%.1f s)", m.label, {k: round(v, 5) if isinstance(v, float) else v
-                                                for k, v in m.scores.items() if not k.endswith("_reason")},
-             seconds)
+    log.info("model %s: %s (%.1f s)", m.label, {k: round(r.value, 5) if isinstance(r.value, float) else r.value
+                                                for k, r in m.records.items()}, seconds)
 
 
 def metric_keys_of(setup: EvalSetup) -> list[str]:
@@ -460,17 +458,19 @@ def write_best(lora_dir: Path, models: list[ModelEval], best: ModelEval, manifes
 
 def eval_metrics(models: list[ModelEval], best: ModelEval, setup: EvalSetup, ev, variant: str, holdout_clips: int,
                  seconds: float) -> dict[str, Any]:
-    """metrics/eval.json: the best checkpoint's and the base model's scores, and what they were measured on."""
+    """What metrics/eval.json is made of: the best checkpoint's and the base model's records (in the reported
+    order), and what they were measured on."""
     extra = {"best_metric": ev.best_metric, "best_mode": ev.best_mode, "variant": variant,
              "num_prompts": len(setup.prompts), "seeds": len(setup.seeds), "duration_s": setup.duration_s,
              "holdout_clips": holdout_clips, "sampling_steps": setup.settings["num_inference_steps"],
              **{f"{r.embedder.metric_id}_reference_clips": r.stats.n_clips for r in setup.references},
              **{f"{r.embedder.metric_id}_reference_vectors": r.stats.n_vectors for r in setup.references},
              "seconds": seconds}
-    flat = flat_metrics(models, best, metric_keys_of(setup), extra)
-    if setup.clap is None:
-        flat["clap_score_reason"] = setup.clap_reason
-    return flat
+    keys = metric_keys_of(setup)
+    return {"best_step": best.step, "best_metric": ev.best_metric, "best_mode": ev.best_mode,
+            "num_checkpoints": len(models) - 1, "num_samples_per_model": len(best.samples), **extra,
+            "records": {"best": [best.records[k].as_dict() for k in keys],
+                        "base": [models[0].records[k].as_dict() for k in keys]}}
 
 
 def run_evaluate(cfg) -> dict[str, Any]:

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-# column -> (file under paths.metrics, dotted key, better): the only place that knows the metrics files' layout
+from lofi_lora.evaluate.metrics import METRICS
+
+# column -> (file under paths.metrics, dotted key, better): the only place that knows the metrics files' layout;
+# an eval column's better is its registered metric's direction (lofi_lora.evaluate.metrics)
 HEADLINES: dict[str, tuple[str, str, str]] = {
     "train_loss": ("train.json", "train.loss_smoothed", "min"),
     "best_step": ("eval.json", "eval.best_step", ""),
-    "val_loss": ("eval.json", "eval.val_loss", "min"),
-    "fd": ("eval.json", "eval.fd_logmel128_v1", "min"),          # log-mel FD, always computed offline
-    "fad_vggish": ("eval.json", "eval.fad_vggish", "min"),       # only with eval.embedding=vggish
-    "clap": ("eval.json", "eval.clap_score", "max"),             # only with eval.clap_path
+    **{column: ("eval.json", f"eval.{metric_id}", METRICS[metric_id].direction) for column, metric_id in (
+        ("val_loss", "val_loss"),
+        ("fd", "fd_logmel128_v1"),      # log-mel FD, always computed offline
+        ("fad_vggish", "fad_vggish"),   # only with eval.embedding=vggish
+        ("clap", "clap_score"))},       # only with eval.clap_path
     "int4_cosine": ("export.json", "export.int4.cosine", "max"),  # INT4 ONNX vs PyTorch FP32
 }
 
