@@ -159,6 +159,8 @@ def write_midi(t: GMTrack, path: Path) -> None:
 
 def save_events(mid, ev: list, path: Path) -> None:
     """Absolute-tick (tick, message) events as one track of `mid`, note-offs before note-ons at a tick, saved."""
+    import mido
+
     track = mido.MidiTrack()
     ev.sort(key=lambda e: (e[0], e[1].type == "note_on"))
     now = 0
@@ -191,18 +193,23 @@ def lofi_fx(y: np.ndarray, sr: int, seed: int) -> np.ndarray:
 
 def render(t: GMTrack, workdir: Path, sr: int = 44100) -> np.ndarray:
     """`[2, frames]` float32 at `sr`: the track's MIDI through FluidSynth, then `lofi_fx`."""
-    from lofi_lora.data import audio as audio_io
-
     exe = shutil.which("fluidsynth")
     if exe is None or not SOUNDFONT.is_file():
         raise SystemExit("the GM set needs `apt-get install -y fluidsynth fluid-soundfont-gm` (make bench-annotate)")
-    mid, wav = workdir / f"{t.track_id}.mid", workdir / f"{t.track_id}.wav"
+    mid = workdir / f"{t.track_id}.mid"
     write_midi(t, mid)
-    subprocess.run([exe, "-ni", "-q", "-g", "0.5", "-r", str(sr), "-F", str(wav), str(SOUNDFONT), str(mid)],
+    y, got = fluidsynth_stereo(exe, SOUNDFONT, mid, sr, gain=0.5)
+    y = y[:, : int(t.bars * 4 * 60.0 / t.bpm * got)]   # drop the release tail past the last bar
+    return lofi_fx(y, got, t.seed)
+
+
+def fluidsynth_stereo(exe: str, soundfont: Path, mid: Path, sr: int, gain: float) -> tuple[np.ndarray, int]:
+    """`mid` rendered by FluidSynth through `soundfont` (a WAV beside it) as float32 stereo, and its rate."""
+    from lofi_lora.data import audio as audio_io
+
+    wav = mid.with_suffix(".wav")
+    subprocess.run([exe, "-ni", "-q", "-g", str(gain), "-r", str(sr), "-F", str(wav), str(soundfont), str(mid)],
                    check=True, capture_output=True)
     y, got = audio_io.read(wav)
     y = np.asarray(y, dtype=np.float32)
-    if y.ndim == 1:
-        y = np.stack([y, y])
-    y = y[:, : int(t.bars * 4 * 60.0 / t.bpm * got)]   # drop the release tail past the last bar
-    return lofi_fx(y, got, t.seed)
+    return (np.stack([y, y]) if y.ndim == 1 else y), got

@@ -28,13 +28,12 @@ three soundfont packages (`make bench-annotate` installs them).
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gm_corpus import NOTE_NAMES, lofi_fx, save_events
+from gm_corpus import NOTE_NAMES, fluidsynth_stereo, lofi_fx, save_events
 
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
               Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"))
@@ -173,19 +172,12 @@ def write_midi(p: HumanPiece, path: Path) -> float:
 
 def render(p: HumanPiece, workdir: Path, sr: int = 44100) -> np.ndarray:
     """`[2, frames]` float32 at `sr` (at most MAX_SECONDS): the piece through FluidSynth, then `lofi_fx`."""
-    from lofi_lora.data import audio as audio_io
-
     exe = shutil.which("fluidsynth")
     sf = next((s for s in SOUNDFONTS if s.name == p.soundfont), None)
     if exe is None or sf is None or not sf.is_file():
         raise SystemExit("the human sets need fluidsynth and the soundfont packages (make bench-annotate)")
-    mid, wav = workdir / f"{p.track_id}.mid", workdir / f"{p.track_id}.wav"
+    mid = workdir / f"{p.track_id}.mid"
     seconds = write_midi(p, mid)
-    subprocess.run([exe, "-ni", "-q", "-g", "0.6", "-r", str(sr), "-F", str(wav), str(sf), str(mid)],
-                   check=True, capture_output=True)
-    y, got = audio_io.read(wav)
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim == 1:
-        y = np.stack([y, y])
+    y, got = fluidsynth_stereo(exe, sf, mid, sr, gain=0.6)
     y = y[:, : int(min(seconds + 1.0, MAX_SECONDS) * got)]
     return lofi_fx(y, got, p.seed)
