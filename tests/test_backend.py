@@ -15,7 +15,10 @@ from helpers.config import real_config
 
 def make_cfg(tmp: Path, model: str = "tiny", **model_over):
     """The real config with `model` from conf/model/ and `model_over` merged in, checked by the schema, outputs
-    under `tmp` (presets stay the repo's)."""
+    under `tmp` (presets stay the repo's). The tiny default is taken as its seeded random-weight twin
+    (`source=build` at the same sizes); the pretrained weights are test_pretrained_default's."""
+    if model == "tiny":
+        model_over = {"source": "build", "path": str(Path(tmp) / "models" / "base"), **model_over}
     return real_config(tmp, f"model={model}", model=model_over)
 
 

@@ -124,7 +124,7 @@ SHRUNK_TRAIN = dict(max_steps=12, lr=3e-3, warmup_steps=2, checkpoint_every=5, k
 
 def train_config(root: Path, base: Path, dataset: Path, cache: Path, *, variant: str = "turbo", **train):
     """The real configuration on the toy base model and cache, with SHRUNK_TRAIN and `train` overrides."""
-    return real_config(root, model={"path": str(base), "variant": variant},
+    return real_config(root, model={"path": str(base), "variant": variant, "source": "build"},
                        paths={"dataset": str(dataset), "cache": str(cache), "base_model": str(base),
                               "lora": str(root / "models" / "lora"), "metrics": str(root / "metrics")},
                        train={**SHRUNK_TRAIN, **train})

@@ -202,7 +202,7 @@ class Dataset:
 
 @dataclass
 class ModelBuild:
-    """Sizes of the tiny pipeline that stage base_model builds (model.source=build)."""
+    """Sizes of the tiny pipeline (model.source=build builds it; =pretrained checks the weights have them)."""
 
     hidden_size: int = key(ge=1)
     intermediate_size: int = key(ge=1)
@@ -238,7 +238,7 @@ class ModelSampling:
 @dataclass
 class Model:
     name: str = key()
-    source: str = key(choices=("build", "native", "diffusers", "local", "hub"))  # local: old name of diffusers
+    source: str = key(choices=("pretrained", "build", "native", "diffusers", "local", "hub"))  # local: old name of diffusers
     path: Optional[str] = key()
     native_dir: Optional[str] = key()       # source=native: the variant folder under `path` (checkpoints/ root)
     converted_dir: Optional[str] = key()    # source=native: where the diffusers conversion is cached
