@@ -187,7 +187,7 @@ def test_unset_weight_path_is_a_config_error(tmp_path):
 
 def test_pick_best_rules():
     from lofi_lora.core.records import Record
-    from lofi_lora.evaluate.metrics import metric
+    from lofi_lora.metrics import metric
 
     def model(label, step, val_loss, reason=None):
         m = ModelEval(label, step, None if step == 0 else label)

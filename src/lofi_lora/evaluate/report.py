@@ -18,7 +18,7 @@ import numpy as np
 
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.fsutil import atomic_dir, atomic_path, atomic_write_text
-from lofi_lora.evaluate.metrics import METRICS
+from lofi_lora.metrics import METRICS
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from lofi_lora.core.config import to_plain
 from lofi_lora.core.errors import CheckpointError, ConfigError, DataError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from lofi_lora.core.records import Metric, Record, flat as flat_scores
-from lofi_lora.evaluate.metrics import metric
+from lofi_lora.metrics import metric
 from lofi_lora.model.variants import sampling_settings
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def fd_scores(embedder, gen: list[np.ndarray], ref_stats, num_points: int, seed:
               kad_bandwidth: float | None = None) -> tuple[list[Record], list | None]:
     """FD at this N, FD-inf (clips subsampled without replacement) and KAD, with the sample sizes; and FD-inf's
     points (None when it could not be fitted)."""
-    from lofi_lora.evaluate.metrics.fad import fd_inf, frechet_distance, gaussian_stats, kad
+    from lofi_lora.metrics.fad import fd_inf, frechet_distance, gaussian_stats, kad
 
     x = np.concatenate(gen)
     mid = embedder.metric_id
@@ -259,7 +259,7 @@ def check_weight_paths(ev) -> None:
 def load_clap(clap_path: str | None, min_vocab: int, device: str):
     """(CLAP model, None) when `eval.clap_path` loads, else (None, the reason clap_score is null)."""
     from lofi_lora.core.errors import EmbeddingUnavailable
-    from lofi_lora.evaluate.metrics.clap import ClapModelLocal
+    from lofi_lora.metrics.clap import ClapModelLocal
 
     try:
         return ClapModelLocal(clap_path, device=device, min_vocab=min_vocab, metric_id="clap_score"), None
@@ -358,8 +358,8 @@ class EvalSetup:
 def references(ev, ref_files: list[str], device: str) -> tuple[list[Reference], dict[str, str]]:
     """The configured embedding plus the always-available log-mel one, measured on the holdout clips."""
     from lofi_lora.core.errors import EmbeddingUnavailable
-    from lofi_lora.evaluate.metrics.embeddings import get_embedder
-    from lofi_lora.evaluate.metrics.fad import gaussian_stats, kad
+    from lofi_lora.metrics.embeddings import get_embedder
+    from lofi_lora.metrics.fad import gaussian_stats, kad
 
     refs, unavailable = [], {}
     for kind in dict.fromkeys([ev.embedding, "logmel"]):
@@ -391,7 +391,7 @@ def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_poin
     if setup.clap is None:
         m.add(Record(metric("clap_score"), None, setup.clap_reason))
         return
-    from lofi_lora.evaluate.metrics.clap import clap_scores
+    from lofi_lora.metrics.clap import clap_scores
 
     prompts = setup.prompts
     hold = [audio_io.read(p.audio_path) for p in prompts] if setup.clap_holdout is None else None

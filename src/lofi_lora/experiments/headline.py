@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from lofi_lora.evaluate.metrics import METRICS
+from lofi_lora.metrics import METRICS
 
 # column -> (file under paths.metrics, dotted key, better): the only place that knows the metrics files' layout;
-# an eval column's better is its registered metric's direction (lofi_lora.evaluate.metrics)
+# an eval column's better is its registered metric's direction (lofi_lora.metrics)
 HEADLINES: dict[str, tuple[str, str, str]] = {
     "train_loss": ("train.json", "train.loss_smoothed", "min"),
     "best_step": ("eval.json", "eval.best_step", ""),
