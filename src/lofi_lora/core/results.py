@@ -110,10 +110,16 @@ def _scored(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def split_eval(m: dict[str, Any]) -> Split:
-    """The best checkpoint's scored records -> eval.<id>, the base model's -> eval.base.<id>."""
+    """The best checkpoint's scored records -> eval.<id>, the base model's -> eval.base.<id>, the noise floor's ->
+    eval.noise.<id>, best minus base -> eval.vs_base.<id> (with _low/_high)."""
     recs = m.get("records") or {}
     head: dict[str, Any] = {"best_step": _num(m.get("best_step")), **_scored(recs.get("best", []))}
     head["base"] = _scored(recs.get("base", []))
+    if recs.get("noise"):
+        head["noise"] = _scored(recs["noise"])
+    if m.get("comparison"):  # best minus base, with the paired bootstrap interval of the difference
+        head["vs_base"] = {f"{k}{suffix}": _num(c[field]) for k, c in m["comparison"].items()
+                           for suffix, field in (("", "delta"), ("_low", "low"), ("_high", "high"))}
     return head, {}, {"seconds": m.get("seconds")}
 
 

@@ -307,6 +307,9 @@ class Eval:
     val_timesteps: List[Any] = key(number=True, **UNIT, nonempty=True)
     best_metric: str = key()
     best_mode: str = key(choices=("min", "max"))
+    sample: str = key(choices=("base_and_best", "all"))            # which models get samples (val_loss: every one)
+    bootstrap: int = key(ge=100)                                  # replicates behind each FD/KAD interval
+    interval: Number = key(gt=0, lt=1)                            # the intervals' coverage (0.95)
     report_embed_max_mb: Number = key(ge=0)
 
 
