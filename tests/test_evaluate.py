@@ -21,8 +21,7 @@ CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, 
 def _cfg(root: Path):
     paths = {k: str(root / k) for k in ("clips", "dataset", "cache", "base_model", "lora", "metrics", "plots",
                                         "reports")}
-    paths["presets"] = str(root / "no_presets")  # tokenizer from template words only: a faster build
-    return real_config(root, paths=paths, model={"path": paths["base_model"]},
+    return real_config(root, paths=paths,
                        eval={"num_prompts": 2, "seeds": [0, 1], "duration_s": 2.0, "last_n": 2, "fad_inf_points": 3,
                              "embedding": "vggish", "vggish_path": None, "clap_path": str(root / "clap"),
                              "clap_min_vocab": 100, "best_metric": "val_loss", "best_mode": "min"})
