@@ -105,13 +105,13 @@ class Data:
 class Synth:
     n_tracks: int = key(ge=1)
     sample_rate: int = key(ge=8000)
-    track_seconds: List[Any] = key(number=True, gt=0, nonempty=True)
+    track_s: List[Any] = key(number=True, gt=0, nonempty=True)
     n_long: int = key(ge=0)
-    long_seconds: Number = key(gt=0)
+    long_s: Number = key(gt=0)
     formats: List[str] = key(choices=("wav", "flac", "mp3", "ogg"), nonempty=True)
     waltz: bool = key()
     bad_files: bool = key()
-    bad_seconds: Number = key(gt=0)
+    bad_s: Number = key(gt=0)
     silent_dbfs: Number = key(le=0)
     duplicates: bool = key()
     duplicate_gain_db: Number = key()
@@ -123,7 +123,7 @@ class Synth:
 class Ingest:
     extensions: List[str] = key(nonempty=True)
     allowed_licences: List[str] = key()
-    min_seconds: Number = key(ge=0)
+    min_s: Number = key(ge=0)
     duplicate_threshold: Number = key(gt=0, le=1)
     workers: int = key(**WORKERS)
 
@@ -134,11 +134,11 @@ class Audio:
     channels: int = key(ge=1, le=2)
     target_lufs: Number = key(lt=0)
     true_peak_dbfs: Number = key(le=0)
-    max_clip_seconds: Number = key(gt=0)
-    min_clip_seconds: Number = key(gt=0)
+    max_clip_s: Number = key(gt=0)
+    min_clip_s: Number = key(gt=0)
     beat_start_bpm: Number = key(gt=0)
     beats_per_bar: int = key(ge=1)
-    max_track_seconds: Number = key(gt=0, le=1800)  # a part is held whole at 48 kHz: memory grows with it
+    max_track_s: Number = key(gt=0, le=1800)  # a part is held whole at 48 kHz: memory grows with it
     long_tracks: str = key(choices=("split", "refuse"))
     min_source_sample_rate: int = key(ge=1)
     max_clipping_ratio: Number = key(**UNIT)
