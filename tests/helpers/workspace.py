@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from helpers.config import real_config, real_section
+from helpers.config import real_config
 
 # run_train in a process of its own (torchrun, a fresh compile): argv[1] a saved config, argv[2] a step to resume from;
 # rank 0 prints what run_train returns (the run's counts, which the headline metrics file leaves out) on a `RESULT`
@@ -57,8 +57,8 @@ def child_env() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=None)
 def tiny_build() -> dict:
-    """The tiny model's sizes: `model.build` of the real configuration, checked (conf/model/tiny.yaml)."""
-    return OmegaConf.to_container(real_section("model").build)
+    """The toy model's sizes: `model.build` of conf/model/toy.yaml, composed and checked."""
+    return OmegaConf.to_container(real_config(Path("outputs-unused"), "model=toy").model.build)
 
 
 def tiny_transformer(seed: int = 0, variant: str = "turbo"):
