@@ -230,6 +230,10 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     saved = {} if entry is None else restore_checkpoint(state, store.root / Path(entry["path"]).name,
                                                         world.rank if world.active else None)
     resumed_from = state.step if entry is not None else None
+    distributed.must_agree("the data and config hash", chash, world,
+                           "every node must read the same params.yaml and dataset/cache (a shared filesystem)")
+    distributed.must_agree("the checkpoint to resume from", resumed_from, world,
+                           f"every node must see the same {store.root} (a shared filesystem)")
     if entry is None:
         log.info("fresh start (no resumable checkpoint for config %s)", chash)
     distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may delete any
