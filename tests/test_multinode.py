@@ -16,9 +16,9 @@ import torch
 from helpers.config import changed
 from helpers.workspace import child_env, child_files, child_result, workspace
 
-# run_train in one rank of the job: argv[1] a saved config, argv[2] (optional) the optimizer step after which every
-# rank SIGKILLs itself (the job dies as a preempted allocation does, between two checkpoints); rank 0 prints the
-# result in one write, as helpers.workspace.TRAIN_CHILD does
+# run_train in one rank of the job: argv[1] a saved config, argv[2] (optional) the optimizer step after which a rank
+# signals itself, argv[3] the signal (SIGKILL: the job dies as a preempted allocation does), argv[4] which rank
+# ("all" or a global rank); rank 0 prints the result in one write, as helpers.workspace.TRAIN_CHILD does
 KILL_CHILD = """
 import json
 import os
@@ -29,9 +29,11 @@ from lofi_lora.core.config import load_config
 from lofi_lora.train.stage import run_train
 cfg = load_config(OmegaConf.load(sys.argv[1]))
 kill_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
+sig = getattr(signal, sys.argv[3]) if len(sys.argv) > 3 else signal.SIGKILL
+mine = len(sys.argv) < 5 or sys.argv[4] in ("all", os.environ["RANK"])
 def callback(step):
-    if step == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if step == kill_at and mine:
+        os.kill(os.getpid(), sig)
 result = run_train(cfg, step_callback=callback)
 if os.environ["RANK"] == "0":
     os.write(1, ("RESULT " + json.dumps(result) + "\\n").encode())
@@ -134,3 +136,20 @@ def test_nodes_that_see_different_checkpoints_stop_with_one_line(tmp_path):
     got = sorted(errors.get() for _ in range(2))
     assert [r for r, _ in got] == [0, 1] and got[0][1] == got[1][1]
     assert "rank 0: 2, rank 1: None" in got[0][1] and "share paths.lora" in got[0][1]
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_node_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM reaches only rank 1 (one node preempted or shut down): every rank stops after that step, rank 0 saves
+    its checkpoint (the ranks' collectives line up) and both launchers exit with an error."""
+    from lofi_lora.train.checkpoints import CheckpointStore
+
+    cfg = workspace(tmp_path, max_steps=4, checkpoint_every=2, keep_last=3)
+    script, cfg_file = child_files(cfg, tmp_path, KILL_CHILD)
+    stopped = _two_nodes(script, cfg_file, "1", "SIGTERM", "1")
+    assert all(p.returncode != 0 for p in stopped), [p.stderr[-2000:] for p in stopped]
+    assert sum("stopped by signal 15 at step 1; checkpoint saved" in p.stderr for p in stopped) == 2, \
+        [p.stderr[-3000:] for p in stopped]
+    store = CheckpointStore(Path(cfg.paths.lora) / "checkpoints")
+    assert [e["step"] for e in store.entries()] == [1]
+    store.verify(store.entries()[0])

@@ -263,13 +263,18 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
                     checkpoint(state, store, info, metrics, world)
                 if step_callback is not None:
                     step_callback(step)
-                if stop.signum is not None and step < max_steps:
+                stopping = stop.signum is not None and step < max_steps
+                if world.active:  # every rank stops after the same step, decided where they sync anyway
+                    synced = sync_every_step or step % metrics.log_every == 0 or at_checkpoint
+                    stopping = synced and step < max_steps and distributed.any_rank(stopping, world)
+                if stopping:
                     metrics.flush()
                     if step % ckpt_every != 0:
                         checkpoint(state, store, info, metrics, world)
+                    signum = stop.signum or signal.SIGTERM  # a rank stopped because another one was signalled
                     log.warning("stopped by signal %d at step %d; checkpoint saved, resume by running again",
-                                stop.signum, step)
-                    raise SystemExit(128 + stop.signum)
+                                signum, step)
+                    raise SystemExit(128 + signum)
     finally:
         if live is not None:
             live.end()
