@@ -101,7 +101,7 @@ def test_two_node_rendezvous_trains_and_resumes_exactly_after_a_kill(tmp_path):
     assert [e["step"] for e in CheckpointStore(Path(killed.paths.lora) / "checkpoints").entries()] == [2]
     assert not (Path(killed.paths.lora) / "final").exists()
 
-    again = _two_nodes(script, cfg_file)  # the same command again, as a requeued job would run it
+    again = _two_nodes(script, cfg_file)  # the job launched again without the kill, as a requeued job is
     assert [p.returncode for p in again] == [0, 0], [p.stderr[-3000:] for p in again]
     result = child_result("".join(p.stdout for p in again))
     assert result["resumed_from"] == 2 and result["steps_run"] == 2 and result["steps"] == 4
