@@ -9,7 +9,8 @@ import torch
 from helpers.config import real_config
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.errors import ConfigError
-from lofi_lora.evaluate.stage import ModelEval, pick_best, prompt_set, run_evaluate
+from lofi_lora.dataset.holdout import prompt_set
+from lofi_lora.evaluate.stage import ModelEval, pick_best, run_evaluate
 from lofi_lora.model.variants import TABLE, sampling_settings
 from lofi_lora.core.fsutil import sha256_file
 

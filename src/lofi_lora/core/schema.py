@@ -353,6 +353,7 @@ class Export:
     parity_encoder_len: int = key(ge=1)
     ort_threads: Optional[int] = key(ge=1)
     on_gate_failure: str = key(choices=("drop", "error"))
+    audio_gate: bool = key()                # lossy precisions gated on their samples' FD (export.audio_gate)
     tolerance: Dict[str, Tolerance] = section()
     latency: ExportLatency = section()
     sampler: ExportSampler = section()

@@ -99,6 +99,10 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+ANCHOR_LABELS = {"noise": "white noise (what no learning scores)",
+                 "train clips": "real training clips (what a model could get to)"}
+
+
 def _cell(rec: Any) -> str:
     """A record's value, its interval below it, or its reason when it is null."""
     cell = _fmt(rec.value if rec else None)
@@ -110,13 +114,14 @@ def _cell(rec: Any) -> str:
 
 
 def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequence[Any], best: Any,
-                 metric_keys: Sequence[str], flat: dict[str, Any], embed_max_mb: float = 16.0, noise: Any = None,
-                 words: Sequence[str] = ()) -> Path:
+                 metric_keys: Sequence[str], flat: dict[str, Any], embed_max_mb: float = 16.0,
+                 anchors: Sequence[Any] = (), words: Sequence[str] = ()) -> Path:
     """Build `reports_dir` (index.html + media) atomically; returns the index path.
 
     `models` have `.label`, `.step`, `.samples` (dicts with `path`, `prompt_index`, `seed`) and `.records` (metric
     id -> `lofi_lora.core.records.Record`); columns are titled with the registered metric's label;
-    `prompts` have `.index`, `.clip_id`, `.caption`, `.audio_path`. `noise`: the noise floor's scores, a last row;
+    `prompts` have `.index`, `.clip_id`, `.caption`, `.audio_path`. `anchors`: rows scored like models that
+    frame the distances (white noise, real training clips);
     `words`: sentences saying whether the LoRA beat the base beyond the interval.
     """
     reports_dir = Path(reports_dir)
@@ -161,11 +166,12 @@ def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequen
                  "<h2>Metrics</h2><table><tr><th>model</th><th>step</th>"]
         parts += [f"<th title='{html.escape(_label(k))}'>{html.escape(k)}</th>" for k in metric_keys]
         parts.append("</tr>")
-        for m in [*models, *([noise] if noise is not None else [])]:
+        for m in [*models, *anchors]:
             cls = ' class="best"' if m is best else ""
-            label = "noise (floor: white noise)" if m is noise else m.label
-            parts.append(f"<tr{cls}><td>{html.escape(label)}</td><td>{'' if m is noise else m.step}</td>")
-            parts += [f"<td>{_cell(m.records.get(k)) if m is not noise or k in m.records else '-'}</td>"
+            anchor = any(m is a for a in anchors)
+            label = ANCHOR_LABELS.get(m.label, m.label) if anchor else m.label
+            parts.append(f"<tr{cls}><td>{html.escape(label)}</td><td>{'' if anchor else m.step}</td>")
+            parts += [f"<td>{_cell(m.records.get(k)) if not anchor or k in m.records else '-'}</td>"
                       for k in metric_keys]
             parts.append("</tr>")
         parts.append("</table><ul>")

@@ -30,6 +30,7 @@ from lofi_lora.core.config import to_plain
 from lofi_lora.core.errors import CheckpointError, ConfigError, DataError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from lofi_lora.core.records import Metric, Record, flat as flat_scores
+from lofi_lora.dataset.holdout import Prompt, holdout_rows, prompt_set
 from lofi_lora.metrics import bootstrap as bs
 from lofi_lora.metrics import metric
 from lofi_lora.model.variants import sampling_settings
@@ -39,21 +40,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 48000
 BASE = "base"
 NOISE = "noise"
-
-
-@dataclass
-class Prompt:
-    """One prompt of the fixed evaluation set, drawn from a holdout clip (whose audio sits beside it)."""
-
-    index: int
-    clip_id: str
-    caption: str
-    lyrics: str
-    bpm: Any
-    keyscale: Any
-    timesignature: Any
-    vocal_language: str
-    audio_path: str
+REAL = "train clips"
 
 
 @dataclass
@@ -82,58 +69,6 @@ class ModelEval:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-
-
-def _holdout(dataset_dir: Path):
-    from datasets import Audio, load_from_disk
-
-    if not dataset_dir.is_dir():
-        raise DataError(f"{dataset_dir}: dataset folder is missing: run stage dataset first")
-    dd = load_from_disk(str(dataset_dir))
-    if "holdout" not in dd:
-        raise DataError(f"{dataset_dir}: no `holdout` split (splits: {list(dd)})")
-    ho = dd["holdout"]
-    if "audio" in ho.column_names and isinstance(ho.features["audio"], Audio):
-        ho = ho.cast_column("audio", Audio(decode=False))
-    if len(ho) == 0:
-        raise DataError(f"{dataset_dir}: the holdout split is empty; evaluation needs held-out clips")
-    return ho
-
-
-def _audio_path(row: dict, clips_dir: Path) -> str:
-    a = row.get("audio")
-    if isinstance(a, dict) and a.get("path") and Path(a["path"]).is_file():
-        return str(a["path"])
-    p = clips_dir / "wav" / f"{row['clip_id']}.wav"
-    if not p.is_file():
-        raise DataError(f"holdout clip {row['clip_id']}: audio not found ({a!r}, {p})")
-    return str(p)
-
-
-def holdout_rows(dataset_dir: Path, clips_dir: Path) -> list[dict]:
-    """Holdout rows sorted by clip_id with a resolved `audio_path`."""
-    ho = _holdout(dataset_dir)
-    rows = sorted((dict(r) for r in ho), key=lambda r: str(r["clip_id"]))
-    for r in rows:
-        r["audio_path"] = _audio_path(r, clips_dir)
-    return rows
-
-
-def prompt_set(rows: list[dict], num_prompts: int, seed: int) -> list[Prompt]:
-    """A fixed, seeded choice of `num_prompts` holdout clips (all of them when there are fewer)."""
-    if num_prompts < 1:
-        raise ConfigError(f"`eval.num_prompts` = {num_prompts}: must be >= 1")
-    rng = np.random.default_rng(seed)
-    idx = sorted(rng.permutation(len(rows))[: min(num_prompts, len(rows))].tolist())
-    if len(idx) < num_prompts:
-        log.warning("eval.num_prompts=%d but the holdout has %d clips: using all of them", num_prompts, len(rows))
-    out = []
-    for i, j in enumerate(idx):
-        r = rows[j]
-        out.append(Prompt(i, str(r["clip_id"]), str(r.get("caption") or ""), str(r.get("lyrics") or ""),
-                          r.get("bpm"), r.get("keyscale"), r.get("timesignature"),
-                          str(r.get("vocal_language") or "en"), r["audio_path"]))
-    return out
 
 
 def select_checkpoints(lora_dir: Path, last_n: int | None) -> tuple[list[dict], dict]:
@@ -512,6 +447,20 @@ def noise_floor(setup: EvalSetup, n: int, fad_inf_points: int, seed: int) -> Mod
     return m
 
 
+def real_reference(setup: EvalSetup, train_files: list[str], n: int, fad_inf_points: int, seed: int) -> ModelEval:
+    """Real music of the target style that the models never had to generate: the first `eval.duration_s` of up to
+    `n` training clips (a seeded choice), scored like a model. Where a model could get to, at best."""
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.permutation(len(train_files))[:n].tolist())
+    m = ModelEval(REAL, -1, None)
+    audio = []
+    for i in pick:
+        x, sr = audio_io.read(train_files[i])
+        audio.append((x[:, : int(setup.duration_s * sr)], sr))
+    score_distances(m, audio, setup, fad_inf_points, seed)
+    return m
+
+
 def compare(best: ModelEval, base: ModelEval, setup: EvalSetup) -> dict[str, dict[str, Any]]:
     """Best minus base per distance, with the paired bootstrap interval of the difference and its verdict (lower is
     better for every distance: "better" means the interval lies below 0)."""
@@ -534,18 +483,20 @@ def comparison_words(comparison: dict[str, dict[str, Any]], best_step: int, leve
             f"[{c['low']:+.5g}, {c['high']:+.5g}]: {words[c['verdict']]}" for k, c in comparison.items()]
 
 
-def log_comparison(best: ModelEval, base: ModelEval, noise: ModelEval, comparison: dict, level: float) -> None:
+def log_comparison(best: ModelEval, base: ModelEval, anchors: list[ModelEval], comparison: dict,
+                   level: float) -> None:
     for line in comparison_words(comparison, best.step, level):
         log.info("evaluate: %s", line)
-    for k, r in noise.records.items():
-        if r.metric.direction and r.value is not None and base.value(k) is not None:
-            log.info("evaluate: %s of noise (floor) %.5g, base %.5g", k, r.value, base.value(k))
+    for k in comparison:
+        log.info("evaluate: %s: %s", k, ", ".join(f"{m.label} {m.value(k):.5g}" for m in [anchors[0], base, best,
+                                                                                      *anchors[1:]]))
 
 
 def eval_metrics(models: list[ModelEval], best: ModelEval, setup: EvalSetup, ev, variant: str, holdout_clips: int,
-                 seconds: float, noise: ModelEval, comparison: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What metrics/eval.json is made of: the best checkpoint's, the base model's and the noise floor's records (in
-    the reported order), best-minus-base with its interval, and what they were measured on."""
+                 seconds: float, anchors: list[ModelEval], comparison: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What metrics/eval.json is made of: the best checkpoint's and the base model's records (in the reported
+    order), the anchors' (noise floor, real training clips), best-minus-base with its interval, and what they were
+    measured on."""
     extra = {"best_metric": ev.best_metric, "best_mode": ev.best_mode, "variant": variant,
              "num_prompts": len(setup.prompts), "seeds": len(setup.seeds), "duration_s": setup.duration_s,
              "holdout_clips": holdout_clips, "sampling_steps": setup.settings["num_inference_steps"],
@@ -559,7 +510,8 @@ def eval_metrics(models: list[ModelEval], best: ModelEval, setup: EvalSetup, ev,
             "num_checkpoints": len(models) - 1, "num_samples_per_model": len(best.samples), **extra,
             "records": {"best": [best.records[k].as_dict() for k in keys],
                         "base": [models[0].records[k].as_dict() for k in keys],
-                        "noise": [r.as_dict() for k, r in noise.records.items() if r.metric.direction]},
+                        **{"noise" if a.label == NOISE else "real": [r.as_dict() for r in a.records.values()
+                                                                      if r.id in comparison] for a in anchors}},
             "comparison": comparison}
 
 
@@ -611,17 +563,19 @@ def run_evaluate(cfg) -> dict[str, Any]:
 
     best = pick_best(models, ev.best_metric, ev.best_mode)
     noise = noise_floor(setup, len(best.samples), int(ev.fad_inf_points), seed)
+    train_files = [r["audio_path"] for r in holdout_rows(Path(paths.dataset), Path(paths.clips), split="train")]
+    real = real_reference(setup, train_files, len(best.samples), int(ev.fad_inf_points), seed)
     comparison = compare(best, models[0], setup)
-    log_comparison(best, models[0], noise, comparison, setup.level)
+    log_comparison(best, models[0], [noise, real], comparison, setup.level)
     write_best(lora_dir, models, best, manifest, ev, variant, settings)
     flat = eval_metrics(models, best, setup, ev, variant, len(rows), round(time.perf_counter() - t_start, 2),
-                        noise, comparison)
+                        [noise, real], comparison)
     from lofi_lora.core.results import write_stage_metrics
 
     write_stage_metrics("eval", Path(paths.metrics) / "eval.json", flat)
     metric_keys = metric_keys_of(setup)
     write_plots(models, Path(paths.plots) / "eval", metric_keys, ev.best_metric)
     write_report(paths.reports, models, prompts, best, metric_keys, flat, embed_max_mb=float(ev.report_embed_max_mb),
-                 noise=noise, words=comparison_words(comparison, best.step, setup.level))
+                 anchors=[noise, real], words=comparison_words(comparison, best.step, setup.level))
     log.info("evaluate: best step %d by %s (%s) in %.1f s", best.step, ev.best_metric, ev.best_mode, flat["seconds"])
     return {k: v for k, v in flat.items() if not isinstance(v, (dict, list))}
