@@ -33,9 +33,13 @@ def test_the_paired_difference_separates_a_shift_from_noise():
     near, far, near2 = clips(rng, 16), clips(rng, 16, shift=1.0), clips(rng, 16)
     d = bs.draws(16, 10, 200, seed=0)
     r_near, r_far, r_near2 = (bs.replicates(c, ref, d) for c in (near, far, near2))
+    x = {name: np.concatenate(c) for name, c in (("near", near), ("far", far), ("near2", near2))}
+    point = {name: {"fd": frechet_distance(gaussian_stats(v), gaussian_stats(y)), "kad": kad(v, y, ref.bandwidth)[0]}
+             for name, v in x.items()}
     for key in ("fd", "kad"):
-        assert bs.verdict(*bs.interval(r_near[key] - r_far[key], 0.95)) == "better"
-        assert bs.verdict(*bs.interval(r_far[key] - r_near[key], 0.95)) == "worse"
-        assert bs.verdict(*bs.interval(r_near[key] - r_near2[key], 0.95)) == "within noise"
-        lo, hi = bs.interval(r_far[key], 0.95)
-        assert lo < np.median(r_far[key]) < hi
+        n, f, n2 = point["near"][key], point["far"][key], point["near2"][key]
+        assert bs.verdict(*bs.interval(r_near[key] - r_far[key], 0.95, n - f)) == "better"
+        assert bs.verdict(*bs.interval(r_far[key] - r_near[key], 0.95, f - n)) == "worse"
+        assert bs.verdict(*bs.interval(r_near[key] - r_near2[key], 0.95, n - n2)) == "within noise"
+        lo, hi = bs.interval(r_far[key], 0.95, f)
+        assert lo < f < hi

@@ -336,7 +336,8 @@ def score_distances(m: ModelEval, audio: list[tuple[np.ndarray, int]], setup: Ev
         recs, points = fd_scores(ref.embedder, vecs, ref.stats, fad_inf_points, seed, ref.vectors, ref.kad_bandwidth)
         reps = bs.replicates(vecs, ref.boot, setup.draws(len(vecs), ref))
         m.replicates.update({mid: reps["fd"], kad_id(mid): reps["kad"]})
-        recs = [dataclasses.replace(r, **dict(zip(("low", "high"), bs.interval(m.replicates[r.id], setup.level))))
+        recs = [dataclasses.replace(r, **dict(zip(("low", "high"), bs.interval(m.replicates[r.id], setup.level,
+                                                                                r.value))))
                 if r.id in m.replicates else r for r in recs]
         m.details[mid] = {"fd_inf_points": points, **ref.embedder.describe(),
                           "kad_bandwidth": ref.kad_bandwidth, "reference_clips": ref.stats.n_clips,
@@ -467,7 +468,7 @@ def compare(best: ModelEval, base: ModelEval, setup: EvalSetup) -> dict[str, dic
     out = {}
     for k, reps in best.replicates.items():
         if k in base.replicates and best.value(k) is not None and base.value(k) is not None:
-            low, high = bs.interval(reps - base.replicates[k], setup.level)
+            low, high = bs.interval(reps - base.replicates[k], setup.level, best.value(k) - base.value(k))
             out[k] = {"best": best.value(k), "base": base.value(k), "delta": best.value(k) - base.value(k),
                       "low": low, "high": high, "verdict": bs.verdict(low, high)}
     return out

@@ -84,9 +84,10 @@ def score_precisions(generate: Callable[[str, int, np.ndarray], np.ndarray], pre
         reps[p] = bs.replicates(clips, ref, draws)
         fig = {"fd": frechet_distance(gaussian_stats(x, len(clips)), ref_stats), "kad": kad(x, y, bandwidth)[0]}
         for k in ("fd", "kad"):
-            fig[f"{k}_low"], fig[f"{k}_high"] = bs.interval(reps[p][k], level)
+            fig[f"{k}_low"], fig[f"{k}_high"] = bs.interval(reps[p][k], level, fig[k])
             if p != "fp32" and "fp32" in reps:
-                fig[f"{k}_vs_fp32_low"], fig[f"{k}_vs_fp32_high"] = bs.interval(reps[p][k] - reps["fp32"][k], level)
+                fig[f"{k}_vs_fp32_low"], fig[f"{k}_vs_fp32_high"] = bs.interval(
+                    reps[p][k] - reps["fp32"][k], level, fig[k] - out["fp32"][k])
         out[p] = {"metric": emb.metric_id, "samples": len(clips), "reference_clips": len(ref_clips), **fig}
         log.info("audio gate %s: %s %.5g [%.5g, %.5g], KAD %.4g", p, emb.metric_id, fig["fd"], fig["fd_low"],
                  fig["fd_high"], fig["kad"])
