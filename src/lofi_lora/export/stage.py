@@ -71,6 +71,7 @@ def _settings(ecfg, sampling: Mapping[str, float]) -> dict:
         if p not in e["tolerance"]:
             raise ConfigError(f"`export.tolerance.{p}` is missing")
     e["precisions"] = [p for p in PRECISIONS if p in precisions]  # fp32 first: the others derive from it
+    quantize.check_int4_recipe(e["int4"])
     return e
 
 
@@ -136,8 +137,7 @@ def export_pipeline(pipe, ecfg, sampling: Mapping[str, float], out_dir: Path, me
                 elif precision == "int8":
                     quantize.to_int8(fp32, path, e["exclude_modules"])
                 elif precision == "int4":
-                    quantize.to_int4(fp32, path, int(e["int4_block_size"]), bool(e["int4_symmetric"]),
-                                     e.get("int4_accuracy_level"), e["exclude_modules"])
+                    quantize.to_int4_recipe(fp32, path, e["int4"])
             size = ortx.file_bytes(sorted(path.parent.glob("denoiser.onnx*")))
             fp32_bytes = fp32_bytes or size
             sess = ortx.session(path, threads)
