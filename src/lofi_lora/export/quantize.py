@@ -326,12 +326,18 @@ def to_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accuracy_lev
 
     exclude = nodes_in_modules(_load(src, weights=False), exclude_modules)
     algo = _int4_algo(method, int(block_size), bool(symmetric), accuracy_level, calibration)
-    # a path, not a proto: the quantizer then handles > 2 GB models with external data itself
-    q = MatMulNBitsQuantizer(str(src), bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
+    # DEFAULT/HQQ take a path and handle > 2 GB models with external data themselves; INC's RTN/k_quant/GPTQ given a
+    # path leave the tensors they do not quantize as references to the source's external data, so they get the proto
+    model = str(src) if method in ("default", "hqq") else _load(src)
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
                              accuracy_level=accuracy_level, nodes_to_exclude=exclude, algo_config=algo)
     with _quiet_ort_logs():
         q.process()
     out = q.model.model if hasattr(q.model, "model") else q.model
+    if not any(o.domain == "com.microsoft" for o in out.opset_import):  # INC's paths do not declare MatMulNBits' domain
+        import onnx
+
+        out.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     n = set_accuracy_level(out, accuracy_level)
     halved = float_weights_to_fp16(out) if keep_dtype == "fp16" else 0
     log.info("int4: %d MatMulNBits (%s, block %d, %s, accuracy_level %s), %d nodes excluded, %d weights kept fp16",
