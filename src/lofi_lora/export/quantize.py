@@ -1,8 +1,9 @@
 """FP32 ONNX -> FP16 / INT8 (dynamic, per-channel, 7-bit weights) / INT4 (MatMulNBits), with onnxruntime's own tools.
 
 The source is the folded FP32 export (weights are initializers, no initializer value_info). Modules listed in
-`exclude_modules` (first/last projections: most of the INT4 error in research note onnx-export.md §5) keep
-FP32 weights; their nodes are found through the exporter's `pkg.torch.onnx.name_scopes` node metadata.
+`exclude_modules` (first/last projections: most of the INT4 error in research note onnx-export.md §5) stay
+unquantized (FP32 weights, or FP16 ones in INT4 with `keep_dtype`); their nodes are found through the exporter's
+`pkg.torch.onnx.name_scopes` node metadata.
 """
 from __future__ import annotations
 
