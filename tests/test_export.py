@@ -108,6 +108,9 @@ def test_quantised_graphs_use_the_intended_ops(exported):
     assert kept, "the excluded projection must be found by its name scope"
     int4 = onnx.load(str(exported["dir"] / "int4" / "denoiser.onnx"), load_external_data=False)
     assert set(kept) <= {n.name for n in int4.graph.node}, "excluded MatMul stays a plain MatMul"
+    q4 = exported["cfg"].export.int4  # the stage converts with the export.int4 recipe
+    blocks = {a.i for n in int4.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    assert blocks == {q4.block_size}, blocks
 
 
 def test_onnx_sampler_runs_without_torch_and_matches_the_pipeline(exported, tmp_path):

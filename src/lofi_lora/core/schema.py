@@ -340,14 +340,24 @@ class ExportSampler:
 
 
 @dataclass
+class ExportInt4:
+    """The INT4 recipe (onnxruntime's MatMulNBitsQuantizer); `lofi_lora.export.stage` checks the combinations."""
+
+    method: str = key(choices=("default", "rtn", "hqq", "k_quant"))
+    block_size: int = key(ge=16, le=128)
+    symmetric: bool = key()
+    accuracy_level: Optional[int] = key(ge=0, le=4)
+    exclude_modules: List[str] = key()
+    keep_dtype: str = key(choices=("fp32", "fp16"))
+
+
+@dataclass
 class Export:
     opset: int = key(ge=7)
     precisions: List[str] = key(choices=("fp32", "fp16", "int8", "int4"), nonempty=True)
     fp16_op_block_list: List[str] = key()
     exclude_modules: List[str] = key()
-    int4_block_size: int = key(ge=16)
-    int4_symmetric: bool = key()
-    int4_accuracy_level: Optional[int] = key(ge=0, le=4)
+    int4: ExportInt4 = section()
     parity_lengths: List[int] = key(ge=1, nonempty=True)
     parity_batch: int = key(ge=1)
     parity_encoder_len: int = key(ge=1)

