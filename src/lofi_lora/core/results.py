@@ -146,8 +146,8 @@ def split_export(m: dict[str, Any]) -> Split:
             head[p]["audio_fd"] = _num(g["fd"])
             if p == "fp32":  # the interval the lossy precisions are gated on
                 head[p].update(audio_fd_low=_num(g["fd_low"]), audio_fd_high=_num(g["fd_high"]))
-            else:
-                head[p]["audio_gate_passed"] = f.get("audio_gate_passed")
+            else:  # per-call parity is then a diagnostic: shown, not deciding
+                head[p].update(audio_gate_passed=f.get("audio_gate_passed"), parity_passed=f.get("parity_passed"))
     return head, {"parity": rows}, {"latency": latency, "timing_s": m.get("timing_s")}
 
 
