@@ -57,7 +57,8 @@ def test_a_second_reproduction_on_this_machine_writes_the_same_bytes(clone):
 
 
 def test_metrics_are_a_few_named_figures(clone):
-    """`dvc metrics show` fits a glance: under 80 numbers, each file under its stage's name, no strings."""
+    """`dvc metrics show` fits a glance: about a hundred numbers (a third of them intervals and their anchors), each
+    file under its stage's name, no strings."""
     from lofi_lora.core.results import count_numbers
 
     shown = json.loads(_run([DVC, "metrics", "show", "--json"], cwd=clone).stdout)
@@ -65,7 +66,7 @@ def test_metrics_are_a_few_named_figures(clone):
     figures = {Path(f).stem: d["data"] for f, d in files.items()}
     assert set(figures) == {"data", "annotate", "dataset", "train", "eval", "export"}, set(figures)
     assert all(set(d) == {stage} for stage, d in figures.items()), figures
-    assert count_numbers(figures) < 80, count_numbers(figures)
+    assert count_numbers(figures) < 105, count_numbers(figures)  # 97 with the intervals of issue 25
     assert isinstance(figures["eval"]["eval"]["val_loss"], float) and "cosine" in figures["export"]["export"]["int4"]
     comfy = list((clone / "models" / "lora" / "comfyui").glob("*.safetensors"))
     assert len(comfy) == 1, comfy
