@@ -24,9 +24,9 @@ from lofi_lora.core.config import config_hash, to_plain
 from lofi_lora.core.errors import ModelError
 from lofi_lora.core.fsutil import atomic_dir
 from lofi_lora.train.objective import Objective, cfg_dropout_ratio, timestep_scheme
-from lofi_lora.train.state import (BatchOrder, CheckpointInfo, TrainState, add_lora, adapter_state, build_optimizer,
-                                   build_scheduler, next_micro_batches, restore_checkpoint, rng_state, save_checkpoint,
-                                   train_step)
+from lofi_lora.train.state import (BatchOrder, CheckpointInfo, TrainState, adapter_kind, add_lora, adapter_state,
+                                   build_optimizer, build_scheduler, ema_state, next_micro_batches, restore_checkpoint,
+                                   rng_state, save_checkpoint, train_step)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 RESUME_SAFE_KEYS = ("max_steps", "checkpoint_every", "keep_last", "resume_from", "log_every", "cpu_threads",
                     "compile", "compile_mode", "activation_memory_budget",  # how the step runs, not what it learns
                     "data_on_device", "distributed")
+EMA_KEYS = ("ema_decay", "ema_device")  # in the hash only when EMA is on: runs without it keep their identity
 
 
 def train_config_hash(cfg, data_hash: str, world_size: int = 1) -> str:
@@ -41,10 +42,15 @@ def train_config_hash(cfg, data_hash: str, world_size: int = 1) -> str:
     data-parallel ranks when more than one (each rank draws its own noise). Checkpoints of another hash are never
     resumed."""
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in RESUME_SAFE_KEYS}
+    if not train.get("ema_decay"):
+        train = {k: v for k, v in train.items() if k not in EMA_KEYS}
     if world_size > 1:
         train["world_size"] = world_size
-    return config_hash({"seed": cfg.seed, "model": to_plain(cfg.model), "lora": to_plain(cfg.lora),
-                        "train": train, "data": data_hash})
+    what = {"seed": cfg.seed, "model": to_plain(cfg.model), "lora": to_plain(cfg.lora), "train": train,
+            "data": data_hash}
+    if cfg.adapter.type != "lora":  # LoRA runs keep the hash they had before adapter types existed
+        what["adapter"] = to_plain(cfg.adapter)
+    return config_hash(what)
 
 
 def load_null_condition(model_cfg, base_model_path: str | Path) -> torch.Tensor | None:
@@ -81,7 +87,7 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
     tcfg, device = cfg.train, place.device
     model = load_transformer(cfg.model, cfg.paths.base_model, device=device, dtype=place.weights_dtype)
     seed_everything(cfg.seed)  # LoRA init draws from the global RNG: same adapter init whoever calls us
-    n_trainable = add_lora(model, cfg.lora)
+    n_trainable = add_lora(model, cfg.lora, cfg.adapter)
     share = train_speed.checkpoint_share(tcfg.grad_checkpointing)
     if share > 0:
         log.info("activation checkpointing on %d of %d DiT blocks",
@@ -109,7 +115,8 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
                        torch.Generator(device=device).manual_seed(cfg.seed + 7919 * world.rank),
                        BatchOrder([c["target_latents"].shape[0] for c in clips], tcfg.batch_size * world.size,
                                   cfg.seed, tcfg.bucket_by_length),
-                       objective, forward=forward, compile_mode=tcfg.compile_mode if scope else None)
+                       objective, forward=forward, compile_mode=tcfg.compile_mode if scope else None,
+                       ema_decay=float(tcfg.ema_decay), ema_device=str(tcfg.ema_device))
     return state, n_trainable
 
 
@@ -127,23 +134,29 @@ def log_banner(cfg, clip_ids: list[str], n_trainable: int, world, place, objecti
              place.compute_dtype, world.size, chash)
 
 
-def lora_info(lora_cfg) -> dict[str, Any]:
-    """The adapter shape recorded with every adapter file."""
+def lora_info(lora_cfg, adapter_cfg=None) -> dict[str, Any]:
+    """The adapter shape and type recorded with every adapter file."""
     return dict(r=int(lora_cfg.r), alpha=float(lora_cfg.alpha), rslora=bool(lora_cfg.rslora),
-                dropout=float(lora_cfg.dropout), target_modules=list(lora_cfg.target_modules))
+                dropout=float(lora_cfg.dropout), target_modules=list(lora_cfg.target_modules),
+                **adapter_kind(adapter_cfg))
 
 
 def write_adapters(cfg, state: TrainState, chash: str) -> None:
     """`final/` (diffusers, scale baked in), `peft/` (upstream 1.5 PEFT folder) and `comfyui/` (one file, alpha per
-    layer) from the trained LoRA."""
-    lora_root, final_state, info = Path(cfg.paths.lora), adapter_state(state.model), lora_info(cfg.lora)
+    layer) from the trained adapter; with EMA also `final_ema/` (the EMA weights, as final/)."""
+    lora_root, final_state, info = Path(cfg.paths.lora), adapter_state(state.model), lora_info(cfg.lora, cfg.adapter)
+    extra = {"step": state.step, "config_hash": chash, "variant": cfg.model.variant, "timesteps": state.objective.scheme}
     with atomic_dir(lora_root / "final") as tmp:
-        adapters.save_diffusers_adapter(final_state, tmp, bake=True, **info,
-                                        extra_info={"step": state.step, "config_hash": chash,
-                                                    "variant": cfg.model.variant, "timesteps": state.objective.scheme})
+        adapters.save_diffusers_adapter(final_state, tmp, bake=True, **info, extra_info=extra)
+    if state.ema:
+        with atomic_dir(lora_root / "final_ema") as tmp:
+            adapters.save_diffusers_adapter(ema_state(state), tmp, bake=True, **info,
+                                            extra_info={**extra, "ema": True, "ema_decay": state.ema_decay})
     base_ref = str(cfg.model.hub_id or cfg.model.path or cfg.model.name)
     adapters.save_peft_adapter(final_state, lora_root / "peft", base_model=base_ref, **info)
-    adapters.save_comfyui_folder(final_state, lora_root / "comfyui", variant=cfg.model.variant, **info)
+    base_weights = adapters.dora_base_weights(state.model) if info["adapter_type"] == "dora" else None
+    adapters.save_comfyui_folder(final_state, lora_root / "comfyui", variant=cfg.model.variant,
+                                 base_weights=base_weights, **info)
 
 
 def train_metrics(run: dict[str, Any], metrics, state: TrainState, place, world) -> dict[str, Any]:
@@ -238,7 +251,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     live = open_live(Path(cfg.paths.metrics) / "train", resumed_from) if world.is_main else None
     metrics = MetricsBuffer(live, max(1, tcfg.log_every), max_steps, saved.get("ema_loss"), saved.get("last"))
 
-    info = CheckpointInfo(chash, lora_info(cfg.lora), tcfg.keep_last)
+    info = CheckpointInfo(chash, lora_info(cfg.lora, cfg.adapter), tcfg.keep_last)
     frames_total, t0, start_step = torch.zeros((), device=place.device), time.perf_counter(), state.step
     sync_every_step = place.device.type != "cuda" or step_callback is not None
     try:
