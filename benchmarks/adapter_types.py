@@ -16,6 +16,7 @@ import contextlib
 import torch
 
 from lofi_lora.core.config import compose_config
+from lofi_lora.train.adapters import skip_idle_lokr_dropout
 from lofi_lora.train.objective import Objective
 from lofi_lora.train.state import (BatchOrder, TrainState, add_lora, build_optimizer, build_scheduler, lora_params,
                                    train_step)
@@ -39,6 +40,7 @@ def run(kind: str, ema: str | None, a) -> tuple[float, float, int]:
     for p in lora_params(m).values():
         p.data = p.data.float()
     prepare_project(m, 0.0, not a.no_compile, device)
+    skip_idle_lokr_dropout(m)  # as stage train's build_state
     batch = make_batch(m, a.batch, int(a.clip * 25), 320, device, 0)
     tcfg = cfg.train
     opt = build_optimizer(m, tcfg, torch.device(device))

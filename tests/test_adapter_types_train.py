@@ -54,3 +54,58 @@ def test_ema_off_keeps_the_lora_hash_and_files(tmp_path):
     assert h == train_config_hash(changed(cfg, train={"ema_device": "cpu"}), "data")  # not read when off
     assert h != train_config_hash(changed(cfg, train={"ema_decay": 0.99}), "data")
     assert h != train_config_hash(changed(cfg, adapter=ADAPTERS["dora"]), "data")
+
+
+@pytest.mark.parametrize("kind", sorted(ADAPTERS))
+def test_type_compiles_whole_model_without_graph_breaks_and_matches_eager(kind):
+    """The fast path's `train.compile=model` for DoRA and LoKr: one graph (no break), loss and adapter gradients
+    those of eager (aot_eager_decomp_partition on CPU, the partitioner inductor uses)."""
+    import copy
+
+    from helpers.config import real_section
+    from helpers.workspace import COND_H, LATENT_C, tiny_transformer
+    from lofi_lora.train import speed as train_speed
+    from lofi_lora.train.objective import Objective
+    from lofi_lora.train.state import add_lora, lora_params
+
+    torch._dynamo.reset()
+    plain = tiny_transformer(0)
+    torch.manual_seed(1)
+    add_lora(plain, real_section("lora"), real_section("adapter", **ADAPTERS[kind]))
+    with torch.no_grad():  # move every adapter tensor off its init so each path carries signal
+        for p in lora_params(plain).values():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    plain.train()
+    from lofi_lora.train.adapters import skip_idle_lokr_dropout
+
+    assert skip_idle_lokr_dropout(plain) == (0 if kind == "dora" else 2 * 2 * 4)  # as build_state does
+    fast = copy.deepcopy(plain)
+    train_speed.use_fast_attention(fast)
+    g = torch.Generator().manual_seed(3)
+    batch = {"target_latents": torch.randn(2, 40, LATENT_C, generator=g), "attention_mask": torch.ones(2, 40),
+             "encoder_hidden_states": torch.randn(2, 6, COND_H, generator=g), "encoder_attention_mask": torch.ones(2, 6),
+             "context_latents": torch.randn(2, 40, 128, generator=g)}
+    explained = torch._dynamo.explain(fast.forward)(
+        hidden_states=batch["target_latents"], timestep=torch.full((2,), 0.4), timestep_r=torch.full((2,), 0.4),
+        encoder_hidden_states=batch["encoder_hidden_states"], context_latents=batch["context_latents"])
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    loss_fn = Objective("uniform", -0.4, 1.0)
+
+    def loss_and_grads(m):
+        for p in m.parameters():
+            p.grad = None
+        loss, _ = loss_fn(m, batch, torch.Generator().manual_seed(7))
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in lora_params(m).items()}
+
+    try:
+        train_speed.compile_model(fast, "model", backend="aot_eager_decomp_partition")
+        lp, gp = loss_and_grads(plain)
+        lf, gf = loss_and_grads(fast)
+        torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
+        assert gp.keys() == gf.keys() and len(gp) > 0
+        for k in gp:
+            torch.testing.assert_close(gf[k], gp[k], rtol=1e-4, atol=1e-6)
+    finally:
+        torch._dynamo.reset()

@@ -112,12 +112,50 @@ def lora_config_dict(r: int, alpha: float, rslora: bool, dropout: float, target_
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in out.items()}
 
 
+def _traceable_dora() -> None:
+    """Let torch.compile trace PEFT's DoRA layers in one graph: PEFT's `dequantize_module_weight` (called by each
+    DoRA forward) asks `type(weight).__module__.startswith("torchao.")`, which dynamo cannot trace (a graph break per
+    layer). For a plain `nn.Linear` base (the DiT's, bf16/fp32, never quantized here) there is nothing to dequantize:
+    its weight is returned as is; any other module goes to PEFT's function."""
+    from peft.tuners.lora import dora
+
+    original = dora.dequantize_module_weight
+    if getattr(original, "_lofi_lora", False):
+        return
+
+    def dequantize(module: torch.nn.Module):
+        if type(module) is torch.nn.Linear:
+            return module.weight
+        return original(module)
+
+    dequantize._lofi_lora = True
+    dora.dequantize_module_weight = dequantize
+
+
+def skip_idle_lokr_dropout(model: torch.nn.Module) -> int:
+    """Call after `model.train()`. PEFT's LoKr forward draws `torch.rand(1) > module_dropout` in training mode even
+    when that dropout is 0: a data-dependent branch (a graph break per layer under torch.compile, CUDA graphs split)
+    and a host-side draw per layer. With both LoKr dropouts at 0 its eval-mode forward computes the same thing, so
+    those layers go to eval mode (the Linear inside has no mode-dependent behaviour). Returns how many."""
+    from peft.tuners.lokr import LoKrLayer
+
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, LoKrLayer) and not any(mod.module_dropout.get(a) or mod.rank_dropout.get(a)
+                                                  for a in mod.active_adapters):
+            mod.eval()
+            n += 1
+    return n
+
+
 def inject_lora(model: torch.nn.Module, *, r: int, alpha: float, rslora: bool, dropout: float,
                 target_modules: list[str], adapter_type: str = "lora",
                 lokr: Mapping[str, Any] | None = None) -> int:
     """Add a PEFT adapter (LoRA, DoRA or LoKr) to a diffusers model, freeze everything else, keep the adapter
     params in fp32 (also under a bf16 base); returns the number of trainable parameters."""
     config = peft_config(r, alpha, rslora, dropout, target_modules, adapter_type, lokr)
+    if adapter_type == "dora":
+        _traceable_dora()
     model.add_adapter(config, adapter_name=ADAPTER_NAME)
     n = 0
     for name, p in model.named_parameters():

@@ -98,6 +98,7 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
                  train_speed.use_fast_attention(model))  # the same attention, no dispatch in the graph
         train_speed.compile_model(model, scope, tcfg.compile_mode, memory_budget=tcfg.activation_memory_budget)
     model.train()
+    adapters.skip_idle_lokr_dropout(model)  # LoKr at dropout 0: no per-layer draw, one graph under compile
     variant = cfg.model.variant
     cfg_ratio = cfg_dropout_ratio(tcfg.cfg_dropout, variant)
     null_cond = load_null_condition(cfg.model, cfg.paths.base_model) if cfg_ratio > 0 else None
