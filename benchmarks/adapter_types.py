@@ -30,6 +30,7 @@ def run(kind: str, ema: str | None, a) -> tuple[float, float, int]:
     from diffusers import AceStepTransformer1DModel
 
     device = "cpu" if a.tiny else "cuda"
+    torch._dynamo.reset()  # a fresh model per row: without this, dynamo's recompile limit falls back to eager
     cfg = compose_config([*CONFIG, f"adapter={kind}", f"lora.r={a.r}", f"lora.alpha={a.r}"])
     torch.manual_seed(0)
     with torch.device(device):
