@@ -517,9 +517,9 @@ def run_evaluate(cfg) -> dict[str, Any]:
 
         ema = [ModelEval(f"{int(e['step']):06d}-ema", int(e["step"]), e["_dir"], weight_name=EMA_WEIGHT_NAME)
                for e in entries if EMA_WEIGHT_NAME in e.get("files", {})]
-        if not ema:
-            raise ConfigError("`eval.ema` = true but no evaluated checkpoint holds an EMA adapter "
-                              "(train with train.ema_decay > 0)")
+        if not ema:  # a sweep over train.ema_decay=0,0.999 with eval.ema=true: the EMA-off jobs score raw only
+            log.warning("eval.ema=true but no evaluated checkpoint holds an EMA adapter (train.ema_decay=0): "
+                        "scoring the raw adapters only")
         models += ema
     samples_root = lora_dir / "samples"
     with atomic_dir(samples_root) as tmp_samples:
