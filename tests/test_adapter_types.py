@@ -205,3 +205,54 @@ def test_adapter_type_keys_are_checked_at_load():
     with pytest.raises(ConfigError, match="rslora"):
         add_lora(tiny_transformer(0), real_section("lora", r=4, alpha=8, rslora=True, dropout=0.0,
                                                    target_modules=ATTN), _adapter("lokr", LOKR))
+
+
+@pytest.mark.parametrize("kind,lokr", [("dora", None), ("lokr", LOKR), ("lokr", {**LOKR, "decompose_both": True})])
+def test_every_key_maps_onto_the_15_model_with_matching_shapes(tmp_path, kind, lokr):
+    """The ComfyUI file of an adapter on every attention and MLP projection of the real 2B DiT (24 layers; shapes
+    from tests/data/comfyui_ace_step15_decoder_keys.txt): every key is claimed by ComfyUI's ACEStep15 names and each
+    layer's patch has its weight's shape. PEFT builds the adapter of each distinct shape (one Linear per shape)."""
+    from test_comfyui_adapter import MLP, comfy_model_keys
+
+    model_keys, prefix, r = comfy_model_keys(), "diffusion_model.decoder.", 8
+    wanted = {}
+    for k, shape in model_keys.items():
+        module = k[len(prefix):-len(".weight")]
+        name = module.rsplit(".", 1)[-1]
+        if ".layers." in k and k.endswith(".weight") and (name in TO_DIFFUSERS or name in MLP):
+            wanted[module.rsplit(".", 1)[0] + "." + TO_DIFFUSERS.get(name, name)] = shape
+    assert len(wanted) == 24 * 11
+    per_shape = {}
+    for shape in sorted(set(wanted.values())):  # PEFT's own tensors for a Linear of this shape
+        holder = torch.nn.Module()
+        holder.proj = torch.nn.Linear(shape[1], shape[0], bias=False)
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(adapters.peft_config(r, 16, False, 0.0, ["proj"], kind, lokr), holder)
+        sd = {k.removeprefix("proj."): v for k, v in adapters.adapter_state_dict(holder).items()}
+        per_shape[shape] = (sd, holder.proj.get_base_layer().weight.detach())
+    state, base = {}, {}
+    for module, shape in wanted.items():
+        sd, w = per_shape[shape]
+        state.update({f"{module}.{k}": v for k, v in sd.items()})
+        base[module] = w
+    path = adapters.save_comfyui_adapter(state, tmp_path / "x.safetensors", r=r, alpha=16, rslora=False,
+                                         adapter_type=kind, base_weights=base)
+    lora = load_file(str(path))
+    claimed = {}
+    for k in model_keys:
+        if k.startswith(prefix) and k.endswith(".weight"):
+            m = k[len(prefix):-len(".weight")]
+            for x in (f"base_model.model.{m}", "lycoris_" + m.replace(".", "_")):
+                claimed.update({n: k for n in lora if n.startswith(x + ".")})
+    assert set(lora) == set(claimed)  # nothing ComfyUI would report as "lora key not loaded"
+    for n, target in claimed.items():
+        shape = model_keys[target]
+        if n.endswith(".dora_scale"):
+            assert tuple(lora[n].shape) == (shape[0], 1), n
+        elif n.endswith(".lokr_w1") or n.endswith(".lokr_w1_a"):
+            stem = n.rsplit(".", 1)[0]
+            w1 = lora[f"{stem}.lokr_w1"] if f"{stem}.lokr_w1" in lora else lora[f"{stem}.lokr_w1_a"] @ lora[f"{stem}.lokr_w1_b"]
+            w2 = lora[f"{stem}.lokr_w2"] if f"{stem}.lokr_w2" in lora else lora[f"{stem}.lokr_w2_a"] @ lora[f"{stem}.lokr_w2_b"]
+            assert torch.kron(w1, w2).numel() == shape[0] * shape[1], n
+            assert (w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]) == shape, n

@@ -51,6 +51,8 @@ def _check_adapter_sections(cfg: DictConfig) -> None:
         if name != chosen and cfg.adapter[name] is not None:
             raise ConfigError(f"`adapter.{name}` is set but adapter.type={chosen} does not read it; "
                               f"select the group (`adapter={chosen}`) instead of setting adapter.type alone")
+    if chosen == "lokr" and cfg.lora.rslora:
+        raise ConfigError("`lora.rslora` = true: adapter.type=lokr has no rsLoRA scale (alpha/r); set it false")
 
 
 def compose_config(overrides: Sequence[str] = (), root: Path = REPO_ROOT) -> DictConfig:

@@ -281,7 +281,7 @@ def _group_by_module(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, t
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         module, kind = _split_key(key)
-        layers.setdefault(module, {})[kind] = value.detach().to("cpu", torch.float32).contiguous()
+        layers.setdefault(module, {})[kind] = value.detach().to("cpu", torch.float32).clone()  # no shared storage
     return layers
 
 
