@@ -61,7 +61,7 @@ def test_train_evaluate_export_per_adapter_type(tmp_path, kind):
     from lofi_lora.evaluate.stage import run_evaluate
     from lofi_lora.export.stage import run_export
     from lofi_lora.model.stage import run_base_model
-    from lofi_lora.train.adapters import read_info
+    from lofi_lora.train.adapters import EMA_WEIGHT_NAME, read_info
     from lofi_lora.train.stage import run_train
 
     torch.set_num_threads(2)
@@ -72,7 +72,7 @@ def test_train_evaluate_export_per_adapter_type(tmp_path, kind):
     lora = Path(cfg.paths.lora)
     assert read_info(lora / "final")["adapter_type"] == kind
     assert {p.name for p in (lora / "comfyui").iterdir()} == {"lofi-lora_ace-step-v15-turbo.safetensors"}
-    assert (lora / "peft" / "adapter_config.json").is_file() and (lora / "final_ema").is_dir()
+    assert (lora / "peft" / "adapter_config.json").is_file() and (lora / "final" / EMA_WEIGHT_NAME).is_file()
 
     run_evaluate(cfg)
     scores = json.loads((lora / "best" / "scores.json").read_text())

@@ -19,7 +19,7 @@ ADAPTERS = {"dora": {"type": "dora", "lokr": None}, "lokr": {"type": "lokr", "lo
 
 def _files(cfg) -> dict[str, dict[str, torch.Tensor]]:
     lora = Path(cfg.paths.lora)
-    return {d: load_file(str(lora / d / DIFFUSERS_WEIGHT_NAME)) for d in ("final", "final_ema")}
+    return {n: load_file(str(lora / "final" / n)) for n in (DIFFUSERS_WEIGHT_NAME, EMA_WEIGHT_NAME)}
 
 
 @pytest.mark.parametrize("kind", sorted(ADAPTERS))
@@ -30,7 +30,7 @@ def test_type_with_ema_resumes_bitwise(tmp_path, kind):
     run_train(cfg)
     straight = _files(cfg)
     assert read_info(Path(cfg.paths.lora) / "final")["adapter_type"] == kind
-    assert read_info(Path(cfg.paths.lora) / "final_ema")["ema"] is True
+    assert read_info(Path(cfg.paths.lora) / "final", EMA_WEIGHT_NAME)["ema"] is True
     (entry,) = [e for e in CheckpointStore(Path(cfg.paths.lora) / "checkpoints").entries() if e["step"] == 10]
     assert EMA_WEIGHT_NAME in entry["files"]
 
@@ -42,7 +42,8 @@ def test_type_with_ema_resumes_bitwise(tmp_path, kind):
         for k in straight[d]:
             assert torch.equal(straight[d][k], again[d][k]), (d, k)
     # the EMA lags the raw weights: a different adapter
-    assert any(not torch.equal(straight["final"][k], straight["final_ema"][k]) for k in straight["final"])
+    raw, ema = straight[DIFFUSERS_WEIGHT_NAME], straight[EMA_WEIGHT_NAME]
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
 
 
 def test_ema_off_keeps_the_lora_hash_and_files(tmp_path):

@@ -144,14 +144,14 @@ def lora_info(lora_cfg, adapter_cfg=None) -> dict[str, Any]:
 
 def write_adapters(cfg, state: TrainState, chash: str) -> None:
     """`final/` (diffusers, scale baked in), `peft/` (upstream 1.5 PEFT folder) and `comfyui/` (one file, alpha per
-    layer) from the trained adapter; with EMA also `final_ema/` (the EMA weights, as final/)."""
+    layer) from the trained adapter; with EMA also `final/ema_lora_weights.safetensors` (the EMA weights)."""
     lora_root, final_state, info = Path(cfg.paths.lora), adapter_state(state.model), lora_info(cfg.lora, cfg.adapter)
     extra = {"step": state.step, "config_hash": chash, "variant": cfg.model.variant, "timesteps": state.objective.scheme}
     with atomic_dir(lora_root / "final") as tmp:
         adapters.save_diffusers_adapter(final_state, tmp, bake=True, **info, extra_info=extra)
-    if state.ema:
-        with atomic_dir(lora_root / "final_ema") as tmp:
+        if state.ema:  # beside it, the EMA adapter (same format; DVC tracks final/ whole)
             adapters.save_diffusers_adapter(ema_state(state), tmp, bake=True, **info,
+                                            weight_name=adapters.EMA_WEIGHT_NAME,
                                             extra_info={**extra, "ema": True, "ema_decay": state.ema_decay})
     base_ref = str(cfg.model.hub_id or cfg.model.path or cfg.model.name)
     adapters.save_peft_adapter(final_state, lora_root / "peft", base_model=base_ref, **info)
