@@ -12,7 +12,7 @@ subdominant (sub). Variants of each:
   midphrase the track minus its first 1.37 bars (starts mid-phrase, mid-bar)
   10s       a 10 s excerpt from 40 % into the track
   pink10    pink noise added at 10 dB SNR
-  clips     cut by stage preprocess's own cutter (`audio.max_clip_seconds`), annotated as the stage does:
+  clips     cut by stage preprocess's own cutter (`audio.max_clip_s`), annotated as the stage does:
             each clip analysed alone, then one tempo and one key (or key change) per track
 No style prior anywhere (`tempo_range=None`): the octave comes from the audio and, where the beat grid fits both
 octaves about equally, from the lofi range of conf/annotate (`AnalysisOptions` default 60-100 BPM; the human
@@ -174,7 +174,7 @@ def _essentia_keys(y: np.ndarray) -> dict[str, str]:
 
 def run_variant(tracks: list[tuple[dict, np.ndarray]], name: str, opts: AnalysisOptions, pool, args) -> dict:
     """Analyse every clip of every track (in the pool), then each track as stage annotate does; score."""
-    per_track = [variant(name, y, t, i, args.max_clip_seconds, args.min_clip_seconds)
+    per_track = [variant(name, y, t, i, args.max_clip_s, args.min_clip_s)
                  for i, (t, y) in enumerate(tracks)]
     jobs = [(audio, opts) for clips in per_track for _, _, audio in clips]
     t0 = time.perf_counter()
@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--max-clip-seconds", type=float, default=30.0)
-    ap.add_argument("--min-clip-seconds", type=float, default=8.0)
+    ap.add_argument("--max-clip-s", type=float, default=30.0)
+    ap.add_argument("--min-clip-s", type=float, default=8.0)
     ap.add_argument("--compare", action="store_true", help="also essentia's KeyExtractor profiles per track")
     ap.add_argument("--cache", default=None, help="folder to keep rendered tracks between runs")
     ap.add_argument("--json", default=None, help="also write every score here")

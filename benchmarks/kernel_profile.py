@@ -35,3 +35,24 @@ def kernel_breakdown(evs, annotations: set[str], steps: int) -> None:
         for e in by_kind[kind][:6]:
             print(f"#   {e.self_device_time_total / steps / 1e3:7.3f} ms/step {e.count // steps:5d} calls/step  "
                   f"{e.key[:110]}")
+
+
+def _union_us(spans: list[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end) spans."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(spans):
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def step_split(kernels: list[tuple[str, float, float]], wall_us: float, steps: int) -> dict[str, float]:
+    """A data-parallel step's wall time split three ways, ms per step, from its GPU kernels (name, start, end in us):
+    compute (any non-NCCL kernel running), all-reduce (only NCCL running: the communication compute did not hide)
+    and idle (no kernel running); `allreduce_total_ms` is all NCCL time, hidden or not."""
+    comm = [(s, e) for n, s, e in kernels if "nccl" in n.lower()]
+    comp = [(s, e) for n, s, e in kernels if "nccl" not in n.lower()]
+    busy, compute = _union_us(comm + comp), _union_us(comp)
+    return {"compute_ms": compute / steps / 1e3, "allreduce_ms": (busy - compute) / steps / 1e3,
+            "idle_ms": max(wall_us - busy, 0.0) / steps / 1e3, "allreduce_total_ms": _union_us(comm) / steps / 1e3}

@@ -28,7 +28,8 @@ import torch
 from lofi_lora.model.encode import context_latents, encode_conditions, encode_silence
 from lofi_lora.model.tiny import build_pipeline, tokenizer_corpus, train_tokenizer
 from lofi_lora.train.objective import Objective, flow_matching_loss, timestep_scheme
-from lofi_lora.pretrain import corpus, weights
+from lofi_lora.model import pretrained as weights
+from lofi_lora.pretrain import corpus
 from lofi_lora.pretrain.losses import kl_standard_normal, multi_resolution_stft
 
 # The pretrained tiny model's sizes (real ACE-Step 1.5 in brackets). 3.7 M parameters, 14.7 MB in float32.

@@ -103,8 +103,8 @@ VARIANTS = {
 
 def corpus_overrides(tracks: int, seconds: tuple[float, float], max_clip: float, workers: int) -> list[str]:
     """Corpus length and CPU parallelism (the same for every variant, so DVC's run-cache can share the data stages)."""
-    return [f"synth.n_tracks={tracks}", f"synth.track_seconds=[{seconds[0]},{seconds[1]}]", "synth.n_long=0",
-            f"audio.max_clip_seconds={max_clip}", f"synth.workers={workers}", f"ingest.workers={workers}",
+    return [f"synth.n_tracks={tracks}", f"synth.track_s=[{seconds[0]},{seconds[1]}]", "synth.n_long=0",
+            f"audio.max_clip_s={max_clip}", f"synth.workers={workers}", f"ingest.workers={workers}",
             f"audio.workers={workers}", f"annotate.workers={workers}"]
 
 
@@ -376,7 +376,7 @@ def main() -> None:
     ap.add_argument("--tracks", type=int, default=20)
     ap.add_argument("--seconds", type=float, nargs=2, default=(179.5, 179.5), metavar=("MIN", "MAX"),
                     help="track length (whole bars up to this, so 175.5-179.5 s: one 180 s padded shape)")
-    ap.add_argument("--max-clip", type=float, default=180.0, help="audio.max_clip_seconds: a track is one clip")
+    ap.add_argument("--max-clip", type=float, default=180.0, help="audio.max_clip_s: a track is one clip")
     ap.add_argument("--workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 2)))
     ap.add_argument("--kill-at-step", type=int, default=None, help="SIGKILL train once this step is logged")
     ap.add_argument("--cache-dir", type=Path, default=None, help="DVC cache shared with other rehearsals")

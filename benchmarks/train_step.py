@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from kernel_profile import device_kernels, kernel_breakdown
+from kernel_profile import device_kernels, kernel_breakdown, step_split
 from lofi_lora.train import speed as train_speed
 from lofi_lora.core.config import compose_config
 from lofi_lora.train.objective import Objective
@@ -222,6 +222,22 @@ def timed(step, device: str, steps: int, warm: int) -> tuple[float, tuple[float,
     return dt, (torch.cuda.max_memory_reserved() / 2**30, torch.cuda.max_memory_allocated() / 2**30)
 
 
+def split_step(step, steps: int = 3) -> dict[str, float]:
+    """Profile `steps` more steps on the GPU: ms per step of compute, exposed all-reduce and idle (kernel_profile)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    sync("cuda")
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync("cuda")
+        wall_us = (time.perf_counter() - t0) * 1e6
+    kernels = [(e.name, e.time_range.start, e.time_range.end) for e in p.events() if e.device_type == DeviceType.CUDA]
+    return step_split(kernels, wall_us, steps)
+
+
 def row(kind, r, clip_s, batch, ckpt, dt, mem, flops, peak_tflops, world=1):
     tf = flops / dt / 1e12
     return {"loop": kind, "r": r, "clip_s": clip_s, "batch": batch, "ckpt": ckpt, "ms_step": dt * 1e3,
@@ -230,10 +246,12 @@ def row(kind, r, clip_s, batch, ckpt, dt, mem, flops, peak_tflops, world=1):
 
 
 def fmt(rw) -> str:
+    split = (f"  compute {rw['compute_ms']:.1f} / all-reduce {rw['allreduce_ms']:.1f} / idle {rw['idle_ms']:.1f} ms"
+             if "compute_ms" in rw else "")
     return (f"{rw['loop']:>8} r={rw['r']:3d} clip={rw['clip_s']:5.0f}s B={rw['batch']:2d} ckpt={rw['ckpt']:>4} "
             f"x{rw['world']}  {rw['ms_step']:8.1f} ms/step {rw['audio_s_per_s']:8.1f} audio-s/s "
             f"{rw['tflops']:7.1f} TFLOP/s MFU {100 * rw['mfu']:5.1f}%  peak {rw['peak_gib']:5.1f} GiB reserved "
-            f"({rw['alloc_gib']:.1f} allocated)")
+            f"({rw['alloc_gib']:.1f} allocated){split}")
 
 
 def free(device):
@@ -280,6 +298,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None, help="project rows: activation memory budget (0..1]")
     ap.add_argument("--only-project", action="store_true")
     ap.add_argument("--ddp", action="store_true", help="under torchrun: project step with DDP, one GPU per rank")
+    ap.add_argument("--split", action="store_true",
+                    help="project rows on the GPU: profile 3 more steps, split into compute, all-reduce and idle")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--enc-len", type=int, default=320)
     ap.add_argument("--profile", type=str, default="",
@@ -364,6 +384,8 @@ def main() -> None:
                 ws = world_info.size if world_info is not None else 1
                 rw = row("project", r, clip_s, nb, f"{share:.2f}", dt, mem, fl, peak, ws)
                 rw.update(scope=a.scope, mode=a.mode or "default", budget=a.budget)
+                if a.split and device == "cuda":
+                    rw.update(split_step(step))
                 emit(rw)
                 base = plain_rows.get(share > 0)
                 if base and rank == 0:

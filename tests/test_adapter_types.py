@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers.config import real_section
-from helpers.workspace import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
+from helpers.workspace import tiny_transformer, tiny_widths
 from lofi_lora.train import adapters
 from lofi_lora.train.state import add_lora, lora_params
 
@@ -47,9 +47,10 @@ def trained(kind: str, r: int, alpha: float, lokr, seed: int = 7):
 def inputs():
     g = torch.Generator().manual_seed(3)
     t = torch.tensor([0.75, 0.3])
-    return dict(hidden_states=torch.randn(2, 14, LATENT_C, generator=g), timestep=t, timestep_r=t,
-                encoder_hidden_states=torch.randn(2, 6, COND_H, generator=g),
-                context_latents=torch.randn(2, 14, CONTEXT_C, generator=g))
+    w = tiny_widths()
+    return dict(hidden_states=torch.randn(2, 14, w.latent, generator=g), timestep=t, timestep_r=t,
+                encoder_hidden_states=torch.randn(2, 6, w.cond, generator=g),
+                context_latents=torch.randn(2, 14, w.context, generator=g))
 
 
 def _pipeline():

@@ -64,7 +64,7 @@ def test_type_compiles_whole_model_without_graph_breaks_and_matches_eager(kind):
     import copy
 
     from helpers.config import real_section
-    from helpers.workspace import COND_H, LATENT_C, tiny_transformer
+    from helpers.workspace import tiny_transformer, tiny_widths
     from lofi_lora.train import speed as train_speed
     from lofi_lora.train.objective import Objective
     from lofi_lora.train.state import add_lora, lora_params
@@ -79,13 +79,13 @@ def test_type_compiles_whole_model_without_graph_breaks_and_matches_eager(kind):
     plain.train()
     from lofi_lora.train.adapters import skip_idle_lokr_dropout
 
-    assert skip_idle_lokr_dropout(plain) == (0 if kind == "dora" else 2 * 2 * 4)  # as build_state does
+    assert skip_idle_lokr_dropout(plain) == (0 if kind == "dora" else len(plain.layers) * 2 * 4)  # as build_state does
     fast = copy.deepcopy(plain)
     train_speed.use_fast_attention(fast)
-    g = torch.Generator().manual_seed(3)
-    batch = {"target_latents": torch.randn(2, 40, LATENT_C, generator=g), "attention_mask": torch.ones(2, 40),
-             "encoder_hidden_states": torch.randn(2, 6, COND_H, generator=g), "encoder_attention_mask": torch.ones(2, 6),
-             "context_latents": torch.randn(2, 40, 128, generator=g)}
+    g, w = torch.Generator().manual_seed(3), tiny_widths()
+    batch = {"target_latents": torch.randn(2, 40, w.latent, generator=g), "attention_mask": torch.ones(2, 40),
+             "encoder_hidden_states": torch.randn(2, 6, w.cond, generator=g), "encoder_attention_mask": torch.ones(2, 6),
+             "context_latents": torch.randn(2, 40, w.context, generator=g)}
     explained = torch._dynamo.explain(fast.forward)(
         hidden_states=batch["target_latents"], timestep=torch.full((2,), 0.4), timestep_r=torch.full((2,), 0.4),
         encoder_hidden_states=batch["encoder_hidden_states"], context_latents=batch["context_latents"])

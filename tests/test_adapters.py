@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 from helpers.config import real_section
-from helpers.workspace import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
+from helpers.workspace import tiny_transformer, tiny_widths
 from lofi_lora.train import adapters
 from lofi_lora.train.state import add_lora, lora_params
 
@@ -27,11 +27,12 @@ def _trained_model(r: int, alpha: float, rslora: bool):
 
 
 def _inputs():
-    g = torch.Generator().manual_seed(3)
+    """Seeded DiT inputs at the tiny DiT's widths."""
+    w, g = tiny_widths(), torch.Generator().manual_seed(3)
     t = torch.tensor([0.75, 0.3])
-    return dict(hidden_states=torch.randn(2, 14, LATENT_C, generator=g), timestep=t, timestep_r=t,
-                encoder_hidden_states=torch.randn(2, 6, COND_H, generator=g),
-                context_latents=torch.randn(2, 14, CONTEXT_C, generator=g))
+    return dict(hidden_states=torch.randn(2, 14, w.latent, generator=g), timestep=t, timestep_r=t,
+                encoder_hidden_states=torch.randn(2, 6, w.cond, generator=g),
+                context_latents=torch.randn(2, 14, w.context, generator=g))
 
 
 def _pipeline():
@@ -94,7 +95,7 @@ def test_peft_folder_upstream_format(tmp_path):
 
     tensors = load_file(str(out / adapters.PEFT_WEIGHT_NAME))
     pattern = re.compile(r"^base_model\.model\.layers\.\d+\.(self_attn|cross_attn)\.[qkvo]_proj\.lora_[AB]\.weight$")
-    assert len(tensors) == len(state) == 2 * 2 * 4 * 2
+    assert len(tensors) == len(state) == len(model.layers) * 2 * 4 * 2  # (self, cross) x q k v o x (A, B)
     assert all(pattern.match(k) for k in tensors), sorted(tensors)[:4]
     # PEFT reads the config back with the trained strength
     from peft import LoraConfig

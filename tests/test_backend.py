@@ -13,9 +13,10 @@ from lofi_lora.core.errors import ConfigError, ModelError
 from helpers.config import real_config
 
 
-def make_cfg(tmp: Path, model: str = "tiny", **model_over):
-    """The real config with `model` from conf/model/ and `model_over` merged in, checked by the schema, outputs
-    under `tmp` (presets stay the repo's)."""
+def make_cfg(tmp: Path, model: str = "toy", **model_over):
+    """The real config with `model` from conf/model/ (default: the seeded random-weight toy pipeline; the pretrained
+    default is test_pretrained_default's) and `model_over` merged in, checked by the schema, outputs under `tmp`
+    (presets stay the repo's)."""
     return real_config(tmp, f"model={model}", model=model_over)
 
 

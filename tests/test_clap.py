@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from lofi_lora.evaluate.metrics.clap import ClapModelLocal, clap_scores, cosine_score, cut_windows, shuffled_pairs
-from lofi_lora.evaluate.metrics.embeddings import EmbeddingUnavailable, get_embedder
+from lofi_lora.metrics.clap import ClapModelLocal, clap_scores, cosine_score, cut_windows, shuffled_pairs
+from lofi_lora.metrics.embeddings import EmbeddingUnavailable, get_embedder
 
 WORDS = ("lofi hip hop chill mellow jazzy piano vinyl crackle rain beat drums bass warm tape dusty "
          "slow night study relax guitar synth pad soft kick snare hat ambient").split()

@@ -20,7 +20,7 @@ from lofi_lora.train import adapters
 from lofi_lora.train.state import add_lora, lora_params
 
 from helpers.config import real_section
-from helpers.workspace import CONTEXT_C, COND_H, LATENT_C, tiny_transformer
+from helpers.workspace import tiny_transformer, widths
 
 KEYS_FILE = Path(__file__).parent / "data" / "comfyui_ace_step15_decoder_keys.txt"
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -104,7 +104,7 @@ def test_strength_one_gives_the_trained_model(tmp_path, r, alpha, rslora):
     for up, diff in TO_DIFFUSERS.items():  # ... and upstream's names for the attention projections
         model_keys = {k.replace(f".{diff}.", f".{up}.") for k in model_keys}
     patches, unloaded = comfy_load(lora, comfy_key_map(model_keys))
-    assert unloaded == set() and len(patches) == 2 * (8 + 3)
+    assert unloaded == set() and len(patches) == len(base.layers) * (2 * len(ATTN) + len(MLP))  # self + cross
     no_alpha = {}
     with torch.no_grad():
         for target, (up, down, a) in patches.items():
@@ -114,11 +114,11 @@ def test_strength_one_gives_the_trained_model(tmp_path, r, alpha, rslora):
             no_alpha[key] = sd[key] + comfy_delta(up, down, None)
             sd[key] = sd[key] + comfy_delta(up, down, a, strength=1.0)
     base.load_state_dict(sd)
-    g = torch.Generator().manual_seed(3)
+    w, g = widths(base), torch.Generator().manual_seed(3)
     t = torch.tensor([0.75, 0.3])
-    x = dict(hidden_states=torch.randn(2, 14, LATENT_C, generator=g), timestep=t, timestep_r=t,
-             encoder_hidden_states=torch.randn(2, 6, COND_H, generator=g),
-             context_latents=torch.randn(2, 14, CONTEXT_C, generator=g))
+    x = dict(hidden_states=torch.randn(2, 14, w.latent, generator=g), timestep=t, timestep_r=t,
+             encoder_hidden_states=torch.randn(2, 6, w.cond, generator=g),
+             context_latents=torch.randn(2, 14, w.context, generator=g))
     with torch.no_grad():
         expected = trained(**x, return_dict=False)[0]
         got = base(**x, return_dict=False)[0]

@@ -43,7 +43,7 @@ def test_sweep_keys_exist():
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     for key in ("r", "alpha", "rslora", "dropout", "target_modules"):
         assert key in params["lora"]
-    assert params["audio"]["max_clip_seconds"] > 0
+    assert params["audio"]["max_clip_s"] > 0
 
 
 def test_dvc_yaml_params_are_sections_of_params_yaml():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lofi_lora.core.errors import ConfigError, ModelError
-from lofi_lora.evaluate.metrics.embeddings import (EmbeddingUnavailable, LogMel128, VGGish, build_vggish, get_embedder,
+from lofi_lora.metrics.embeddings import (EmbeddingUnavailable, LogMel128, VGGish, build_vggish, get_embedder,
                                           vggish_examples, vggish_mel_matrix)
-from lofi_lora.evaluate.metrics.fad import frechet_distance, gaussian_stats
+from lofi_lora.metrics.fad import frechet_distance, gaussian_stats
 
 
 

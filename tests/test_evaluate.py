@@ -9,7 +9,8 @@ import torch
 from helpers.config import real_config
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.errors import ConfigError
-from lofi_lora.evaluate.stage import ModelEval, pick_best, prompt_set, run_evaluate
+from lofi_lora.dataset.holdout import prompt_set
+from lofi_lora.evaluate.stage import ModelEval, pick_best, run_evaluate
 from lofi_lora.model.variants import TABLE, sampling_settings
 from lofi_lora.core.fsutil import sha256_file
 
@@ -21,8 +22,7 @@ CAPTIONS = ["lofi hip hop, dusty piano, vinyl crackle", "chill beat, warm bass, 
 def _cfg(root: Path):
     paths = {k: str(root / k) for k in ("clips", "dataset", "cache", "base_model", "lora", "metrics", "plots",
                                         "reports")}
-    paths["presets"] = str(root / "no_presets")  # tokenizer from template words only: a faster build
-    return real_config(root, paths=paths, model={"path": paths["base_model"]},
+    return real_config(root, paths=paths,
                        eval={"num_prompts": 2, "seeds": [0, 1], "duration_s": 2.0, "last_n": 2, "fad_inf_points": 3,
                              "embedding": "vggish", "vggish_path": None, "clap_path": str(root / "clap"),
                              "clap_min_vocab": 100, "best_metric": "val_loss", "best_mode": "min"})
@@ -187,7 +187,7 @@ def test_unset_weight_path_is_a_config_error(tmp_path):
 
 def test_pick_best_rules():
     from lofi_lora.core.records import Record
-    from lofi_lora.evaluate.metrics import metric
+    from lofi_lora.metrics import metric
 
     def model(label, step, val_loss, reason=None):
         m = ModelEval(label, step, None if step == 0 else label)

@@ -43,6 +43,7 @@ def make_cfg(tmp: Path):
     e = OmegaConf.to_container(real_config(tmp).export)
     e["latency"].update(frames=50, repeats=3, warmup=1)
     e["sampler"].update(duration_s=2.0, prompts=e["sampler"]["prompts"][:1])
+    e["audio_gate"] = False  # needs a holdout split: test_audio_gate.py, and the demo (test_pipeline.py)
     return real_config(tmp, export=e)
 
 
@@ -107,6 +108,9 @@ def test_quantised_graphs_use_the_intended_ops(exported):
     assert kept, "the excluded projection must be found by its name scope"
     int4 = onnx.load(str(exported["dir"] / "int4" / "denoiser.onnx"), load_external_data=False)
     assert set(kept) <= {n.name for n in int4.graph.node}, "excluded MatMul stays a plain MatMul"
+    q4 = exported["cfg"].export.int4  # the stage converts with the export.int4 recipe
+    blocks = {a.i for n in int4.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    assert blocks == {q4.block_size}, blocks
 
 
 def test_onnx_sampler_runs_without_torch_and_matches_the_pipeline(exported, tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from lofi_lora.evaluate.metrics.fad import GaussianStats, fd_inf, frechet_distance, gaussian_stats, kad, trace_sqrt_product
+from lofi_lora.metrics.fad import GaussianStats, fd_inf, frechet_distance, gaussian_stats, kad, trace_sqrt_product
 
 
 def _stats(mu, cov, n=1000):

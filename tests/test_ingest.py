@@ -81,7 +81,7 @@ def ingest_cfg(root: Path, workers: int = 1):
     return real_config(root, data={"raw_dir": str(root / "raw"), "metadata_dir": str(root / "meta")},
                        paths={"interim": str(root / "interim")},
                        ingest={"extensions": ["wav", "flac", "mp3", "ogg", "m4a", "aac"],
-                               "allowed_licences": ["generated", "CC0-1.0"], "min_seconds": 2.0,
+                               "allowed_licences": ["generated", "CC0-1.0"], "min_s": 2.0,
                                "duplicate_threshold": 0.2, "workers": workers})
 
 

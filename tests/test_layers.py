@@ -7,10 +7,10 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "lofi_lora"
 # a package may import its own modules and those of lower layers, never a sibling or a higher layer
-LAYERS = [{"core"}, {"data", "model"}, {"synth", "ingest", "preprocess", "annotate", "dataset"}, {"train", "check"},
+LAYERS = [{"core"}, {"data", "model"}, {"synth", "ingest", "preprocess", "annotate", "dataset", "metrics"}, {"train", "check"},
           {"evaluate", "export"}, {"experiments", "pretrain"}, {"cli"}]
 MODEL_LIBRARIES = {"diffusers": {"model", "train"}, "peft": {"train", "export"},
-                   "transformers": {"model", "evaluate"}}
+                   "transformers": {"model", "metrics"}}
 
 
 def _imports(path: Path) -> set[str]:

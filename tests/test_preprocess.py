@@ -20,8 +20,8 @@ from helpers.config import real_config
 from test_audio import make_track
 
 SR = 44100
-PARAMS = {"sample_rate": 48000, "channels": 2, "target_lufs": -14.0, "true_peak_dbfs": -1.0, "max_clip_seconds": 20.0,
-          "min_clip_seconds": 8.0, "beat_start_bpm": 85.0, "beats_per_bar": 4, "max_track_seconds": 3600.0, "min_source_sample_rate": 44100,
+PARAMS = {"sample_rate": 48000, "channels": 2, "target_lufs": -14.0, "true_peak_dbfs": -1.0, "max_clip_s": 20.0,
+          "min_clip_s": 8.0, "beat_start_bpm": 85.0, "beats_per_bar": 4, "max_track_s": 3600.0, "min_source_sample_rate": 44100,
           "max_clipping_ratio": 0.001, "max_silence_ratio": 0.5, "silence_db": -60.0, "max_dc_offset": 0.05,
           "min_lufs": -45.0, "mp3_bitrate_kbps": 128, "workers": 1,
           "quality_scores": "unused-in-tests"}
@@ -134,7 +134,7 @@ def test_clips_follow_the_contract(processed):
     assert {c["track_id"] for c in clips} == {"good", "long"}
     assert [c["clip_id"] for c in clips if c["track_id"] == "long"] == ["long__000", "long__001"]
     for c in clips:
-        assert PARAMS["min_clip_seconds"] <= c["duration_s"] <= PARAMS["max_clip_seconds"]
+        assert PARAMS["min_clip_s"] <= c["duration_s"] <= PARAMS["max_clip_s"]
         wav = Path(c["wav"])
         assert wav.parent == root / "clips" / "wav" and Path(c["mp3"]).is_file()
         i = sf.info(str(wav))
@@ -173,7 +173,7 @@ def test_quality_scores_keep_human_scores(processed):
 
 @pytest.mark.slow  # two fresh interpreters importing librosa/numba: ~15 s idle, ~45 s on a loaded 2-core box
 def test_stage_scripts_run_alone_with_an_override(tmp_path):
-    """`python stages/ingest.py` then `python stages/preprocess.py audio.max_clip_seconds=20`, as DVC would."""
+    """`python stages/ingest.py` then `python stages/preprocess.py audio.max_clip_s=20`, as DVC would."""
     raw, meta = tmp_path / "raw", tmp_path / "meta"
     raw.mkdir()
     meta.mkdir()
@@ -189,7 +189,7 @@ def test_stage_scripts_run_alone_with_an_override(tmp_path):
     run = [sys.executable, "stages/ingest.py", f"data.raw_dir={raw}", f"data.metadata_dir={meta}", "ingest.workers=1",
            *paths]
     subprocess.run(run, cwd=REPO_ROOT, env=env, check=True, capture_output=True)
-    run = [sys.executable, "stages/preprocess.py", "audio.max_clip_seconds=20", "audio.workers=1",
+    run = [sys.executable, "stages/preprocess.py", "audio.max_clip_s=20", "audio.workers=1",
            f"audio.quality_scores={tmp_path / 'scores.json'}", *paths]
     subprocess.run(run, cwd=REPO_ROOT, env=env, check=True, capture_output=True)
     clips = json.loads((tmp_path / "clips" / "clips.json").read_text())["clips"]
@@ -210,7 +210,7 @@ def test_synth_corpus_every_bad_kind_gets_its_reason(tmp_path):
 
     synth = pytest.importorskip("lofi_lora.synth")
     paths = {key: str(tmp_path / key) for key in ("synth", "synth_metadata", "interim", "clips", "metrics")}
-    cfg = real_config(tmp_path, synth={"n_tracks": 3, "n_long": 1, "track_seconds": [10, 12], "long_seconds": 40},
+    cfg = real_config(tmp_path, synth={"n_tracks": 3, "n_long": 1, "track_s": [10, 12], "long_s": 40},
                       paths=paths, data={"raw_dir": paths["synth"], "metadata_dir": paths["synth_metadata"]},
                       audio={"quality_scores": str(tmp_path / "quality_scores.json"), "workers": 1},
                       ingest={"workers": 1})

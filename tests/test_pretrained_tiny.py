@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lofi_lora.pretrain import corpus, weights
+from lofi_lora.model import pretrained as weights
+from lofi_lora.pretrain import corpus
 from lofi_lora.pretrain.check import conditioning_check, lofi_clips, style_clips, vae_recon_error
 
 FOLDER = Path(__file__).resolve().parents[1] / "models" / "pretrained" / "tiny"

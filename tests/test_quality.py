@@ -9,7 +9,7 @@ from test_audio import make_track
 
 SR = 48000
 LIMITS = {"max_clipping_ratio": 0.001, "max_silence_ratio": 0.5, "silence_db": -60.0, "max_dc_offset": 0.05,
-          "min_lufs": -45.0, "min_clip_seconds": 8.0, "max_track_seconds": 3600.0, "min_source_sample_rate": 44100}
+          "min_lufs": -45.0, "min_clip_s": 8.0, "max_track_s": 3600.0, "min_source_sample_rate": 44100}
 
 
 def reasons(x, sr=SR, source_sr=SR):

@@ -24,7 +24,7 @@ from test_preprocess import PARAMS
 from wavex import MASK_5_1, write_wavex
 
 N_ENTRIES, N_PRESENT = 10_000, 6
-PART_S = 12.0  # audio.max_track_seconds here: the 30 s "mix" stands for a 2-hour one
+PART_S = 12.0  # audio.max_track_s here: the 30 s "mix" stands for a 2-hour one
 
 
 def build(root: Path) -> None:
@@ -52,9 +52,9 @@ def cfg(root: Path, **audio):
     """The real config, checked by the schema, reading the folder under `root`."""
     return real_config(root, data={"raw_dir": str(root / "raw"), "metadata_dir": str(root / "meta")},
                        paths={"interim": str(root / "interim")},
-                       ingest={"extensions": ["wav", "flac"], "allowed_licences": ["generated"], "min_seconds": 2.0,
+                       ingest={"extensions": ["wav", "flac"], "allowed_licences": ["generated"], "min_s": 2.0,
                                "duplicate_threshold": 0.2, "workers": 1},
-                       audio={"max_track_seconds": PART_S, "long_tracks": "split", **audio})
+                       audio={"max_track_s": PART_S, "long_tracks": "split", **audio})
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def ran(tmp_path_factory):
         mp.undo()
     (root / "raw" / "mono.wav").rename(root / "mono.moved")  # gone between ingest and preprocess
     metrics = preprocess(root / "interim", root / "clips", root / "scores.json", root / "data.json",
-                         {**PARAMS, "max_track_seconds": PART_S, "long_tracks": "split"})
+                         {**PARAMS, "max_track_s": PART_S, "long_tracks": "split"})
     logging.getLogger("lofi_lora").removeHandler(handler)
     read = lambda p: json.loads((root / p).read_text())  # noqa: E731
     return root, read("interim/ingest.json"), read("interim/quarantine.json")["quarantined"], \
@@ -175,7 +175,7 @@ def test_long_tracks_refuse_quarantines_the_file_from_its_header(tmp_path):
     (tmp_path / "meta" / "style_mapping.json").write_text(json.dumps({"version": 1, "tracks": {"mix": ["CORE-01"]}}))
     ingest_mod.run_ingest(cfg(tmp_path, long_tracks="refuse"))
     (q,) = json.loads((tmp_path / "interim" / "quarantine.json").read_text())["quarantined"]
-    assert q["reason"] == "too_long" and "audio.max_track_seconds=12" in q["detail"]
+    assert q["reason"] == "too_long" and "audio.max_track_s=12" in q["detail"]
 
 
 def test_parts_are_equal_and_bounded():

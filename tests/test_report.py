@@ -11,7 +11,7 @@ import pytest
 
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.records import Record
-from lofi_lora.evaluate.metrics import metric
+from lofi_lora.metrics import metric
 from lofi_lora.evaluate.report import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

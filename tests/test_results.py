@@ -38,7 +38,7 @@ def test_export_metrics_name_precisions_and_keep_latency_out_of_files(tmp_path, 
 
 def _recs(**values):
     from lofi_lora.core.records import Metric, Record
-    from lofi_lora.evaluate.metrics import METRICS
+    from lofi_lora.metrics import METRICS
 
     return [Record(METRICS.get(k) or Metric(k, "", k, "clips"), v, "no CLAP weights" if v is None else None).as_dict()
             for k, v in values.items()]
@@ -58,7 +58,7 @@ def test_an_interval_flows_to_the_headline_beside_its_value():
     from dataclasses import replace
 
     from lofi_lora.core.records import Record
-    from lofi_lora.evaluate.metrics import metric
+    from lofi_lora.metrics import metric
 
     rec = Record(metric("fd_logmel128_v1"), 1081.0, low=1002.5, high=1160.25)
     head, _, _ = split_eval({"best_step": 1, "records": {"best": [rec.as_dict()],
@@ -69,7 +69,7 @@ def test_an_interval_flows_to_the_headline_beside_its_value():
 
 def test_flat_scores_keep_a_zero_bound_and_a_reason_only_where_there_is_one():
     from lofi_lora.core.records import Record, flat
-    from lofi_lora.evaluate.metrics import metric
+    from lofi_lora.metrics import metric
 
     assert flat([Record(metric("kad_clap"), 0.1, low=0.0, high=0.2), Record(metric("val_loss"), 1.0),
                  Record(metric("clap_score"), None, "no CLAP weights")]) == {

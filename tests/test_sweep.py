@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.clone import copy_of, tree
+from helpers.clone import DVC, copy_of, tree
 from helpers.clone import run as _run
 from lofi_lora.experiments.headline import HEADLINES, headline_metrics
 from lofi_lora.experiments.multirun import job_key
@@ -108,3 +108,56 @@ def test_stage_under_multirun_refuses_without_its_job_of_the_stage_before_then_u
     refused = _run([sys.executable, "stages/export.py", "-m", "lora.r=2", *TINY, "lora.alpha=2"], cwd=clone, check=False)
     assert refused.returncode != 0 and "python stages/evaluate.py -m" in refused.stderr, refused.stderr[-3000:]
     yaml.safe_load((clone / "params.yaml").read_text())  # params.yaml untouched and valid
+
+
+# README "Sweep members on several machines": each machine runs its share and pushes it; any clone pulls them all
+MEMBER = ["-S", "train.max_steps=4", "-S", "train.checkpoint_every=2"]
+
+
+@pytest.mark.slow
+def test_sweep_members_run_on_two_machines_meet_in_one_exp_show(reproduced_clone, tmp_path):
+    """Two clones of a shared bare git remote (and a shared DVC remote folder) each run one member with `dvc exp run`
+    and `dvc exp push origin`; a third clone `dvc exp pull`s both and `dvc exp show` lists them with their own params
+    and metrics. The members run to stage train (`dvc exp run ... train`: seconds on the CPU; the recipe is the same
+    for the whole pipeline)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "dvc exp push origin" in readme and "dvc exp pull origin" in readme
+    origin, storage = tmp_path / "origin.git", tmp_path / "dvc-storage"
+    first = copy_of(reproduced_clone, tmp_path / "first")
+    # once: the shared remotes, the DVC remote in the committed config, the outputs the members start from pushed
+    _run(["git", "clone", "-q", "--bare", str(first), str(origin)], cwd=tmp_path)
+    _run(["git", "remote", "set-url", "origin", str(origin)], cwd=first)
+    _run([DVC, "remote", "add", "-d", "shared", str(storage)], cwd=first)
+    _run(["git", "commit", "-qm", "DVC remote for sweeps", ".dvc/config"], cwd=first)
+    _run(["git", "push", "-q", "origin", "HEAD"], cwd=first)
+    _run([DVC, "push", "-q"], cwd=first)
+
+    for machine, r in (("a", 2), ("b", 8)):  # each machine: a clone, its share, pushed back
+        repo = tmp_path / machine
+        _run(["git", "clone", "-q", str(origin), str(repo)], cwd=tmp_path)
+        _run([DVC, "pull", "-q"], cwd=repo)
+        _run([DVC, "exp", "run", "-n", f"r{r}", "-S", f"lora.r={r}", *MEMBER, "train"], cwd=repo)
+        _run([DVC, "exp", "push", "origin"], cwd=repo)
+
+    collector = tmp_path / "c"
+    _run(["git", "clone", "-q", str(origin), str(collector)], cwd=tmp_path)
+    _run([DVC, "exp", "pull", "origin"], cwd=collector)
+    shown = json.loads(_run([DVC, "exp", "show", "--json"], cwd=collector).stdout)
+    exps = {e["name"]: e["revs"][0]["data"] for rev in shown for e in (rev.get("experiments") or [])}
+    assert set(exps) == {"r2", "r8"}, exps
+    losses = {}
+    for name, data in exps.items():
+        assert data["params"]["params.yaml"]["data"]["lora"]["r"] == int(name[1:])
+        train = next(m["data"] for f, m in data["metrics"].items() if f.endswith("train.json"))
+        assert train["train"]["steps"] == 4, train
+        losses[name] = train["train"]["loss"]
+    assert losses["r2"] != losses["r8"], losses
+    # the members' adapters came with them: the DVC remote gave the collector each one's outputs
+    _run([DVC, "exp", "apply", "r8"], cwd=collector)
+    _run([DVC, "checkout"], cwd=collector)
+    assert _cached_adapter_rank(collector, _lock_hash(collector, "train", "final")) == 8
+
+
+def _lock_hash(repo: Path, stage: str, out_suffix: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"].endswith(out_suffix))

@@ -64,3 +64,18 @@ def test_optuna_sweep_config_composes_with_the_pinned_hydra():
                           cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OptunaSweeper" in proc.stdout and "lora.r: choice(4, 8, 16, 32)" in proc.stdout
+
+
+def test_significance_marks_only_differences_beyond_the_intervals():
+    from lofi_lora.experiments.sweep import significance, table_rows, versus_base
+
+    jobs = [_job(0, 1, 2, 1.3), _job(1, 4, 8, 1.2), _job(2, 16, 32, 1.1)]
+    for j, (fd, lo, hi, d_lo, d_hi) in zip(jobs, [(900.0, 850.0, 950.0, -20.0, 30.0),
+                                                  (700.0, 650.0, 760.0, -300.0, -150.0),
+                                                  (740.0, 690.0, 800.0, -260.0, -100.0)]):
+        j.update(fd=fd, fd_low=lo, fd_high=hi, fd_vs_base_low=d_lo, fd_vs_base_high=d_hi)
+    assert significance(jobs, "fd") == ["worse", "best", "~"]  # 850 > 760: beyond; 690 < 760: overlap
+    assert [versus_base(j, "fd") for j in jobs] == ["~", "better", "better"]
+    rows = table_rows(jobs, "val_loss")
+    assert rows[1]["fd"] == "700 [650, 760]" and rows[0]["fd_sig"] == "worse" and rows[2]["fd_vs_base"] == "better"
+    assert "fd_low" not in rows[0] and "fd_vs_base_high" not in rows[0]

@@ -27,8 +27,8 @@ SR = 22050  # half rate keeps the tests fast; the stage renders at synth.sample_
 
 def small_cfg(tmp: Path, **synth) -> OmegaConf:
     """The real config, checked by the schema, with the corpus under `tmp` and shrunk."""
-    return real_config(tmp, synth={"n_tracks": 2, "n_long": 1, "long_seconds": 36, "track_seconds": [6, 8],
-                                   "bad_seconds": 4, "sample_rate": SR, "workers": 1, **synth})
+    return real_config(tmp, synth={"n_tracks": 2, "n_long": 1, "long_s": 36, "track_s": [6, 8],
+                                   "bad_s": 4, "sample_rate": SR, "workers": 1, **synth})
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_truth_matches_files(corpus):
         info = audio.info(raw / t["file"])
         assert abs(info.duration_s - t["duration_s"]) < 0.1, tid
         if t["kind"] == "long":
-            assert t["duration_s"] > cfg.audio.max_clip_seconds
+            assert t["duration_s"] > cfg.audio.max_clip_s
 
 
 def test_bad_files_are_bad(corpus):
@@ -223,7 +223,7 @@ def test_stage_runs_alone_with_override(tmp_path):
     out = tmp_path / "raw"
     meta = tmp_path / "meta"
     cmd = [sys.executable, "stages/synth.py", "synth.n_tracks=3", "synth.n_long=0", "synth.bad_files=false",
-           "synth.duplicates=false", "synth.track_seconds=[5,6]", f"paths.synth={out}", f"paths.synth_metadata={meta}",
+           "synth.duplicates=false", "synth.track_s=[5,6]", f"paths.synth={out}", f"paths.synth_metadata={meta}",
            f"hydra.run.dir={tmp_path / 'hydra'}"]
     subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
     truth = json.loads((meta / "truth.json").read_text())["tracks"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers.config import real_config
-from helpers.workspace import COND_H, LATENT_C, tiny_transformer, workspace
+from helpers.workspace import tiny_transformer, tiny_widths, workspace
 from lofi_lora.train import objective
 from lofi_lora.train import stage as train
 from lofi_lora.train import state as train_state
@@ -43,16 +43,17 @@ def test_auto_settings_follow_the_variant(variant, scheme, ratio):
 
 
 def _batch(lengths=(10, 7), enc=(4, 6)):
-    g = torch.Generator().manual_seed(1)
-    items = [{"target_latents": torch.randn(n, LATENT_C, generator=g), "attention_mask": torch.ones(n),
-              "encoder_hidden_states": torch.randn(l, COND_H, generator=g), "encoder_attention_mask": torch.ones(l),
-              "context_latents": torch.randn(n, 128, generator=g)} for n, l in zip(lengths, enc)]
+    """Seeded cache items at the tiny DiT's widths."""
+    w, g = tiny_widths(), torch.Generator().manual_seed(1)
+    items = [{"target_latents": torch.randn(n, w.latent, generator=g), "attention_mask": torch.ones(n),
+              "encoder_hidden_states": torch.randn(l, w.cond, generator=g), "encoder_attention_mask": torch.ones(l),
+              "context_latents": torch.randn(n, w.context, generator=g)} for n, l in zip(lengths, enc)]
     return items
 
 
 def test_collate_pads_and_masks():
-    batch = train_state.collate(_batch())
-    assert batch["target_latents"].shape == (2, 10, LATENT_C) and batch["encoder_hidden_states"].shape == (2, 6, COND_H)
+    batch, w = train_state.collate(_batch()), tiny_widths()
+    assert batch["target_latents"].shape == (2, 10, w.latent) and batch["encoder_hidden_states"].shape == (2, 6, w.cond)
     assert batch["attention_mask"].tolist()[1] == [1.0] * 7 + [0.0] * 3
     assert batch["encoder_attention_mask"].tolist()[0] == [1.0] * 4 + [0.0] * 2
     assert torch.all(batch["target_latents"][1, 7:] == 0)
@@ -86,14 +87,14 @@ def test_loss_ignores_padded_frames():
         pred = model(hidden_states=xt, timestep=t, timestep_r=t, encoder_hidden_states=full["encoder_hidden_states"],
                      context_latents=full["context_latents"], return_dict=False)[0]
     err = (pred - (x1 - x0)).pow(2)
-    manual = (err[0].sum() + err[1, :6].sum()) / ((8 + 6) * LATENT_C)
+    manual = (err[0].sum() + err[1, :6].sum()) / ((8 + 6) * tiny_widths().latent)
     torch.testing.assert_close(loss, manual)
 
 
 def test_cfg_dropout_uses_the_null_condition():
     model = tiny_transformer(0)
     batch = train_state.collate(_batch((8, 8), (5, 5)))
-    null = torch.randn(1, 1, COND_H, generator=torch.Generator().manual_seed(9))
+    null = torch.randn(1, 1, tiny_widths().cond, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         dropped, _ = Objective("logit_normal", -0.4, 1.0, 0.999999, null)(model, batch, torch.Generator().manual_seed(5))
         g = torch.Generator().manual_seed(5)

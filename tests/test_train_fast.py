@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers.config import real_section
-from helpers.workspace import COND_H, LATENT_C, tiny_transformer
+from helpers.workspace import tiny_transformer, widths
 from lofi_lora.train import speed as train_speed
 from lofi_lora.core.errors import ConfigError
 from lofi_lora.train.objective import Objective, flow_matching_loss, sample_timesteps
@@ -29,11 +29,19 @@ def _model():
     return m.train()
 
 
-def _batch(frames=40, bsz=2):
-    g = torch.Generator().manual_seed(3)
-    return {"target_latents": torch.randn(bsz, frames, LATENT_C, generator=g), "attention_mask": torch.ones(bsz, frames),
-            "encoder_hidden_states": torch.randn(bsz, 6, COND_H, generator=g),
-            "encoder_attention_mask": torch.ones(bsz, 6), "context_latents": torch.randn(bsz, frames, 128, generator=g)}
+def _batch(m, frames=40, bsz=2):
+    """A seeded batch at the widths model `m` takes."""
+    w, g = widths(m), torch.Generator().manual_seed(3)
+    return {"target_latents": torch.randn(bsz, frames, w.latent, generator=g),
+            "attention_mask": torch.ones(bsz, frames),
+            "encoder_hidden_states": torch.randn(bsz, 6, w.cond, generator=g),
+            "encoder_attention_mask": torch.ones(bsz, 6),
+            "context_latents": torch.randn(bsz, frames, w.context, generator=g)}
+
+
+def _frames_past_window(m, extra_tokens=14):
+    """Frames whose tokens (frames / patch) outnumber the sliding window, so the window cuts pairs."""
+    return m.config.patch_size * (m.config.sliding_window + extra_tokens)
 
 
 def _loss_and_grads(m, batch):
@@ -57,7 +65,8 @@ def test_checkpoint_share_parsing():
 def test_training_loss_is_the_pure_loss_at_its_draws_and_stays_on_the_device():
     """The objective draws timesteps then noise from the step's generator and calls the pure loss (which
     validation calls too); loss and frame count come back as tensors (no host sync)."""
-    m, batch = _model(), _batch()
+    m = _model()
+    batch = _batch(m)
     loss, frames = LOSS(m, batch, torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
     t = sample_timesteps("uniform", 2, g, torch.device("cpu"))
@@ -69,7 +78,8 @@ def test_training_loss_is_the_pure_loss_at_its_draws_and_stays_on_the_device():
 
 @pytest.mark.parametrize("share", [0.5, 1.0])
 def test_selective_checkpointing_keeps_loss_and_grads(share):
-    plain, fast, batch = _model(), _model(), _batch()
+    plain, fast = _model(), _model()
+    batch = _batch(plain)
     n = train_speed.enable_selective_checkpointing(fast, share)
     assert n == round(share * len(fast.layers))
     lp, fp, gp = _loss_and_grads(plain, batch)
@@ -82,7 +92,8 @@ def test_selective_checkpointing_keeps_loss_and_grads(share):
 def test_compiled_blocks_with_checkpointing_match_eager():
     """Regional compile (aot_eager on CPU: dynamo + AOT autograd, no C++ build) + selective checkpointing."""
     torch._dynamo.reset()
-    plain, batch = _model(), _batch()
+    plain = _model()
+    batch = _batch(plain)
     fast = copy.deepcopy(plain)
     train_speed.enable_selective_checkpointing(fast, 0.5)
     assert train_speed.compile_blocks(fast, backend="aot_eager") == len(fast.layers)
@@ -107,7 +118,7 @@ def test_whole_model_compile_matches_eager(budget, share):
     fast = copy.deepcopy(plain)
     train_speed.use_fast_attention(fast)  # as stage train does before compiling
     train_speed.enable_selective_checkpointing(fast, share)
-    batch = _batch()
+    batch = _batch(plain)
     explained = torch._dynamo.explain(fast.forward)(
         hidden_states=batch["target_latents"], timestep=torch.full((2,), 0.4), timestep_r=torch.full((2,), 0.4),
         encoder_hidden_states=batch["encoder_hidden_states"], context_latents=batch["context_latents"])
@@ -116,7 +127,7 @@ def test_whole_model_compile_matches_eager(budget, share):
     try:
         train_speed.compile_model(fast, "model", backend="aot_eager_decomp_partition", memory_budget=budget)
         assert functorch_config.activation_memory_budget == (1.0 if budget is None else budget)
-        for b in (batch, _batch(frames=48, bsz=3)):
+        for b in (batch, _batch(plain, frames=48, bsz=3)):
             lp, _, gp = _loss_and_grads(plain, b)
             lf, _, gf = _loss_and_grads(fast, b)
             torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
@@ -138,8 +149,9 @@ def test_compile_scope_and_budget_are_checked():
 
 def test_band_attention_equals_dense_sliding_mask():
     """flex_attention with the band block mask = the model's dense |i-j| <= window mask (forward; CPU flex has no
-    backward, the GPU benchmark checks gradients). 60 frames -> 30 tokens > window 16, so the band cuts pairs."""
-    dense, batch = _model(), _batch(frames=60)
+    backward, the GPU benchmark checks gradients). More tokens than the window, so the band cuts pairs."""
+    dense = _model()
+    batch = _batch(dense, frames=_frames_past_window(dense))
     band = copy.deepcopy(dense)
     n_sliding = sum(1 for b in band.layers if b.self_attn.sliding_window)
     assert train_speed.use_fast_attention(copy.deepcopy(dense))["band"] == 0  # CPU: no band unless forced
@@ -156,8 +168,10 @@ def test_band_attention_equals_dense_sliding_mask():
 
 def test_direct_sdpa_processor_keeps_loss_and_grads():
     """Every attention through SdpaAttnProcessor (no diffusers backend dispatch; CPU keeps the dense sliding mask)
-    gives the diffusers processor's loss and LoRA gradients, training mode, 60 frames (window cuts pairs)."""
-    plain, batch = _model(), _batch(frames=60)
+    gives the diffusers processor's loss and LoRA gradients, training mode, more tokens than the window (it cuts
+    pairs)."""
+    plain = _model()
+    batch = _batch(plain, frames=_frames_past_window(plain))
     fast = copy.deepcopy(plain)
     assert train_speed.use_fast_attention(fast) == {"band": 0, "sdpa": 2 * len(fast.layers)}
     lp, _, gp = _loss_and_grads(plain, batch)

@@ -31,6 +31,8 @@ def real_config(root: Path, *overrides: str, **sections: dict[str, Any]):
     plain["data"] = {k: str(Path(root) / v) for k, v in plain["data"].items()}
     plain["audio"]["quality_scores"] = str(Path(root) / plain["audio"]["quality_scores"])
     plain["model"]["path"] = moved.get(plain["model"]["path"], plain["model"]["path"])
+    if plain["model"]["source"] == "pretrained":  # committed weights: read from the repo, wherever the test runs
+        plain["model"]["path"] = str(REPO_ROOT / plain["model"]["path"])
     return changed(plain, **sections)
 
 

@@ -6,8 +6,10 @@ The base model is diffusers' real AceStepTransformer1DModel at toy size, saved t
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,9 +17,6 @@ from omegaconf import OmegaConf
 
 from helpers.config import real_config
 
-TINY_DIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, in_channels=192, patch_size=2, sliding_window=16)
-LATENT_C, CONTEXT_C, COND_H = 64, 128, 32
 # run_train in a process of its own (torchrun, a fresh compile): argv[1] a saved config, argv[2] a step to resume from;
 # rank 0 prints what run_train returns (the run's counts, which the headline metrics file leaves out) on a `RESULT`
 # line, in one write: two ranks printing to the same pipe interleaved their lines (CI, stop 21)
@@ -56,11 +55,40 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
 
 
-def tiny_transformer(seed: int = 0):
-    from diffusers import AceStepTransformer1DModel
+@functools.lru_cache(maxsize=None)
+def tiny_build() -> dict:
+    """The toy model's sizes: `model.build` of conf/model/toy.yaml, composed and checked."""
+    return OmegaConf.to_container(real_config(Path("outputs-unused"), "model=toy").model.build)
+
+
+def tiny_transformer(seed: int = 0, variant: str = "turbo"):
+    """The tiny DiT as `lofi_lora.model.tiny` builds it, at the configured sizes, seeded random weights."""
+    from lofi_lora.model.tiny import build_transformer
 
     torch.manual_seed(seed)
-    return AceStepTransformer1DModel(**TINY_DIT).eval()
+    return build_transformer(tiny_build(), variant).eval()
+
+
+@dataclass(frozen=True)
+class Widths:
+    """A DiT's input widths: noisy/target latents, context latents (source + mask) and condition states."""
+
+    latent: int
+    context: int
+    cond: int
+
+
+def widths(model) -> Widths:
+    """The input widths `model` (an AceStepTransformer1DModel) takes, read from its config."""
+    c = model.config
+    latent = c.audio_acoustic_hidden_dim
+    return Widths(latent, c.in_channels - latent, c.encoder_hidden_size or c.hidden_size)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_widths() -> Widths:
+    """The input widths of the tiny DiT (read from the model that the configured sizes build)."""
+    return widths(tiny_transformer())
 
 
 def make_base_model(root: Path, variant: str = "turbo", seed: int = 0) -> Path:
@@ -71,10 +99,11 @@ def make_base_model(root: Path, variant: str = "turbo", seed: int = 0) -> Path:
     from lofi_lora.core.fsutil import atomic_write_json
 
     base = root / "base"
-    tiny_transformer(seed).save_pretrained(str(base / "transformer"), safe_serialization=True)
+    transformer = tiny_transformer(seed, variant)
+    transformer.save_pretrained(str(base / "transformer"), safe_serialization=True)
     (base / "condition_encoder").mkdir(parents=True)
     g = torch.Generator().manual_seed(seed + 1)
-    save_file({"null_condition_emb": torch.randn(1, 1, COND_H, generator=g)},
+    save_file({"null_condition_emb": torch.randn(1, 1, widths(transformer).cond, generator=g)},
               str(base / "condition_encoder" / "diffusion_pytorch_model.safetensors"))
     files = files_record(base)
     atomic_write_json(base / "manifest.json", {"version": 1, "name": "tiny", "source": "build", "variant": variant,
@@ -82,9 +111,9 @@ def make_base_model(root: Path, variant: str = "turbo", seed: int = 0) -> Path:
     return base
 
 
-def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0, latent_c: int = LATENT_C,
-               cond_h: int = COND_H) -> tuple[Path, Path]:
-    """Seeded random cache entries of unequal lengths + a DatasetDict(train, holdout) with a clip_id column."""
+def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0) -> tuple[Path, Path]:
+    """Seeded random cache entries of unequal lengths, at the tiny DiT's widths, + a DatasetDict(train, holdout)
+    with a clip_id column."""
     from datasets import Dataset, DatasetDict
     from safetensors.torch import save_file
 
@@ -92,6 +121,8 @@ def make_cache(root: Path, n_clips: int = 6, repeat: int = 1, seed: int = 0, lat
 
     cache, dataset = root / "data" / "cache", root / "data" / "dataset"
     cache.mkdir(parents=True)
+    w = tiny_widths()
+    latent_c, cond_h = w.latent, w.cond
     g = torch.Generator().manual_seed(seed)
     manifest = {}
     ids = []
@@ -124,7 +155,7 @@ SHRUNK_TRAIN = dict(max_steps=12, lr=3e-3, warmup_steps=2, checkpoint_every=5, k
 
 def train_config(root: Path, base: Path, dataset: Path, cache: Path, *, variant: str = "turbo", **train):
     """The real configuration on the toy base model and cache, with SHRUNK_TRAIN and `train` overrides."""
-    return real_config(root, model={"path": str(base), "variant": variant},
+    return real_config(root, model={"path": str(base), "variant": variant, "source": "build"},
                        paths={"dataset": str(dataset), "cache": str(cache), "base_model": str(base),
                               "lora": str(root / "models" / "lora"), "metrics": str(root / "metrics")},
                        train={**SHRUNK_TRAIN, **train})

@@ -110,10 +110,17 @@ def _scored(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def split_eval(m: dict[str, Any]) -> Split:
-    """The best checkpoint's scored records -> eval.<id>, the base model's -> eval.base.<id>."""
+    """The best checkpoint's scored records -> eval.<id>, the base model's -> eval.base.<id>, the anchors' (white noise, real
+    training clips) -> eval.noise.<id>, eval.real.<id>, best minus base -> eval.vs_base.<id> (with _low/_high)."""
     recs = m.get("records") or {}
     head: dict[str, Any] = {"best_step": _num(m.get("best_step")), **_scored(recs.get("best", []))}
     head["base"] = _scored(recs.get("base", []))
+    for anchor in ("noise", "real"):  # white noise; real training clips: values only (intervals in the report)
+        if recs.get(anchor):
+            head[anchor] = {r["id"]: _num(r["value"]) for r in recs[anchor] if r["direction"]}
+    if m.get("comparison"):  # best minus base, with the paired bootstrap interval of the difference
+        head["vs_base"] = {f"{k}{suffix}": _num(c[field]) for k, c in m["comparison"].items()
+                           for suffix, field in (("", "delta"), ("_low", "low"), ("_high", "high"))}
     return head, {}, {"seconds": m.get("seconds")}
 
 
@@ -134,6 +141,13 @@ def split_export(m: dict[str, Any]) -> Split:
         rows.append({"model": f"{p} sampler audio", "precision": p, "case": "sampler_audio",
                      **{k: meaningful(v, PARITY_DECIMALS) for k, v in f["sampler_audio"].items()}})
         latency[f"{p}_ms"] = f.get("latency_ms")
+        if p in (m.get("audio_gate") or {}):  # the ONNX sampler's FD to the holdout clips, with its interval
+            g = m["audio_gate"][p]
+            head[p]["audio_fd"] = _num(g["fd"])
+            if p == "fp32":  # the interval the lossy precisions are gated on
+                head[p].update(audio_fd_low=_num(g["fd_low"]), audio_fd_high=_num(g["fd_high"]))
+            else:  # per-call parity is then a diagnostic: shown, not deciding
+                head[p].update(audio_gate_passed=f.get("audio_gate_passed"), parity_passed=f.get("parity_passed"))
     return head, {"parity": rows}, {"latency": latency, "timing_s": m.get("timing_s")}
 
 

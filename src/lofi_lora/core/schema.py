@@ -106,13 +106,13 @@ class Data:
 class Synth:
     n_tracks: int = key(ge=1)
     sample_rate: int = key(ge=8000)
-    track_seconds: List[Any] = key(number=True, gt=0, nonempty=True)
+    track_s: List[Any] = key(number=True, gt=0, nonempty=True)
     n_long: int = key(ge=0)
-    long_seconds: Number = key(gt=0)
+    long_s: Number = key(gt=0)
     formats: List[str] = key(choices=("wav", "flac", "mp3", "ogg"), nonempty=True)
     waltz: bool = key()
     bad_files: bool = key()
-    bad_seconds: Number = key(gt=0)
+    bad_s: Number = key(gt=0)
     silent_dbfs: Number = key(le=0)
     duplicates: bool = key()
     duplicate_gain_db: Number = key()
@@ -124,7 +124,7 @@ class Synth:
 class Ingest:
     extensions: List[str] = key(nonempty=True)
     allowed_licences: List[str] = key()
-    min_seconds: Number = key(ge=0)
+    min_s: Number = key(ge=0)
     duplicate_threshold: Number = key(gt=0, le=1)
     workers: int = key(**WORKERS)
 
@@ -135,11 +135,11 @@ class Audio:
     channels: int = key(ge=1, le=2)
     target_lufs: Number = key(lt=0)
     true_peak_dbfs: Number = key(le=0)
-    max_clip_seconds: Number = key(gt=0)
-    min_clip_seconds: Number = key(gt=0)
+    max_clip_s: Number = key(gt=0)
+    min_clip_s: Number = key(gt=0)
     beat_start_bpm: Number = key(gt=0)
     beats_per_bar: int = key(ge=1)
-    max_track_seconds: Number = key(gt=0, le=1800)  # a part is held whole at 48 kHz: memory grows with it
+    max_track_s: Number = key(gt=0, le=1800)  # a part is held whole at 48 kHz: memory grows with it
     long_tracks: str = key(choices=("split", "refuse"))
     min_source_sample_rate: int = key(ge=1)
     max_clipping_ratio: Number = key(**UNIT)
@@ -203,7 +203,7 @@ class Dataset:
 
 @dataclass
 class ModelBuild:
-    """Sizes of the tiny pipeline that stage base_model builds (model.source=build)."""
+    """Sizes of the tiny pipeline (model.source=build builds it; =pretrained checks the weights have them)."""
 
     hidden_size: int = key(ge=1)
     intermediate_size: int = key(ge=1)
@@ -239,7 +239,7 @@ class ModelSampling:
 @dataclass
 class Model:
     name: str = key()
-    source: str = key(choices=("build", "native", "diffusers", "local", "hub"))  # local: old name of diffusers
+    source: str = key(choices=("pretrained", "build", "native", "diffusers", "local", "hub"))  # local: old name of diffusers
     path: Optional[str] = key()
     native_dir: Optional[str] = key()       # source=native: the variant folder under `path` (checkpoints/ root)
     converted_dir: Optional[str] = key()    # source=native: where the diffusers conversion is cached
@@ -329,6 +329,9 @@ class Eval:
     val_timesteps: List[Any] = key(number=True, **UNIT, nonempty=True)
     best_metric: str = key()
     best_mode: str = key(choices=("min", "max"))
+    sample: str = key(choices=("base_and_best", "all"))            # which models get samples (val_loss: every one)
+    bootstrap: int = key(ge=100)                                  # replicates behind each FD/KAD interval
+    interval: Number = key(gt=0, lt=1)                            # the intervals' coverage (0.95)
     report_embed_max_mb: Number = key(ge=0)
     ema: bool = key()                                              # also score each checkpoint's EMA adapter
 
@@ -360,19 +363,30 @@ class ExportSampler:
 
 
 @dataclass
+class ExportInt4:
+    """The INT4 recipe (onnxruntime's MatMulNBitsQuantizer); `lofi_lora.export.stage` checks the combinations."""
+
+    method: str = key(choices=("default", "rtn", "hqq", "k_quant"))
+    block_size: int = key(ge=16, le=128)
+    symmetric: bool = key()
+    accuracy_level: Optional[int] = key(ge=0, le=4)
+    exclude_modules: List[str] = key()
+    keep_dtype: str = key(choices=("fp32", "fp16"))
+
+
+@dataclass
 class Export:
     opset: int = key(ge=7)
     precisions: List[str] = key(choices=("fp32", "fp16", "int8", "int4"), nonempty=True)
     fp16_op_block_list: List[str] = key()
     exclude_modules: List[str] = key()
-    int4_block_size: int = key(ge=16)
-    int4_symmetric: bool = key()
-    int4_accuracy_level: Optional[int] = key(ge=0, le=4)
+    int4: ExportInt4 = section()
     parity_lengths: List[int] = key(ge=1, nonempty=True)
     parity_batch: int = key(ge=1)
     parity_encoder_len: int = key(ge=1)
     ort_threads: Optional[int] = key(ge=1)
     on_gate_failure: str = key(choices=("drop", "error"))
+    audio_gate: bool = key()                # lossy precisions gated on their samples' FD (export.audio_gate)
     tolerance: Dict[str, Tolerance] = section()
     latency: ExportLatency = section()
     sampler: ExportSampler = section()

@@ -221,7 +221,7 @@ def check(m: Measures, limits: dict[str, Any]) -> list[tuple[str, str]]:
     """Quarantine reasons `(reason, detail)` for the measures, most basic first; empty when usable.
 
     `limits` is the `audio` config section (max_clipping_ratio, max_silence_ratio, silence_db,
-    max_dc_offset, min_lufs, min_clip_seconds, max_track_seconds, min_source_sample_rate).
+    max_dc_offset, min_lufs, min_clip_s, max_track_s, min_source_sample_rate).
     """
     out: list[tuple[str, str]] = []
     if m.non_finite:
@@ -229,10 +229,10 @@ def check(m: Measures, limits: dict[str, Any]) -> list[tuple[str, str]]:
     if m.source_sample_rate < int(limits["min_source_sample_rate"]):
         out.append(("low_sample_rate", f"source {m.source_sample_rate} Hz < audio.min_source_sample_rate="
                                        f"{limits['min_source_sample_rate']}"))
-    if m.duration_s < float(limits["min_clip_seconds"]):
-        out.append(("too_short", f"{m.duration_s:.2f} s < audio.min_clip_seconds={limits['min_clip_seconds']}"))
-    if m.duration_s > float(limits["max_track_seconds"]):
-        out.append(("too_long", f"{m.duration_s:.0f} s > audio.max_track_seconds={limits['max_track_seconds']}"))
+    if m.duration_s < float(limits["min_clip_s"]):
+        out.append(("too_short", f"{m.duration_s:.2f} s < audio.min_clip_s={limits['min_clip_s']}"))
+    if m.duration_s > float(limits["max_track_s"]):
+        out.append(("too_long", f"{m.duration_s:.0f} s > audio.max_track_s={limits['max_track_s']}"))
     if m.silence_ratio > float(limits["max_silence_ratio"]):
         out.append(("silence", f"{m.silence_ratio:.1%} of frames below {limits['silence_db']} dBFS "
                                f"> audio.max_silence_ratio={limits['max_silence_ratio']}"))

@@ -354,9 +354,9 @@ def build_cache(pipe, records: list[dict], cache_dir: str | Path, *, weights_has
         manifest["clips"] = dict(sorted(entries.items()))
         atomic_write_json(cache_dir / CACHE_MANIFEST, manifest)
     elapsed = time.perf_counter() - t0
-    return {"computed": len(todo), "reused": len(records) - len(todo), "computed_seconds": round(seconds, 2),
+    return {"computed": len(todo), "reused": len(records) - len(todo), "computed_s": round(seconds, 2),
             "cache_s": round(elapsed, 2),
-            "clip_seconds_per_s": round(seconds / elapsed, 2) if todo and elapsed > 0 else None}
+            "clip_s_per_s": round(seconds / elapsed, 2) if todo and elapsed > 0 else None}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 
 from lofi_lora.data import audio as audio_io
 from lofi_lora.core.fsutil import atomic_dir, atomic_path, atomic_write_text
-from lofi_lora.evaluate.metrics import METRICS
+from lofi_lora.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,30 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+ANCHOR_LABELS = {"noise": "white noise (what no learning scores)",
+                 "train clips": "real training clips (what a model could get to)"}
+
+
+def _cell(rec: Any) -> str:
+    """A record's value, its interval below it, or its reason when it is null."""
+    cell = _fmt(rec.value if rec else None)
+    if rec and rec.low is not None:
+        cell += f"<br><small>[{rec.low:.5g}, {rec.high:.5g}]</small>"
+    if rec and rec.value is None and rec.reason:
+        cell += f"<br><small>{html.escape(str(rec.reason))}</small>"
+    return cell
+
+
 def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequence[Any], best: Any,
-                 metric_keys: Sequence[str], flat: dict[str, Any], embed_max_mb: float = 16.0) -> Path:
+                 metric_keys: Sequence[str], flat: dict[str, Any], embed_max_mb: float = 16.0,
+                 anchors: Sequence[Any] = (), words: Sequence[str] = ()) -> Path:
     """Build `reports_dir` (index.html + media) atomically; returns the index path.
 
     `models` have `.label`, `.step`, `.samples` (dicts with `path`, `prompt_index`, `seed`) and `.records` (metric
     id -> `lofi_lora.core.records.Record`); columns are titled with the registered metric's label;
-    `prompts` have `.index`, `.clip_id`, `.caption`, `.audio_path`.
+    `prompts` have `.index`, `.clip_id`, `.caption`, `.audio_path`. `anchors`: rows scored like models that
+    frame the distances (white noise, real training clips);
+    `words`: sentences saying whether the LoRA beat the base beyond the interval.
     """
     reports_dir = Path(reports_dir)
     with atomic_dir(reports_dir) as tmp:
@@ -142,18 +159,20 @@ def write_report(reports_dir: str | Path, models: Sequence[Any], prompts: Sequen
                  f"{flat.get('num_prompts')} prompts &times; {len(seeds)} seeds, {flat.get('duration_s')} s each; "
                  f"reference: {flat.get('holdout_clips')} holdout clips.</p>",
                  '<p id="audio-status" data-decoded="0" data-errors="0">players: loading</p>',
+                 "<h2>Did the LoRA work?</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words)
+                 + "</ul><p>Differences are best minus base (lower is closer to the holdout clips), with a paired "
+                 f"bootstrap interval over clips ({flat.get('bootstrap_replicates')} replicates); a distance's "
+                 "interval is under its value in the table.</p>" if words else "",
                  "<h2>Metrics</h2><table><tr><th>model</th><th>step</th>"]
         parts += [f"<th title='{html.escape(_label(k))}'>{html.escape(k)}</th>" for k in metric_keys]
         parts.append("</tr>")
-        for m in models:
+        for m in [*models, *anchors]:
             cls = ' class="best"' if m is best else ""
-            parts.append(f"<tr{cls}><td>{html.escape(m.label)}</td><td>{m.step}</td>")
-            for k in metric_keys:
-                rec = m.records.get(k)
-                cell = _fmt(rec.value if rec else None)
-                if rec and rec.value is None and rec.reason:
-                    cell += f"<br><small>{html.escape(str(rec.reason))}</small>"
-                parts.append(f"<td>{cell}</td>")
+            anchor = any(m is a for a in anchors)
+            label = ANCHOR_LABELS.get(m.label, m.label) if anchor else m.label
+            parts.append(f"<tr{cls}><td>{html.escape(label)}</td><td>{'' if anchor else m.step}</td>")
+            parts += [f"<td>{_cell(m.records.get(k)) if not anchor or k in m.records else '-'}</td>"
+                      for k in metric_keys]
             parts.append("</tr>")
         parts.append("</table><ul>")
         parts += [f"<li><code>{html.escape(k)}</code>: {html.escape(_label(k))}</li>" for k in metric_keys]

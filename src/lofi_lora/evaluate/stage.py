@@ -1,15 +1,19 @@
 """Stage `evaluate`: the base model and each (newest) checkpoint, scored the same way, and the best one picked.
 
-Per model (base = no adapter, then every checkpoint of the train manifest, or the last `eval.last_n`):
-fixed-seed samples from a fixed holdout prompt set in the variant's native sampling settings, the
-flow-matching validation loss on the holdout cache at fixed timesteps and fixed noise, Fréchet distances of
-the samples against the holdout clips (every embedding that is available; an unavailable one is a null with
-its reason), and the CLAP score with its baselines (null with a reason when no CLAP weights are configured).
-Nothing is written under the train stage's checkpoint folder.
+Per model (base = no adapter, then every checkpoint of the train manifest, or the last `eval.last_n`): the
+flow-matching validation loss on the holdout cache at fixed timesteps and fixed noise. Then, for the models that are
+sampled (`eval.sample`: the base and the best checkpoint by val_loss, or all): fixed-seed samples from a fixed holdout
+prompt set in the variant's native sampling settings, Fréchet distances and KAD of the samples against the holdout
+clips with bootstrap intervals over clips (every embedding that is available; an unavailable one is a null with its
+reason), and the CLAP score with its baselines (null with a reason when no CLAP weights are configured). The best
+checkpoint is compared with the base by a paired bootstrap of the difference, and seeded noise is scored the same way
+as a floor. Nothing is written under the train stage's checkpoint folder.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -26,28 +30,17 @@ from lofi_lora.core.config import to_plain
 from lofi_lora.core.errors import CheckpointError, ConfigError, DataError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from lofi_lora.core.records import Metric, Record, flat as flat_scores
-from lofi_lora.evaluate.metrics import metric
+from lofi_lora.dataset.holdout import Prompt, holdout_rows, prompt_set
+from lofi_lora.metrics import bootstrap as bs
+from lofi_lora.metrics import metric
 from lofi_lora.model.variants import sampling_settings
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 BASE = "base"
-
-
-@dataclass
-class Prompt:
-    """One prompt of the fixed evaluation set, drawn from a holdout clip (whose audio sits beside it)."""
-
-    index: int
-    clip_id: str
-    caption: str
-    lyrics: str
-    bpm: Any
-    keyscale: Any
-    timesignature: Any
-    vocal_language: str
-    audio_path: str
+NOISE = "noise"
+REAL = "train clips"
 
 
 @dataclass
@@ -61,6 +54,7 @@ class ModelEval:
     records: dict[str, Record] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     weight_name: str | None = None      # the adapter file in adapter_dir; None = the raw adapter (EMA: eval.ema)
+    replicates: dict[str, Any] = field(default_factory=dict)  # metric id -> bootstrap replicates (not written)
 
     def add(self, *records: Record) -> None:
         self.records.update((r.id, r) for r in records)
@@ -76,58 +70,6 @@ class ModelEval:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-
-
-def _holdout(dataset_dir: Path):
-    from datasets import Audio, load_from_disk
-
-    if not dataset_dir.is_dir():
-        raise DataError(f"{dataset_dir}: dataset folder is missing: run stage dataset first")
-    dd = load_from_disk(str(dataset_dir))
-    if "holdout" not in dd:
-        raise DataError(f"{dataset_dir}: no `holdout` split (splits: {list(dd)})")
-    ho = dd["holdout"]
-    if "audio" in ho.column_names and isinstance(ho.features["audio"], Audio):
-        ho = ho.cast_column("audio", Audio(decode=False))
-    if len(ho) == 0:
-        raise DataError(f"{dataset_dir}: the holdout split is empty; evaluation needs held-out clips")
-    return ho
-
-
-def _audio_path(row: dict, clips_dir: Path) -> str:
-    a = row.get("audio")
-    if isinstance(a, dict) and a.get("path") and Path(a["path"]).is_file():
-        return str(a["path"])
-    p = clips_dir / "wav" / f"{row['clip_id']}.wav"
-    if not p.is_file():
-        raise DataError(f"holdout clip {row['clip_id']}: audio not found ({a!r}, {p})")
-    return str(p)
-
-
-def holdout_rows(dataset_dir: Path, clips_dir: Path) -> list[dict]:
-    """Holdout rows sorted by clip_id with a resolved `audio_path`."""
-    ho = _holdout(dataset_dir)
-    rows = sorted((dict(r) for r in ho), key=lambda r: str(r["clip_id"]))
-    for r in rows:
-        r["audio_path"] = _audio_path(r, clips_dir)
-    return rows
-
-
-def prompt_set(rows: list[dict], num_prompts: int, seed: int) -> list[Prompt]:
-    """A fixed, seeded choice of `num_prompts` holdout clips (all of them when there are fewer)."""
-    if num_prompts < 1:
-        raise ConfigError(f"`eval.num_prompts` = {num_prompts}: must be >= 1")
-    rng = np.random.default_rng(seed)
-    idx = sorted(rng.permutation(len(rows))[: min(num_prompts, len(rows))].tolist())
-    if len(idx) < num_prompts:
-        log.warning("eval.num_prompts=%d but the holdout has %d clips: using all of them", num_prompts, len(rows))
-    out = []
-    for i, j in enumerate(idx):
-        r = rows[j]
-        out.append(Prompt(i, str(r["clip_id"]), str(r.get("caption") or ""), str(r.get("lyrics") or ""),
-                          r.get("bpm"), r.get("keyscale"), r.get("timesignature"),
-                          str(r.get("vocal_language") or "en"), r["audio_path"]))
-    return out
 
 
 def select_checkpoints(lora_dir: Path, last_n: int | None) -> tuple[list[dict], dict]:
@@ -230,7 +172,7 @@ def fd_scores(embedder, gen: list[np.ndarray], ref_stats, num_points: int, seed:
               kad_bandwidth: float | None = None) -> tuple[list[Record], list | None]:
     """FD at this N, FD-inf (clips subsampled without replacement) and KAD, with the sample sizes; and FD-inf's
     points (None when it could not be fitted)."""
-    from lofi_lora.evaluate.metrics.fad import fd_inf, frechet_distance, gaussian_stats, kad
+    from lofi_lora.metrics.fad import fd_inf, frechet_distance, gaussian_stats, kad
 
     x = np.concatenate(gen)
     mid = embedder.metric_id
@@ -260,7 +202,7 @@ def check_weight_paths(ev) -> None:
 def load_clap(clap_path: str | None, min_vocab: int, device: str):
     """(CLAP model, None) when `eval.clap_path` loads, else (None, the reason clap_score is null)."""
     from lofi_lora.core.errors import EmbeddingUnavailable
-    from lofi_lora.evaluate.metrics.clap import ClapModelLocal
+    from lofi_lora.metrics.clap import ClapModelLocal
 
     try:
         return ClapModelLocal(clap_path, device=device, min_vocab=min_vocab, metric_id="clap_score"), None
@@ -338,6 +280,7 @@ class Reference:
     stats: Any
     vectors: np.ndarray
     kad_bandwidth: float
+    boot: bs.Reference        # per-clip sums for the bootstrap
 
 
 @dataclass
@@ -353,14 +296,21 @@ class EvalSetup:
     unavailable: dict[str, str]          # metric id -> why it is null
     clap: Any
     clap_reason: str | None
+    replicates: int = 1000               # bootstrap replicates per interval
+    level: float = 0.95                  # the intervals' coverage
+    seed: int = 0
     clap_holdout: dict | None = None     # holdout CLAP baseline, measured with the first model
+
+    def draws(self, n_gen: int, ref: Reference) -> bs.Draws:
+        """The same resamples for every model scored against `ref` (paired bootstrap)."""
+        return bs.draws(n_gen, ref.stats.n_clips, self.replicates, self.seed)
 
 
 def references(ev, ref_files: list[str], device: str) -> tuple[list[Reference], dict[str, str]]:
     """The configured embedding plus the always-available log-mel one, measured on the holdout clips."""
     from lofi_lora.core.errors import EmbeddingUnavailable
-    from lofi_lora.evaluate.metrics.embeddings import get_embedder
-    from lofi_lora.evaluate.metrics.fad import gaussian_stats, kad
+    from lofi_lora.metrics.embeddings import get_embedder
+    from lofi_lora.metrics.fad import gaussian_stats, kad
 
     refs, unavailable = [], {}
     for kind in dict.fromkeys([ev.embedding, "logmel"]):
@@ -372,27 +322,40 @@ def references(ev, ref_files: list[str], device: str) -> tuple[list[Reference], 
             continue
         vecs = embed_files(emb, ref_files)
         allv = np.concatenate(vecs)
-        refs.append(Reference(emb, gaussian_stats(allv, len(vecs)), allv, kad(allv, allv)[1]))  # bandwidth fixed here
+        bandwidth = kad(allv, allv)[1]  # fixed here, for every model
+        refs.append(Reference(emb, gaussian_stats(allv, len(vecs)), allv, bandwidth, bs.Reference.of(vecs, bandwidth)))
         log.info("reference %s: %d holdout clips, %d vectors", emb.metric_id, len(vecs), refs[-1].stats.n_vectors)
     return refs, unavailable
 
 
-def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_points: int, seed: int) -> None:
-    """FD/KAD per embedding (nulls with reasons for unavailable ones) and the CLAP score of one model's samples."""
+def score_distances(m: ModelEval, audio: list[tuple[np.ndarray, int]], setup: EvalSetup, fad_inf_points: int,
+                    seed: int) -> None:
+    """FD/KAD per embedding with their bootstrap intervals (nulls with reasons for unavailable ones)."""
     for ref in setup.references:
         mid = ref.embedder.metric_id
-        recs, points = fd_scores(ref.embedder, embed_files(ref.embedder, files), ref.stats, fad_inf_points, seed,
-                                 ref.vectors, ref.kad_bandwidth)
+        vecs = [ref.embedder.embed(x, sr) for x, sr in audio]
+        recs, points = fd_scores(ref.embedder, vecs, ref.stats, fad_inf_points, seed, ref.vectors, ref.kad_bandwidth)
+        reps = bs.replicates(vecs, ref.boot, setup.draws(len(vecs), ref))
+        m.replicates.update({mid: reps["fd"], kad_id(mid): reps["kad"]})
+        recs = [dataclasses.replace(r, **dict(zip(("low", "high"), bs.interval(m.replicates[r.id], setup.level,
+                                                                                r.value))))
+                if r.id in m.replicates else r for r in recs]
         m.details[mid] = {"fd_inf_points": points, **ref.embedder.describe(),
                           "kad_bandwidth": ref.kad_bandwidth, "reference_clips": ref.stats.n_clips,
-                          "reference_vectors": ref.stats.n_vectors}
+                          "reference_vectors": ref.stats.n_vectors, "bootstrap_replicates": setup.replicates,
+                          "interval": setup.level}
         m.add(*recs)
     for mid, reason in setup.unavailable.items():
         m.add(*(Record(metric(k), None, reason) for k in (mid, f"{mid}_inf", kad_id(mid))))
+
+
+def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_points: int, seed: int) -> None:
+    """FD/KAD per embedding and the CLAP score of one model's samples."""
+    score_distances(m, [audio_io.read(f) for f in files], setup, fad_inf_points, seed)
     if setup.clap is None:
         m.add(Record(metric("clap_score"), None, setup.clap_reason))
         return
-    from lofi_lora.evaluate.metrics.clap import clap_scores
+    from lofi_lora.metrics.clap import clap_scores
 
     prompts = setup.prompts
     hold = [audio_io.read(p.audio_path) for p in prompts] if setup.clap_holdout is None else None
@@ -405,22 +368,40 @@ def score_samples(m: ModelEval, files: list[str], setup: EvalSetup, fad_inf_poin
           Record(metric("clap_score_holdout"), setup.clap_holdout["mean"]))
 
 
-def evaluate_model(pipe, m: ModelEval, setup: EvalSetup, out_dir: Path, ev, seed: int, device: str) -> None:
-    """Samples, validation loss and sample scores of one model (base, or base + one checkpoint's adapter)."""
+@contextlib.contextmanager
+def adapter_loaded(pipe, m: ModelEval):
+    """`pipe` with model `m`'s adapter (none for the base) for the duration of the block."""
     from lofi_lora.train.adapters import load_into_pipeline
 
-    t0 = time.perf_counter()
     if m.adapter_dir:
         load_into_pipeline(pipe, m.adapter_dir, adapter_name=f"eval_{m.label}".replace("-", "_"),
                            **({"weight_name": m.weight_name} if m.weight_name else {}))
     try:
-        m.samples = generate(pipe, setup.prompts, setup.seeds, setup.duration_s, setup.settings, device, out_dir)
-        vl = validation_loss(pipe.transformer, setup.cache, list(ev.val_timesteps), seed, device)
+        yield pipe
     finally:
         if m.adapter_dir:
             pipe.unload_lora_weights()
+
+
+def score_val_loss(pipe, m: ModelEval, setup: EvalSetup, ev, seed: int, device: str) -> None:
+    """The validation loss of one model (cheap: every model gets it)."""
+    with adapter_loaded(pipe, m):
+        vl = validation_loss(pipe.transformer, setup.cache, list(ev.val_timesteps), seed, device)
     m.add(Record(metric("val_loss"), vl["val_loss"]))
     m.details["val_loss"] = vl
+
+
+def not_sampled(m: ModelEval, keys: list[str]) -> None:
+    """Null sample metrics, with the reason, for a model `eval.sample` leaves unsampled."""
+    m.add(*(Record(metric(k), None, "not sampled: eval.sample=base_and_best samples the base and the best "
+                                    "checkpoint by val_loss only") for k in keys if k != "val_loss"))
+
+
+def evaluate_model(pipe, m: ModelEval, setup: EvalSetup, out_dir: Path, ev, seed: int, device: str) -> None:
+    """Samples and sample scores of one model (base, or base + one checkpoint's adapter)."""
+    t0 = time.perf_counter()
+    with adapter_loaded(pipe, m):
+        m.samples = generate(pipe, setup.prompts, setup.seeds, setup.duration_s, setup.settings, device, out_dir)
     score_samples(m, [str(out_dir / s["file"]) for s in m.samples], setup, ev.fad_inf_points, seed)
     seconds = time.perf_counter() - t0  # logged only: best/scores.json must rehash the same
     atomic_write_json(out_dir / "samples.json", {"model": m.label, "step": m.step, "sampling": setup.settings,
@@ -466,13 +447,72 @@ def write_best(lora_dir: Path, models: list[ModelEval], best: ModelEval, manifes
         atomic_write_json(tmp / "scores.json", scored)
 
 
+def noise_floor(setup: EvalSetup, n: int, fad_inf_points: int, seed: int) -> ModelEval:
+    """Seeded white noise (stereo, -20 dBFS RMS, as long as the samples) scored like a model: how far from the
+    holdout clips a model that has learned nothing would be."""
+    rng = np.random.default_rng(seed)
+    m = ModelEval(NOISE, -1, None)
+    audio = [(0.1 * rng.standard_normal((2, int(setup.duration_s * SAMPLE_RATE))).astype(np.float32), SAMPLE_RATE)
+             for _ in range(n)]
+    score_distances(m, audio, setup, fad_inf_points, seed)
+    return m
+
+
+def real_reference(setup: EvalSetup, train_files: list[str], n: int, fad_inf_points: int, seed: int) -> ModelEval:
+    """Real music of the target style that the models never had to generate: the first `eval.duration_s` of up to
+    `n` training clips (a seeded choice), scored like a model. Where a model could get to, at best."""
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.permutation(len(train_files))[:n].tolist())
+    m = ModelEval(REAL, -1, None)
+    audio = []
+    for i in pick:
+        x, sr = audio_io.read(train_files[i])
+        audio.append((x[:, : int(setup.duration_s * sr)], sr))
+    score_distances(m, audio, setup, fad_inf_points, seed)
+    return m
+
+
+def compare(best: ModelEval, base: ModelEval, setup: EvalSetup) -> dict[str, dict[str, Any]]:
+    """Best minus base per distance, with the paired bootstrap interval of the difference and its verdict (lower is
+    better for every distance: "better" means the interval lies below 0)."""
+    out = {}
+    for k, reps in best.replicates.items():
+        if k in base.replicates and best.value(k) is not None and base.value(k) is not None:
+            low, high = bs.interval(reps - base.replicates[k], setup.level, best.value(k) - base.value(k))
+            out[k] = {"best": best.value(k), "base": base.value(k), "delta": best.value(k) - base.value(k),
+                      "low": low, "high": high, "verdict": bs.verdict(low, high)}
+    return out
+
+
+def comparison_words(comparison: dict[str, dict[str, Any]], best_step: int, level: float) -> list[str]:
+    """One sentence per distance: did the LoRA beat the base beyond the interval."""
+    pct = f"{level:.0%}"
+    words = {"better": f"the LoRA beats the base beyond the {pct} interval",
+             "worse": f"the LoRA is worse than the base beyond the {pct} interval",
+             "within noise": f"no difference beyond the {pct} interval (within noise)"}
+    return [f"{k}: best (step {best_step}) {c['best']:.5g} vs base {c['base']:.5g}, difference {c['delta']:+.5g} "
+            f"[{c['low']:+.5g}, {c['high']:+.5g}]: {words[c['verdict']]}" for k, c in comparison.items()]
+
+
+def log_comparison(best: ModelEval, base: ModelEval, anchors: list[ModelEval], comparison: dict,
+                   level: float) -> None:
+    for line in comparison_words(comparison, best.step, level):
+        log.info("evaluate: %s", line)
+    for k in comparison:
+        log.info("evaluate: %s: %s", k, ", ".join(f"{m.label} {m.value(k):.5g}" for m in [anchors[0], base, best,
+                                                                                      *anchors[1:]]))
+
+
 def eval_metrics(models: list[ModelEval], best: ModelEval, setup: EvalSetup, ev, variant: str, holdout_clips: int,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, anchors: list[ModelEval], comparison: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What metrics/eval.json is made of: the best checkpoint's and the base model's records (in the reported
-    order), and what they were measured on."""
+    order), the anchors' (noise floor, real training clips), best-minus-base with its interval, and what they were
+    measured on."""
     extra = {"best_metric": ev.best_metric, "best_mode": ev.best_mode, "variant": variant,
              "num_prompts": len(setup.prompts), "seeds": len(setup.seeds), "duration_s": setup.duration_s,
              "holdout_clips": holdout_clips, "sampling_steps": setup.settings["num_inference_steps"],
+             "sampled_models": [m.label for m in models if m.samples], "bootstrap_replicates": setup.replicates,
+             "interval": setup.level,
              **{f"{r.embedder.metric_id}_reference_clips": r.stats.n_clips for r in setup.references},
              **{f"{r.embedder.metric_id}_reference_vectors": r.stats.n_vectors for r in setup.references},
              "seconds": seconds}
@@ -480,7 +520,10 @@ def eval_metrics(models: list[ModelEval], best: ModelEval, setup: EvalSetup, ev,
     return {"best_step": best.step, "best_metric": ev.best_metric, "best_mode": ev.best_mode,
             "num_checkpoints": len(models) - 1, "num_samples_per_model": len(best.samples), **extra,
             "records": {"best": [best.records[k].as_dict() for k in keys],
-                        "base": [models[0].records[k].as_dict() for k in keys]}}
+                        "base": [models[0].records[k].as_dict() for k in keys],
+                        **{"noise" if a.label == NOISE else "real": [r.as_dict() for r in a.records.values()
+                                                                      if r.id in comparison] for a in anchors}},
+            "comparison": comparison}
 
 
 def run_evaluate(cfg) -> dict[str, Any]:
@@ -495,6 +538,9 @@ def run_evaluate(cfg) -> dict[str, Any]:
     lora_dir = Path(paths.lora)
     settings = sampling_settings(variant, to_plain(cfg.model.sampling or {}))  # conf/model/*.yaml `sampling`
     check_weight_paths(ev)
+    if ev.sample == "base_and_best" and ev.best_metric != "val_loss":
+        raise ConfigError(f"`eval.sample` = base_and_best picks the best checkpoint by val_loss before sampling, but "
+                          f"`eval.best_metric` = {ev.best_metric}: set eval.sample=all or eval.best_metric=val_loss")
     entries, manifest = select_checkpoints(lora_dir, ev.last_n)
     rows = holdout_rows(Path(paths.dataset), Path(paths.clips))
     prompts = prompt_set(rows, ev.num_prompts, seed)
@@ -506,7 +552,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     refs, unavailable = references(ev, [r["audio_path"] for r in rows], device)
     clap, clap_reason = load_clap(ev.clap_path, ev.clap_min_vocab, device)
     setup = EvalSetup(prompts, list(ev.seeds), float(ev.duration_s), settings, list(cache.values()), refs,
-                      unavailable, clap, clap_reason)
+                      unavailable, clap, clap_reason, int(ev.bootstrap), float(ev.interval), int(seed))
 
     pipe = load_pipeline(cfg.model, paths.base_model, device=device, dtype=place.weights_dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -521,22 +567,35 @@ def run_evaluate(cfg) -> dict[str, Any]:
             log.warning("eval.ema=true but no evaluated checkpoint holds an EMA adapter (train.ema_decay=0): "
                         "scoring the raw adapters only")
         models += ema
+    for m in models:
+        score_val_loss(pipe, m, setup, ev, seed, device)
+    sampled = models if ev.sample == "all" else [models[0], pick_best(models, "val_loss", ev.best_mode)]
     samples_root = lora_dir / "samples"
     with atomic_dir(samples_root) as tmp_samples:
         for m in models:
-            evaluate_model(pipe, m, setup, tmp_samples / m.label, ev, seed, device)
+            if any(m is x for x in sampled):
+                evaluate_model(pipe, m, setup, tmp_samples / m.label, ev, seed, device)
+            else:
+                not_sampled(m, metric_keys_of(setup))
     for m in models:  # paths of the samples after the folder was swapped in
         for s in m.samples:
             s["path"] = str(samples_root / m.label / s["file"])
 
     best = pick_best(models, ev.best_metric, ev.best_mode)
+    noise = noise_floor(setup, len(best.samples), int(ev.fad_inf_points), seed)
+    train_files = [r["audio_path"] for r in holdout_rows(Path(paths.dataset), Path(paths.clips), split="train")]
+    real = real_reference(setup, train_files, len(best.samples), int(ev.fad_inf_points), seed)
+    comparison = compare(best, models[0], setup)
+    log_comparison(best, models[0], [noise, real], comparison, setup.level)
     write_best(lora_dir, models, best, manifest, ev, variant, settings)
-    flat = eval_metrics(models, best, setup, ev, variant, len(rows), round(time.perf_counter() - t_start, 2))
+    flat = eval_metrics(models, best, setup, ev, variant, len(rows), round(time.perf_counter() - t_start, 2),
+                        [noise, real], comparison)
     from lofi_lora.core.results import write_stage_metrics
 
     write_stage_metrics("eval", Path(paths.metrics) / "eval.json", flat)
     metric_keys = metric_keys_of(setup)
     write_plots(models, Path(paths.plots) / "eval", metric_keys, ev.best_metric)
-    write_report(paths.reports, models, prompts, best, metric_keys, flat, embed_max_mb=float(ev.report_embed_max_mb))
+    write_report(paths.reports, models, prompts, best, metric_keys, flat, embed_max_mb=float(ev.report_embed_max_mb),
+                 anchors=[noise, real], words=comparison_words(comparison, best.step, setup.level))
     log.info("evaluate: best step %d by %s (%s) in %.1f s", best.step, ev.best_metric, ev.best_mode, flat["seconds"])
     return {k: v for k, v in flat.items() if not isinstance(v, (dict, list))}

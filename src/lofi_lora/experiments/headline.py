@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from lofi_lora.evaluate.metrics import METRICS
+from lofi_lora.metrics import METRICS
 
 # column -> (file under paths.metrics, dotted key, better): the only place that knows the metrics files' layout;
-# an eval column's better is its registered metric's direction (lofi_lora.evaluate.metrics)
+# an eval column's better is its registered metric's direction (lofi_lora.metrics)
 HEADLINES: dict[str, tuple[str, str, str]] = {
     "train_loss": ("train.json", "train.loss_smoothed", "min"),
     "best_step": ("eval.json", "eval.best_step", ""),
@@ -16,7 +16,15 @@ HEADLINES: dict[str, tuple[str, str, str]] = {
         ("fad_vggish", "fad_vggish"),   # only with eval.embedding=vggish
         ("clap", "clap_score"))},       # only with eval.clap_path
     "int4_cosine": ("export.json", "export.int4.cosine", "max"),  # INT4 ONNX vs PyTorch FP32
+    "kad": ("eval.json", "eval.kad_logmel128_v1", "min"),
+    # bootstrap 95% intervals (eval.interval) and the best checkpoint minus the base, paired (not scores themselves)
+    **{f"{column}_{end}": ("eval.json", f"eval.{key}_{end}", "") for column, key in (
+        ("fd", "fd_logmel128_v1"), ("kad", "kad_logmel128_v1")) for end in ("low", "high")},
+    **{f"{column}_vs_base{end}": ("eval.json", f"eval.vs_base.{key}{end}", "") for column, key in (
+        ("fd", "fd_logmel128_v1"), ("kad", "kad_logmel128_v1")) for end in ("", "_low", "_high")},
 }
+# columns with an interval: the sweep table marks which differences between jobs are beyond it
+INTERVALS = ("fd", "kad")
 
 
 def headline_metrics(read: Callable[[str], Any]) -> dict[str, Any]:

@@ -22,11 +22,15 @@ from typing import Any, Sequence
 import yaml
 
 from lofi_lora.core.fsutil import atomic_write_json, atomic_write_text
-from lofi_lora.experiments.headline import HEADLINES, better, headline_metrics
+from lofi_lora.experiments.headline import HEADLINES, INTERVALS, better, headline_metrics
 
 log = logging.getLogger(__name__)
 
 ALWAYS = ("val_loss", "fd", "clap", "int4_cosine")  # shown even when empty: the reader sees what was not measured
+SIGNIFICANCE_NOTE = ("FD and KAD: value [bootstrap 95% interval over clips]. `_sig`: best = lowest; worse = its interval "
+                     "lies above the best job's (a difference beyond the noise); ~ = the intervals overlap (no "
+                     "difference this table can claim). `_vs_base`: the job's best checkpoint minus its base, paired "
+                     "bootstrap: better / worse beyond the interval, or ~.")
 
 
 def job_overrides(task_overrides: Sequence[str]) -> list[str]:
@@ -125,18 +129,64 @@ def best_index(rows: Sequence[dict[str, Any]], metric: str) -> int | None:
     return pick(scored, key=lambda t: t[1])[0]
 
 
+def _interval(j: dict[str, Any], column: str) -> tuple[float, float] | None:
+    lo, hi = j.get(f"{column}_low"), j.get(f"{column}_high")
+    return (lo, hi) if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else None
+
+
+def significance(jobs: Sequence[dict[str, Any]], column: str) -> list[str]:
+    """Per job, how its `column` (lower is better) stands against the job best at it: "best", "~" (the intervals
+    overlap: not a difference this table can claim) or "worse" (its interval lies above the best's). Overlap of two
+    95% intervals is a conservative test: a pair marked "worse" differs at well under 5%."""
+    ranked = [(j[column], i) for i, j in enumerate(jobs) if isinstance(j.get(column), (int, float))
+              and _interval(j, column)]
+    if not ranked:
+        return ["" for _ in jobs]
+    b = min(ranked)[1]
+    best_high = _interval(jobs[b], column)[1]
+    marks = []
+    for i, j in enumerate(jobs):
+        iv = _interval(j, column)
+        marks.append("" if iv is None else "best" if i == b else "worse" if iv[0] > best_high else "~")
+    return marks
+
+
+def versus_base(j: dict[str, Any], column: str) -> str:
+    """The job's best checkpoint against its base, from the paired interval of the difference."""
+    lo, hi = j.get(f"{column}_vs_base_low"), j.get(f"{column}_vs_base_high")
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        return ""
+    return "better" if hi < 0 else "worse" if lo > 0 else "~"
+
+
+def _with_interval(j: dict[str, Any], column: str) -> str | None:
+    iv = _interval(j, column)
+    return None if j.get(column) is None else _fmt(j[column]) + (f" [{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else "")
+
+
 def table_rows(jobs: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Rows people read: job, best mark, overrides, the headline columns that hold a value (and ALWAYS), hashes."""
+    """Rows people read: job, best mark, overrides, the headline columns that hold a value (and ALWAYS), hashes.
+    FD and KAD show their interval, how each job stands against the best job (`fd_sig`) and whether its LoRA beat its
+    base beyond the paired interval (`fd_vs_base`)."""
     b = best_index(jobs, metric)
-    shown = [c for c in HEADLINES if c in ALWAYS or any(j.get(c) is not None for j in jobs)]
+    derived = {f"{c}_{end}" for c in INTERVALS for end in ("low", "high", "vs_base_low", "vs_base_high")}
+    shown = [c for c in HEADLINES if c not in derived and (c in ALWAYS or any(j.get(c) is not None for j in jobs))]
+    marks = {c: significance(jobs, c) for c in INTERVALS}
     common = common_overrides(jobs)
     rows = []
     for i, j in enumerate(jobs):
         adapter = (j.get("adapter") or "").removesuffix(".dir")[:10] or None
         own = " ".join(o for o in (j.get("overrides") or "").split() if o not in common)
+        cells: dict[str, Any] = {}
+        for c in shown:
+            if c in INTERVALS:
+                cells.update({c: _with_interval(j, c), f"{c}_sig": marks[c][i], f"{c}_vs_base": versus_base(j, c)})
+            elif c.removesuffix("_vs_base") in INTERVALS:
+                continue  # shown as the mark above; the figures stay in sweep.json
+            else:
+                cells[c] = j.get(c)
         rows.append({"job": j.get("job"), "best": "*" if i == b else "", "experiment": j.get("experiment"),
-                     "overrides": own, **{c: j.get(c) for c in shown}, "adapter": adapter,
-                     "status": j.get("status")})
+                     "overrides": own, **cells, "adapter": adapter, "status": j.get("status")})
     return rows
 
 
@@ -207,6 +257,7 @@ def write_summary(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     common = " ".join(common_overrides(jobs))
     table = (f"every job: {common}\n\n" if common else "") + markdown_table(rows)
     atomic_write_text(sweep_dir / "sweep.md", f"# sweep {sweep_dir.name}: best by {metric} marked *\n\n{table}"
+                      + f"\n{SIGNIFICANCE_NOTE}\n"
                       + (f"\nPromote the best: `{promote}`\n" if promote else ""))
     atomic_write_json(sweep_dir / "sweep.json", {"metric": metric, "better": better(metric), "best": b,
                                                  "promote": promote, "jobs": jobs})

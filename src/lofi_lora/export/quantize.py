@@ -1,8 +1,9 @@
 """FP32 ONNX -> FP16 / INT8 (dynamic, per-channel, 7-bit weights) / INT4 (MatMulNBits), with onnxruntime's own tools.
 
 The source is the folded FP32 export (weights are initializers, no initializer value_info). Modules listed in
-`exclude_modules` (first/last projections: most of the INT4 error in research note onnx-export.md §5) keep
-FP32 weights; their nodes are found through the exporter's `pkg.torch.onnx.name_scopes` node metadata.
+`exclude_modules` (first/last projections: most of the INT4 error in research note onnx-export.md §5) stay
+unquantized (FP32 weights, or FP16 ones in INT4 with `keep_dtype`); their nodes are found through the exporter's
+`pkg.torch.onnx.name_scopes` node metadata.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from lofi_lora.core.errors import ConfigError
 from lofi_lora.export.onnx_export import check_onnx, initializer_bytes, save_onnx
 
 log = logging.getLogger(__name__)
@@ -223,21 +225,124 @@ def int8_weight_abs_max(path: Path) -> int:
                 for t in proto.graph.initializer if t.name in weights), default=0)
 
 
+INT4_METHODS = ("default", "rtn", "hqq", "k_quant", "gptq")
+
+
+def _int4_algo(method: str, block_size: int, symmetric: bool, accuracy_level: int | None, calibration):
+    """onnxruntime's weight-only config for `method` (RTN, k_quant and GPTQ run ORT's vendored INC code)."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    if method == "default":
+        return mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                                accuracy_level=accuracy_level)
+    if method == "hqq":  # always asymmetric (scale and zero point per block)
+        return mnq.HQQWeightOnlyQuantConfig(block_size=block_size)
+    if method == "rtn":
+        return mnq.RTNWeightOnlyQuantConfig()
+    if method == "k_quant":  # asymmetric, block size from the quantizer
+        return mnq.KQuantWeightOnlyQuantConfig()
+    if method == "gptq":
+        if calibration is None:
+            raise ValueError("int4 method gptq needs a calibration data reader")
+        return mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=calibration)
+    raise ValueError(f"int4 method {method!r}: expected one of {', '.join(INT4_METHODS)}")
+
+
+def check_int4_recipe(q4) -> None:
+    """ConfigError naming the key for a combination the quantizer would reject or silently change."""
+    block = int(q4["block_size"])
+    if block < 16 or block & (block - 1):
+        raise ConfigError(f"`export.int4.block_size` = {block}: MatMulNBits takes a power of two >= 16")
+    if q4["method"] in ("hqq", "k_quant") and q4["symmetric"]:
+        raise ConfigError(f"`export.int4.symmetric` = true: method {q4['method']} is asymmetric only (set it false)")
+
+
+def set_accuracy_level(proto, level: int | None) -> int:
+    """Set `accuracy_level` on every MatMulNBits node (RTN/HQQ/k_quant write none); returns how many."""
+    import onnx
+
+    nodes = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    for n in nodes:
+        kept = [a for a in n.attribute if a.name != "accuracy_level"]
+        del n.attribute[:]
+        n.attribute.extend(kept)
+        if level:
+            n.attribute.append(onnx.helper.make_attribute("accuracy_level", int(level)))
+    return len(nodes)
+
+
+def float_weights_to_fp16(proto) -> int:
+    """Store the FP32 weight of each MatMul/Gemm that stayed unquantized as FP16, cast back to FP32 in the graph.
+
+    Halves what excluded and Gemm layers (the timestep embedders) add to the INT4 file; compute stays FP32.
+    Returns the number of weights converted.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    users: dict[str, int] = {}
+    for n in proto.graph.node:
+        for x in n.input:
+            users[x] = users.get(x, 0) + 1
+    done = 0
+    new_nodes = []
+    for n in proto.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            t = inits[n.input[1]]
+            if t.data_type != onnx.TensorProto.FLOAT or users.get(t.name, 0) != 1:
+                continue
+            arr = numpy_helper.to_array(t)
+            half = numpy_helper.from_array(arr.astype(np.float16), t.name + "_fp16")
+            proto.graph.initializer.remove(t)
+            proto.graph.initializer.append(half)
+            new_nodes.append(onnx.helper.make_node("Cast", [half.name], [t.name], name=t.name + "_cast_fp32",
+                                                   to=onnx.TensorProto.FLOAT))
+            done += 1
+    if new_nodes:
+        nodes = new_nodes + list(proto.graph.node)
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return done
+
+
+def to_int4_recipe(src: Path, dst: Path, q4) -> list[Path]:
+    """INT4 with the `export.int4` recipe (a mapping of the config section), checked first."""
+    check_int4_recipe(q4)
+    return to_int4(src, dst, int(q4["block_size"]), bool(q4["symmetric"]), q4["accuracy_level"],
+                   q4["exclude_modules"], method=q4["method"], keep_dtype=q4["keep_dtype"])
+
+
 def to_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accuracy_level: int | None = None,
-            exclude_modules: Sequence[str] = ()) -> list[Path]:
-    """Weight-only block INT4 (`MatMulNBits`, com.microsoft) of MatMul weights; Gemm/Conv stay FP32."""
+            exclude_modules: Sequence[str] = (), method: str = "default", keep_dtype: str = "fp32",
+            calibration=None) -> list[Path]:
+    """Weight-only block INT4 (`MatMulNBits`, com.microsoft) of MatMul weights with onnxruntime's `method`.
+
+    MatMuls in `exclude_modules` and Gemms (which MatMulNBits does not cover) stay unquantized, their weights stored
+    as `keep_dtype` (fp32, or fp16 cast back to fp32 in the graph). `accuracy_level` 4 makes MatMulNBits quantize
+    activations to int8 on the CPU EP (faster, a little less exact); None/0 keeps fp32 activations.
+    """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     exclude = nodes_in_modules(_load(src, weights=False), exclude_modules)
-    # a path, not a proto: the quantizer then handles > 2 GB models with external data itself
-    q = MatMulNBitsQuantizer(str(src), bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
-                             accuracy_level=accuracy_level, nodes_to_exclude=exclude)
+    algo = _int4_algo(method, int(block_size), bool(symmetric), accuracy_level, calibration)
+    # DEFAULT/HQQ take a path and handle > 2 GB models with external data themselves; INC's RTN/k_quant/GPTQ given a
+    # path leave the tensors they do not quantize as references to the source's external data, so they get the proto
+    model = str(src) if method in ("default", "hqq") else _load(src)
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=int(block_size), is_symmetric=bool(symmetric),
+                             accuracy_level=accuracy_level, nodes_to_exclude=exclude, algo_config=algo)
     with _quiet_ort_logs():
         q.process()
-    out = q.model.model
-    n = sum(node.op_type == "MatMulNBits" for node in out.graph.node)
-    log.info("int4: %d MatMulNBits (block %d, %s), %d nodes kept fp32", n, block_size,
-             "symmetric" if symmetric else "asymmetric", len(exclude))
+    out = q.model.model if hasattr(q.model, "model") else q.model
+    if not any(o.domain == "com.microsoft" for o in out.opset_import):  # INC's paths do not declare MatMulNBits' domain
+        import onnx
+
+        out.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    n = set_accuracy_level(out, accuracy_level)
+    halved = float_weights_to_fp16(out) if keep_dtype == "fp16" else 0
+    log.info("int4: %d MatMulNBits (%s, block %d, %s, accuracy_level %s), %d nodes excluded, %d weights kept fp16",
+             n, method, block_size, "symmetric" if symmetric else "asymmetric", accuracy_level, len(exclude), halved)
     files = save_onnx(out, dst)
     check_onnx(dst)
     return files

@@ -96,9 +96,9 @@ def _probe_part(task: tuple[Path, int, int | None, bool]) -> Probe:
     return probe(*task)
 
 
-def parts(frames: int, sample_rate: int, max_seconds: float) -> list[tuple[int, int]]:
-    """`[start, stop)` frames of the equal parts, each at most `max_seconds`, a long file is split into."""
-    n = max(1, math.ceil(frames / (max_seconds * sample_rate))) if sample_rate else 1
+def parts(frames: int, sample_rate: int, max_s: float) -> list[tuple[int, int]]:
+    """`[start, stop)` frames of the equal parts, each at most `max_s`, a long file is split into."""
+    n = max(1, math.ceil(frames / (max_s * sample_rate))) if sample_rate else 1
     edges = [round(k * frames / n) for k in range(n + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
@@ -197,14 +197,14 @@ def _rel_key(path: str) -> str:
 
 
 def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable[str],
-           allowed_licences: Iterable[str], min_seconds: float, duplicate_threshold: float, workers: int = 1,
-           quality_scores: Path | None = None, max_track_seconds: float = math.inf,
+           allowed_licences: Iterable[str], min_s: float, duplicate_threshold: float, workers: int = 1,
+           quality_scores: Path | None = None, max_track_s: float = math.inf,
            long_tracks: str = "split") -> tuple[dict, dict]:
     """Decide for every file under raw_dir: accepted or quarantined (with a reason). Returns (ingest, quarantine).
 
     The metadata is validated first (metadata.load_metadata, the validation annotate applies too); a track whose
     entries are unusable is quarantined with the file, key and reason, never trusted further. An entry whose file
-    is missing is quarantined (missing_file). A file longer than `max_track_seconds` (its header says so before
+    is missing is quarantined (missing_file). A file longer than `max_track_s` (its header says so before
     anything is decoded) is split into equal parts of at most that length (`long_tracks: split`: each part an
     accepted entry with `part`, `start_s`, `end_s` under the same track id) or quarantined (`refuse`: too_long).
     """
@@ -263,10 +263,10 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
         except Exception as e:  # a header no reader expected: this file's
             quarantined.append(_q(f, entry["track_id"], "undecodable", failure(f, "header", e)))
             continue
-        split = parts(head.frames, head.sample_rate, max_track_seconds) if head.frames else [(0, None)]
+        split = parts(head.frames, head.sample_rate, max_track_s) if head.frames else [(0, None)]
         if len(split) > 1 and long_tracks == "refuse":
             quarantined.append(_q(f, entry["track_id"], "too_long",
-                                  f"{head.duration_s:.0f} s > audio.max_track_seconds={max_track_seconds:g} "
+                                  f"{head.duration_s:.0f} s > audio.max_track_s={max_track_s:g} "
                                   "(audio.long_tracks=refuse; `split` makes parts of it)"))
             continue
         for k, (a, b) in enumerate(split):
@@ -283,9 +283,9 @@ def ingest(raw_dir: Path, metadata_dir: Path, presets: Any, extensions: Iterable
             continue  # the file's failure is reported once, with its first part
         if p.error:
             quarantined.append(_q(f, entry["track_id"], p.reason, p.error))
-        elif p.duration_s < min_seconds:
+        elif p.duration_s < min_s:
             quarantined.append(_q(f, entry["track_id"], "too_short",
-                                  f"{p.duration_s:.2f} s < ingest.min_seconds={min_seconds}"))
+                                  f"{p.duration_s:.2f} s < ingest.min_s={min_s}"))
         else:
             usable.append((f, entry, p))
             labels.append(entry["track_id"] if n == 1 else f"{entry['track_id']}#part{k:03d}/{n}")
@@ -329,9 +329,9 @@ def run_ingest(cfg) -> dict[str, Any]:
     result, quarantine = ingest(
         raw_dir, Path(require(cfg, "data.metadata_dir")), PresetLibrary(require(cfg, "paths.presets")),
         quality_scores=Path(scores) if scores else None,
-        extensions=ing["extensions"], allowed_licences=ing["allowed_licences"], min_seconds=float(ing["min_seconds"]),
+        extensions=ing["extensions"], allowed_licences=ing["allowed_licences"], min_s=float(ing["min_s"]),
         duplicate_threshold=float(ing["duplicate_threshold"]), workers=int(ing["workers"]),
-        max_track_seconds=float(audio_cfg["max_track_seconds"]), long_tracks=str(audio_cfg["long_tracks"]))
+        max_track_s=float(audio_cfg["max_track_s"]), long_tracks=str(audio_cfg["long_tracks"]))
     with atomic_dir(require(cfg, "paths.interim")) as tmp:
         atomic_write_json(tmp / "ingest.json", result)
         atomic_write_json(tmp / "quarantine.json", quarantine)

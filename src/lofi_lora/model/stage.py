@@ -1,6 +1,7 @@
 """Stage `base_model`: build + save the tiny pipeline, or verify a real one in place and record it (no copy).
 
-`model.source=build` saves the tiny pipeline to `paths.base_model`; `diffusers|local|hub|native` (upstream's
+`model.source=pretrained` (the embedded default: the committed tiny base, `lofi_lora.model.pretrained`) and `build`
+(its seeded random-weight twin, and full-size rehearsals) save the pipeline to `paths.base_model`; `diffusers|local|hub|native` (upstream's
 checkpoint converted once by `lofi_lora.model.native`) writes only `manifest.json` there, naming the weights.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lofi_lora.core.errors import ConfigError, ModelError
 from lofi_lora.core.fsutil import atomic_dir, atomic_write_json
 from lofi_lora.model.load import MANIFEST, WEIGHT_COMPONENTS, files_digest, files_record, verify_pipeline_dir
 from lofi_lora.model.native.convert import converted_pipeline
+from lofi_lora.model.pretrained import pretrained_pipeline
 from lofi_lora.model.tiny import build_pipeline, tokenizer_corpus, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def _resolve_weights(model_cfg) -> tuple[Path, dict]:
         except Exception as e:  # offline, unknown repo or revision
             raise ModelError(f"`model.hub_id` = {hub_id} at `model.revision` = {revision}: cannot fetch ({e})") from e
         return path, {"weights_dir": str(path), "hub_id": hub_id, "revision": str(revision)}
-    raise ConfigError(f"`model.source` = {source!r}: expected build, diffusers (or local), native or hub")
+    raise ConfigError(f"`model.source` = {source!r}: expected pretrained, build, diffusers (or local), native or hub")
 
 
 def run_base_model(cfg: Any) -> dict:
@@ -57,11 +59,15 @@ def run_base_model(cfg: Any) -> dict:
     t0 = time.perf_counter()
     manifest: dict[str, Any] = {"version": 1, "name": str(require(model_cfg, "name")), "source": source,
                                 "variant": variant, "weights_dir": None}
-    if source == "build":
+    if source in ("build", "pretrained"):
         build = to_plain(require(model_cfg, "build"))
         seed = int(require(cfg, "seed"))
-        tokenizer = train_tokenizer(tokenizer_corpus(str(require(cfg, "paths.presets"))), int(build["vocab_size"]))
-        pipe = build_pipeline(build, variant, seed, tokenizer)
+        if source == "pretrained":
+            pipe, fields = pretrained_pipeline(str(require(model_cfg, "path")), build, variant)
+            manifest.update(fields)
+        else:
+            tokenizer = train_tokenizer(tokenizer_corpus(str(require(cfg, "paths.presets"))), int(build["vocab_size"]))
+            pipe = build_pipeline(build, variant, seed, tokenizer)
         with atomic_dir(out) as tmp:
             pipe.save_pretrained(str(tmp), safe_serialization=True)
             components = verify_pipeline_dir(tmp, variant, key="paths.base_model")

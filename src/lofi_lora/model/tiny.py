@@ -84,14 +84,34 @@ def _wrap(**source):
                                    model_max_length=32768)
 
 
+def _shared_sizes(b) -> dict:
+    """The sizes the DiT and the condition encoder share."""
+    return dict(hidden_size=b["hidden_size"], intermediate_size=b["intermediate_size"],
+                num_attention_heads=b["num_attention_heads"], num_key_value_heads=b["num_key_value_heads"],
+                head_dim=b["head_dim"], sliding_window=b["sliding_window"])
+
+
+def build_transformer(build_cfg, variant: str):
+    """The DiT (`AceStepTransformer1DModel`) at the sizes in `build_cfg`, random weights from torch's current seed.
+
+    The one definition of the tiny DiT: `build_pipeline` uses it, and so do the tests that need only a DiT.
+    """
+    from diffusers import AceStepTransformer1DModel
+
+    latent = int(build_cfg["latent_channels"])
+    return AceStepTransformer1DModel(num_hidden_layers=build_cfg["num_hidden_layers"], in_channels=3 * latent,
+                                     audio_acoustic_hidden_dim=latent, patch_size=2,
+                                     is_turbo=variant_row(variant).turbo, model_version=variant,
+                                     **_shared_sizes(build_cfg))
+
+
 def build_pipeline(build_cfg: dict, variant: str, seed: int, tokenizer):
     """An `AceStepPipeline` from diffusers' classes at the sizes in `build_cfg`, seeded random weights.
 
     The condition encoder's `silence_latent` is set to the VAE encoding of digital silence, as in the real
     checkpoint, so text2music context and timbre behave like the real model's.
     """
-    from diffusers import (AceStepConditionEncoder, AceStepPipeline, AceStepTransformer1DModel,
-                           AutoencoderOobleck, FlowMatchEulerDiscreteScheduler)
+    from diffusers import AceStepConditionEncoder, AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
     from transformers import Qwen3Config, Qwen3Model
 
     b = dict(build_cfg)
@@ -99,10 +119,7 @@ def build_pipeline(build_cfg: dict, variant: str, seed: int, tokenizer):
     if math.prod(b["vae_downsampling_ratios"]) != 1920:
         raise ConfigError(f"`model.build.vae_downsampling_ratios` = {b['vae_downsampling_ratios']}: the product "
                           "must be 1920 (25 latent frames per second at 48 kHz, as ACE-Step 1.5)")
-    turbo = variant_row(variant).turbo
-    shared = dict(hidden_size=b["hidden_size"], intermediate_size=b["intermediate_size"],
-                  num_attention_heads=b["num_attention_heads"], num_key_value_heads=b["num_key_value_heads"],
-                  head_dim=b["head_dim"], sliding_window=b["sliding_window"])
+    shared = _shared_sizes(b)
 
     torch.manual_seed(seed)
     vae = AutoencoderOobleck(encoder_hidden_size=2 * latent, downsampling_ratios=list(b["vae_downsampling_ratios"]),
@@ -119,9 +136,7 @@ def build_pipeline(build_cfg: dict, variant: str, seed: int, tokenizer):
                            eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
     text_encoder = Qwen3Model(text_cfg)
     torch.manual_seed(seed + 2)
-    transformer = AceStepTransformer1DModel(num_hidden_layers=b["num_hidden_layers"], in_channels=3 * latent,
-                                            audio_acoustic_hidden_dim=latent, patch_size=2,
-                                            is_turbo=turbo, model_version=variant, **shared)
+    transformer = build_transformer(b, variant)
     torch.manual_seed(seed + 3)
     cond = AceStepConditionEncoder(text_hidden_dim=b["text_hidden_dim"], timbre_hidden_dim=latent,
                                    num_lyric_encoder_hidden_layers=b["num_lyric_encoder_hidden_layers"],

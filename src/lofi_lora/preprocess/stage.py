@@ -188,11 +188,11 @@ def _process_track(track: dict[str, Any], params: dict[str, Any], out_dir: Path)
     del s
     duration_s = x.shape[1] / sr
     curves = analyse(x, sr, float(params.get("beat_start_bpm", 85.0)), int(params.get("beats_per_bar", 4)))
-    cuts = choose_cuts(curves, duration_s, float(params["max_clip_seconds"]), float(params["min_clip_seconds"]))
+    cuts = choose_cuts(curves, duration_s, float(params["max_clip_s"]), float(params["min_clip_s"]))
     k = 0
     for i, (a_s, b_s) in enumerate(zip(cuts[:-1], cuts[1:])):
         a, b = int(round(a_s * sr)), min(x.shape[1], int(round(b_s * sr)))
-        if (b - a) / sr < float(params["min_clip_seconds"]):
+        if (b - a) / sr < float(params["min_clip_s"]):
             result["short_clips_dropped"] += 1
             continue
         clip_id = f"{tid}__p{track['part']:03d}_{k:03d}" if part else f"{tid}__{k:03d}"
@@ -254,9 +254,9 @@ def preprocess(interim_dir: Path, clips_dir: Path, scores_path: Path, metrics_pa
                params: dict[str, Any]) -> dict[str, Any]:
     """Run the stage on paths.interim's accepted tracks; returns the data metrics."""
     t0 = time.perf_counter()
-    if not 0 < float(params["min_clip_seconds"]) <= float(params["max_clip_seconds"]):
-        raise ConfigError(f"audio.min_clip_seconds={params['min_clip_seconds']} must be > 0 and <= "
-                          f"audio.max_clip_seconds={params['max_clip_seconds']}")
+    if not 0 < float(params["min_clip_s"]) <= float(params["max_clip_s"]):
+        raise ConfigError(f"audio.min_clip_s={params['min_clip_s']} must be > 0 and <= "
+                          f"audio.max_clip_s={params['max_clip_s']}")
     if not (interim_dir / "ingest.json").is_file():
         raise DataError(f"{interim_dir / 'ingest.json'} not found: run stage ingest first (python stages/ingest.py)")
     ingest_doc = read_json(interim_dir / "ingest.json")

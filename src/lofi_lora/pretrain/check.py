@@ -92,7 +92,7 @@ def conditioning_check(pipe, styles: tuple[str, ...], per_style: int = 3, second
 
     `caption_of` replaces a style's captions by another style's (the shuffled-caption control).
     """
-    from lofi_lora.evaluate.metrics.embeddings import LogMel128
+    from lofi_lora.metrics.embeddings import LogMel128
     from lofi_lora.pretrain.corpus import plan_corpus
 
     emb = LogMel128()

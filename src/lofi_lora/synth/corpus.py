@@ -59,7 +59,7 @@ def plan_corpus(cfg: Any) -> list[Job]:
             raise ConfigError(f"synth.formats: {f!r} is not one of wav, flac, mp3, ogg")
         if f == "ogg":
             log.warning("synth.formats has ogg: libsndfile writes a random Ogg serial, files differ run to run")
-    lo, hi = (float(x) for x in s.track_seconds)
+    lo, hi = (float(x) for x in s.track_s)
     rng = np.random.default_rng([seed, 0x5EED])
     jobs: list[Job] = []
     waltz_left = bool(s["waltz"])
@@ -90,10 +90,10 @@ def plan_corpus(cfg: Any) -> list[Job]:
     for j in range(int(s.n_long)):
         idx = int(s.n_tracks) + j
         cat = CATEGORIES[idx % len(CATEGORIES)]
-        sp, ids = spec(f"long_{j + 1:02d}_{cat.lower()}", idx, float(s.long_seconds))
+        sp, ids = spec(f"long_{j + 1:02d}_{cat.lower()}", idx, float(s.long_s))
         jobs.append(Job(sp, "long", "flac", ids))
     if s.bad_files:
-        bad_s = float(s["bad_seconds"])
+        bad_s = float(s["bad_s"])
         for j, (kind, fmt) in enumerate((("clipped", "wav"), ("silent", "flac"), ("mono_22k", "wav"),
                                          ("truncated", "flac"), ("unlicensed", "wav"))):
             sp, ids = spec(f"bad_{j + 1:02d}_{kind}", j, bad_s)
@@ -176,7 +176,7 @@ def generate_corpus(cfg: Any) -> dict:
         n_bytes = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file())
     seconds = sum(t["duration_s"] for t in truths.values())
     result = {"files": len(jobs), "good": sum(j.kind in ("good", "long") for j in jobs),
-              "audio_seconds": round(seconds, 1),
+              "audio_s": round(seconds, 1),
               "bytes": n_bytes, "elapsed_s": round(time.perf_counter() - t0, 2)}
     log.info("synth corpus: %s", result)
     return result

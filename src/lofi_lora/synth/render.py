@@ -44,13 +44,13 @@ class Note:
     vel: float
 
 
-def bar_seconds(spec: TrackSpec) -> float:
+def bar_length_s(spec: TrackSpec) -> float:
     return spec.beats_per_bar * 60.0 / spec.bpm
 
 
 def n_bars_for(spec: TrackSpec) -> int:
     """Whole bars that fit in `spec.seconds` (at least MIN_BARS): a track never outgrows its target length."""
-    return max(MIN_BARS, int(spec.seconds / bar_seconds(spec) + 1e-9))
+    return max(MIN_BARS, int(spec.seconds / bar_length_s(spec) + 1e-9))
 
 
 def section_plan(n_bars: int) -> list[tuple[str, int, int]]:
@@ -80,7 +80,7 @@ def render_track(spec: TrackSpec, sample_rate: int = 44100) -> tuple[np.ndarray,
     tonic_pc(spec.tonic)
     style = style_for(spec.style_id)
     sr = sample_rate
-    bar_s, beat_s = bar_seconds(spec), 60.0 / spec.bpm
+    bar_s, beat_s = bar_length_s(spec), 60.0 / spec.bpm
     n_bars = n_bars_for(spec)
     n = int(round(n_bars * bar_s * sr))
     plan = section_plan(n_bars)

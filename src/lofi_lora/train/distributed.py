@@ -6,6 +6,12 @@ world_size clips (the global batch order is the single-GPU order with a world-si
 taking every world_size-th clip of it); LoRA gradients are averaged across ranks by DDP, lr is not rescaled.
 Rank 0 alone writes checkpoints, metrics and adapters; each rank's sampler RNG goes into the checkpoint so a resume
 with the same world size is exact.
+
+Several nodes (`torchrun --nnodes N --rdzv-backend c10d`, README "Several machines"): RANK is global and picks the
+sampler seed and who writes; LOCAL_RANK picks the GPU. Every rank reads the checkpoint rank 0 wrote, so the nodes
+must share `paths.lora` (a shared filesystem, like the data and the repo); `must_agree` stops a job whose nodes see
+different checkpoints or data instead of letting it train on mismatched replicas, and `any_rank` makes a signal
+that reached one node stop every rank after the same step.
 """
 from __future__ import annotations
 
@@ -85,6 +91,26 @@ def gather_objects(obj, world: World) -> list:
     out: list = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True on every rank when `flag` is true on any (collective): a SIGTERM that reached one node stops all
+    ranks after the same step, so the checkpoint's collectives line up."""
+    if not world.active:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device_for(world))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def must_agree(what: str, value, world: World, hint: str) -> None:
+    """Raise ConfigError unless every rank holds the same `value` (collective: all ranks must call it)."""
+    seen = gather_objects(value, world)
+    if any(v != seen[0] for v in seen):
+        listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(seen))
+        raise ConfigError(f"the ranks disagree on {what} ({listed}): {hint}")
 
 
 def barrier(world: World) -> None:

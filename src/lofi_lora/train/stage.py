@@ -57,7 +57,7 @@ def load_null_condition(model_cfg, base_model_path: str | Path) -> torch.Tensor 
     """`null_condition_emb` [1, 1, H] read straight from the condition encoder's weights (no VAE/text encoder)."""
     from safetensors import safe_open
 
-    from lofi_lora.model.load import load_transformer, model_dir
+    from lofi_lora.model.load import model_dir
 
     folder = model_dir(model_cfg, base_model_path) / "condition_encoder"
     for f in sorted(folder.glob("*.safetensors")):
@@ -79,7 +79,7 @@ def load_train_clips(cfg) -> tuple[list[str], list[dict[str, torch.Tensor]], str
 def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tuple[TrainState, int]:
     """The base DiT with a fresh LoRA (seeded), its speed settings, optimizer, schedule, sampler RNG and data order;
     returns the state and the number of trainable parameters."""
-    from lofi_lora.model.load import load_transformer, model_dir
+    from lofi_lora.model.load import load_transformer
     from lofi_lora.train import distributed
     from lofi_lora.train import speed as train_speed
     from lofi_lora.core.runtime import seed_everything
@@ -244,6 +244,10 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     saved = {} if entry is None else restore_checkpoint(state, store.root / Path(entry["path"]).name,
                                                         world.rank if world.active else None)
     resumed_from = state.step if entry is not None else None
+    distributed.must_agree("the data and config hash", chash, world,
+                           "every node must read the same params.yaml and dataset/cache (a shared filesystem)")
+    distributed.must_agree("the checkpoint to resume from", resumed_from, world,
+                           f"every node must see the same {store.root} (a shared filesystem)")
     if entry is None:
         log.info("fresh start (no resumable checkpoint for config %s)", chash)
     distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may delete any
@@ -273,13 +277,18 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
                     checkpoint(state, store, info, metrics, world)
                 if step_callback is not None:
                     step_callback(step)
-                if stop.signum is not None and step < max_steps:
+                stopping = stop.signum is not None and step < max_steps
+                if world.active:  # every rank stops after the same step, decided where they sync anyway
+                    synced = sync_every_step or step % metrics.log_every == 0 or at_checkpoint
+                    stopping = synced and step < max_steps and distributed.any_rank(stopping, world)
+                if stopping:
                     metrics.flush()
                     if step % ckpt_every != 0:
                         checkpoint(state, store, info, metrics, world)
+                    signum = stop.signum or signal.SIGTERM  # a rank stopped because another one was signalled
                     log.warning("stopped by signal %d at step %d; checkpoint saved, resume by running again",
-                                stop.signum, step)
-                    raise SystemExit(128 + stop.signum)
+                                signum, step)
+                    raise SystemExit(128 + signum)
     finally:
         if live is not None:
             live.end()

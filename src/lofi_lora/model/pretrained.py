@@ -1,4 +1,4 @@
-"""The committed tiny pretrained pipeline: one safetensors file, its tokenizer and its provenance record.
+"""The committed tiny pretrained pipeline (`model.source=pretrained`): one safetensors file, its tokenizer, its record.
 
 Folder layout (`models/pretrained/tiny/`): `tiny_pretrained.safetensors` (every weight of the four model
 components, keys prefixed `vae.`, `text_encoder.`, `transformer.`, `condition_encoder.`), `tokenizer.json`
@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
-from lofi_lora.core.errors import ModelError
+from lofi_lora.core.errors import ConfigError, ModelError
 from lofi_lora.core.fsutil import atomic_write_json, atomic_write_text, read_json, save_safetensors, sha256_file
+from lofi_lora.model.tiny import build_pipeline
+from lofi_lora.model.tiny import load_tokenizer as load_tiny_tokenizer
 
 WEIGHTS_FILE = "tiny_pretrained.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
@@ -62,16 +64,12 @@ def verify(folder: str | Path) -> dict[str, Any]:
 
 
 def load_tokenizer(folder: str | Path):
-    from lofi_lora.model.tiny import load_tokenizer as load_tiny_tokenizer
-
     return load_tiny_tokenizer(Path(folder) / TOKENIZER_FILE)
 
 
 def load(folder: str | Path):
     """The pretrained `AceStepPipeline` (float32, CPU), hashes checked first."""
     from safetensors.torch import load_file
-
-    from lofi_lora.model.tiny import build_pipeline
 
     record = verify(folder)
     pipe = build_pipeline(record["build"], record["variant"], int(record["seed"]), load_tokenizer(folder))
@@ -84,3 +82,21 @@ def load(folder: str | Path):
             raise ModelError(f"{Path(folder) / WEIGHTS_FILE}: {comp} does not match the recorded sizes "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return pipe
+
+
+def pretrained_pipeline(folder: str | Path, build: dict, variant: str) -> tuple[Any, dict]:
+    """Stage base_model's pipeline for `model.source=pretrained`, and its manifest fields; the config names its sizes.
+
+    Raises:
+        ConfigError: `model.build` or `model.variant` differ from what the weights were trained at.
+        ModelError: a file is missing or its sha256 differs from the record.
+    """
+    record = verify(folder)
+    if record["variant"] != variant:
+        raise ConfigError(f"`model.variant` = {variant!r}, but the pretrained weights in {folder} are "
+                          f"{record['variant']!r}")
+    diff = sorted(k for k in set(build) | set(record["build"]) if build.get(k) != record["build"].get(k))
+    if diff:
+        raise ConfigError(f"`model.build.{diff[0]}` = {build.get(diff[0])!r}, but the pretrained weights in {folder} "
+                          f"have {record['build'].get(diff[0])!r} (model.build must equal their provenance.json)")
+    return load(folder), {"pretrained": {"seed": record["seed"], "files": record["files"]}}

@@ -29,4 +29,4 @@ def metric(metric_id: str) -> Metric:
     try:
         return METRICS[metric_id]
     except KeyError:
-        raise KeyError(f"metric {metric_id!r} is not registered in lofi_lora.evaluate.metrics.METRICS") from None
+        raise KeyError(f"metric {metric_id!r} is not registered in lofi_lora.metrics.METRICS") from None

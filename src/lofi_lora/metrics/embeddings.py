@@ -218,7 +218,7 @@ class ClapAudio(Embedder):
     pretrained = True
 
     def __init__(self, clap_path: str | Path | None, device: str = "cpu", min_vocab: int = 1000) -> None:
-        from lofi_lora.evaluate.metrics.clap import ClapModelLocal
+        from lofi_lora.metrics.clap import ClapModelLocal
 
         self.clap = ClapModelLocal(clap_path, device=device, min_vocab=min_vocab, metric_id=self.metric_id)
         self.version = self.clap.model_id
