@@ -36,7 +36,23 @@ def load_config(raw: Any) -> DictConfig:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"`{key}`: {str(e).splitlines()[0]}") from None
     _check_values(schema.Params, cfg, "")
+    _check_adapter_sections(cfg)
     return cfg
+
+
+def _check_adapter_sections(cfg: DictConfig) -> None:
+    """Each adapter type reads its own section (`adapter.lokr`) and no other: set exactly the chosen one."""
+    chosen = cfg.adapter.type
+    for name in schema.ADAPTER_TYPES:
+        if name not in cfg.adapter:
+            continue
+        if name == chosen and cfg.adapter[name] is None:
+            raise ConfigError(f"`adapter.{name}` is null but adapter.type={chosen} needs it (conf/adapter/{name}.yaml)")
+        if name != chosen and cfg.adapter[name] is not None:
+            raise ConfigError(f"`adapter.{name}` is set but adapter.type={chosen} does not read it; "
+                              f"select the group (`adapter={chosen}`) instead of setting adapter.type alone")
+    if chosen == "lokr" and cfg.lora.rslora:
+        raise ConfigError("`lora.rslora` = true: adapter.type=lokr has no rsLoRA scale (alpha/r); set it false")
 
 
 def compose_config(overrides: Sequence[str] = (), root: Path = REPO_ROOT) -> DictConfig:

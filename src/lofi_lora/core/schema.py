@@ -71,6 +71,7 @@ PROBABILITY = dict(ge=0, lt=1)   # a rate that must leave something (dropout)
 WORKERS = dict(ge=0)             # processes; 0 = all CPUs where the stage allows it
 # lora.target_modules: the diffusers module names the adapter writers (lofi_lora.train.adapters) can name in
 # upstream ACE-Step 1.5 / ComfyUI's layout, each with that name. A LoRA on any other module could not be exported.
+ADAPTER_TYPES = ("lora", "dora", "lokr")   # adapter.type; its own section (if any) is named after it
 LORA_TARGETS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj",
                 "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
 
@@ -261,6 +262,25 @@ class Lora:
 
 
 @dataclass
+class AdapterLokr:
+    """PEFT LoKrConfig's own keys (r and alpha come from `lora`)."""
+
+    decompose_both: bool = key()
+    decompose_factor: int = key(ge=-1)
+    rank_dropout: Number = key(**PROBABILITY)
+    module_dropout: Number = key(**PROBABILITY)
+
+
+@dataclass
+class Adapter:
+    """Which PEFT adapter trains on `lora.target_modules` with `lora.r`/`lora.alpha` (conf/adapter/<type>.yaml).
+    A type's own keys sit in its section (`lokr`); the sections of the other types are null."""
+
+    type: str = key(choices=ADAPTER_TYPES)
+    lokr: Optional[AdapterLokr] = section()
+
+
+@dataclass
 class Train:
     max_steps: int = key(ge=1)
     batch_size: int = key(ge=1)
@@ -290,6 +310,8 @@ class Train:
     pad_multiple: int = key(ge=1)
     data_on_device: Union[bool, str] = key(choices=("auto",))
     distributed: Union[bool, str] = key(choices=("auto", "on", "off"))
+    ema_decay: Number = key(ge=0, lt=1)                            # EMA of the adapter weights; 0 = off
+    ema_device: str = key(choices=("device", "cpu"))               # where the EMA copy lives
 
 
 @dataclass
@@ -311,6 +333,7 @@ class Eval:
     bootstrap: int = key(ge=100)                                  # replicates behind each FD/KAD interval
     interval: Number = key(gt=0, lt=1)                            # the intervals' coverage (0.95)
     report_embed_max_mb: Number = key(ge=0)
+    ema: bool = key()                                              # also score each checkpoint's EMA adapter
 
 
 @dataclass
@@ -382,6 +405,7 @@ class Params:
     dataset: Dataset = section()
     model: Model = section()
     lora: Lora = section()
+    adapter: Adapter = section()
     train: Train = section()
     eval: Eval = section()
     export: Export = section()

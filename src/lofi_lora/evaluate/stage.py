@@ -53,6 +53,7 @@ class ModelEval:
     samples: list[dict] = field(default_factory=list)
     records: dict[str, Record] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    weight_name: str | None = None      # the adapter file in adapter_dir; None = the raw adapter (EMA: eval.ema)
     replicates: dict[str, Any] = field(default_factory=dict)  # metric id -> bootstrap replicates (not written)
 
     def add(self, *records: Record) -> None:
@@ -373,7 +374,8 @@ def adapter_loaded(pipe, m: ModelEval):
     from lofi_lora.train.adapters import load_into_pipeline
 
     if m.adapter_dir:
-        load_into_pipeline(pipe, m.adapter_dir, adapter_name=f"eval_{m.label}")
+        load_into_pipeline(pipe, m.adapter_dir, adapter_name=f"eval_{m.label}".replace("-", "_"),
+                           **({"weight_name": m.weight_name} if m.weight_name else {}))
     try:
         yield pipe
     finally:
@@ -422,18 +424,26 @@ def write_best(lora_dir: Path, models: list[ModelEval], best: ModelEval, manifes
     scored = {"version": manifest.get("version", 1), "best_step": best.step, "best_metric": ev.best_metric,
               "best_mode": ev.best_mode, "sampling": settings, "variant": variant,
               "base": {"scores": models[0].scores, "details": models[0].details}, "checkpoints": []}
-    by_step = {m.step: m for m in models[1:]}
+    by_step = {m.step: m for m in models[1:] if not m.weight_name}
+    ema_by_step = {m.step: m for m in models[1:] if m.weight_name}
+    if best.weight_name:
+        scored["best_ema"] = True
     for e in manifest["checkpoints"]:
         e2 = dict(e)
         if int(e["step"]) in by_step:
             m = by_step[int(e["step"])]
             e2["scores"] = {**(e.get("scores") or {}), **m.scores}
             e2["eval_details"] = m.details
+        if int(e["step"]) in ema_by_step:
+            e2["ema_scores"] = ema_by_step[int(e["step"])].scores
         scored["checkpoints"].append(e2)
+    from lofi_lora.train.adapters import DIFFUSERS_WEIGHT_NAME
+
     with atomic_dir(lora_dir / "best") as tmp:
         for f in sorted(Path(best.adapter_dir).iterdir()):
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+            if f.is_file() and not (best.weight_name and f.name == DIFFUSERS_WEIGHT_NAME):
+                # an EMA winner: its adapter becomes best/'s adapter file (what export loads)
+                shutil.copy2(f, tmp / (DIFFUSERS_WEIGHT_NAME if f.name == best.weight_name else f.name))
         atomic_write_json(tmp / "scores.json", scored)
 
 
@@ -548,6 +558,15 @@ def run_evaluate(cfg) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     models = [ModelEval(BASE, 0, None)] + [ModelEval(f"{int(e['step']):06d}", int(e["step"]), e["_dir"])
                                            for e in entries]
+    if ev.ema:  # each checkpoint's EMA adapter as one more candidate, `<step>-ema`
+        from lofi_lora.train.adapters import EMA_WEIGHT_NAME
+
+        ema = [ModelEval(f"{int(e['step']):06d}-ema", int(e["step"]), e["_dir"], weight_name=EMA_WEIGHT_NAME)
+               for e in entries if EMA_WEIGHT_NAME in e.get("files", {})]
+        if not ema:  # a sweep over train.ema_decay=0,0.999 with eval.ema=true: the EMA-off jobs score raw only
+            log.warning("eval.ema=true but no evaluated checkpoint holds an EMA adapter (train.ema_decay=0): "
+                        "scoring the raw adapters only")
+        models += ema
     for m in models:
         score_val_loss(pipe, m, setup, ev, seed, device)
     sampled = models if ev.sample == "all" else [models[0], pick_best(models, "val_loss", ev.best_mode)]

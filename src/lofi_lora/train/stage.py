@@ -24,9 +24,9 @@ from lofi_lora.core.config import config_hash, to_plain
 from lofi_lora.core.errors import ModelError
 from lofi_lora.core.fsutil import atomic_dir
 from lofi_lora.train.objective import Objective, cfg_dropout_ratio, timestep_scheme
-from lofi_lora.train.state import (BatchOrder, CheckpointInfo, TrainState, add_lora, adapter_state, build_optimizer,
-                                   build_scheduler, next_micro_batches, restore_checkpoint, rng_state, save_checkpoint,
-                                   train_step)
+from lofi_lora.train.state import (BatchOrder, CheckpointInfo, TrainState, adapter_kind, add_lora, adapter_state,
+                                   build_optimizer, build_scheduler, ema_state, next_micro_batches, restore_checkpoint,
+                                   rng_state, save_checkpoint, train_step)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 RESUME_SAFE_KEYS = ("max_steps", "checkpoint_every", "keep_last", "resume_from", "log_every", "cpu_threads",
                     "compile", "compile_mode", "activation_memory_budget",  # how the step runs, not what it learns
                     "data_on_device", "distributed")
+EMA_KEYS = ("ema_decay", "ema_device")  # in the hash only when EMA is on: runs without it keep their identity
 
 
 def train_config_hash(cfg, data_hash: str, world_size: int = 1) -> str:
@@ -41,17 +42,22 @@ def train_config_hash(cfg, data_hash: str, world_size: int = 1) -> str:
     data-parallel ranks when more than one (each rank draws its own noise). Checkpoints of another hash are never
     resumed."""
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in RESUME_SAFE_KEYS}
+    if not train.get("ema_decay"):
+        train = {k: v for k, v in train.items() if k not in EMA_KEYS}
     if world_size > 1:
         train["world_size"] = world_size
-    return config_hash({"seed": cfg.seed, "model": to_plain(cfg.model), "lora": to_plain(cfg.lora),
-                        "train": train, "data": data_hash})
+    what = {"seed": cfg.seed, "model": to_plain(cfg.model), "lora": to_plain(cfg.lora), "train": train,
+            "data": data_hash}
+    if cfg.adapter.type != "lora":  # LoRA runs keep the hash they had before adapter types existed
+        what["adapter"] = to_plain(cfg.adapter)
+    return config_hash(what)
 
 
 def load_null_condition(model_cfg, base_model_path: str | Path) -> torch.Tensor | None:
     """`null_condition_emb` [1, 1, H] read straight from the condition encoder's weights (no VAE/text encoder)."""
     from safetensors import safe_open
 
-    from lofi_lora.model.load import load_transformer, model_dir
+    from lofi_lora.model.load import model_dir
 
     folder = model_dir(model_cfg, base_model_path) / "condition_encoder"
     for f in sorted(folder.glob("*.safetensors")):
@@ -73,7 +79,7 @@ def load_train_clips(cfg) -> tuple[list[str], list[dict[str, torch.Tensor]], str
 def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tuple[TrainState, int]:
     """The base DiT with a fresh LoRA (seeded), its speed settings, optimizer, schedule, sampler RNG and data order;
     returns the state and the number of trainable parameters."""
-    from lofi_lora.model.load import load_transformer, model_dir
+    from lofi_lora.model.load import load_transformer
     from lofi_lora.train import distributed
     from lofi_lora.train import speed as train_speed
     from lofi_lora.core.runtime import seed_everything
@@ -81,7 +87,7 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
     tcfg, device = cfg.train, place.device
     model = load_transformer(cfg.model, cfg.paths.base_model, device=device, dtype=place.weights_dtype)
     seed_everything(cfg.seed)  # LoRA init draws from the global RNG: same adapter init whoever calls us
-    n_trainable = add_lora(model, cfg.lora)
+    n_trainable = add_lora(model, cfg.lora, cfg.adapter)
     share = train_speed.checkpoint_share(tcfg.grad_checkpointing)
     if share > 0:
         log.info("activation checkpointing on %d of %d DiT blocks",
@@ -92,6 +98,7 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
                  train_speed.use_fast_attention(model))  # the same attention, no dispatch in the graph
         train_speed.compile_model(model, scope, tcfg.compile_mode, memory_budget=tcfg.activation_memory_budget)
     model.train()
+    adapters.skip_idle_lokr_dropout(model)  # LoKr at dropout 0: no per-layer draw, one graph under compile
     variant = cfg.model.variant
     cfg_ratio = cfg_dropout_ratio(tcfg.cfg_dropout, variant)
     null_cond = load_null_condition(cfg.model, cfg.paths.base_model) if cfg_ratio > 0 else None
@@ -109,7 +116,8 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
                        torch.Generator(device=device).manual_seed(cfg.seed + 7919 * world.rank),
                        BatchOrder([c["target_latents"].shape[0] for c in clips], tcfg.batch_size * world.size,
                                   cfg.seed, tcfg.bucket_by_length),
-                       objective, forward=forward, compile_mode=tcfg.compile_mode if scope else None)
+                       objective, forward=forward, compile_mode=tcfg.compile_mode if scope else None,
+                       ema_decay=float(tcfg.ema_decay), ema_device=str(tcfg.ema_device))
     return state, n_trainable
 
 
@@ -127,23 +135,29 @@ def log_banner(cfg, clip_ids: list[str], n_trainable: int, world, place, objecti
              place.compute_dtype, world.size, chash)
 
 
-def lora_info(lora_cfg) -> dict[str, Any]:
-    """The adapter shape recorded with every adapter file."""
+def lora_info(lora_cfg, adapter_cfg=None) -> dict[str, Any]:
+    """The adapter shape and type recorded with every adapter file."""
     return dict(r=int(lora_cfg.r), alpha=float(lora_cfg.alpha), rslora=bool(lora_cfg.rslora),
-                dropout=float(lora_cfg.dropout), target_modules=list(lora_cfg.target_modules))
+                dropout=float(lora_cfg.dropout), target_modules=list(lora_cfg.target_modules),
+                **adapter_kind(adapter_cfg))
 
 
 def write_adapters(cfg, state: TrainState, chash: str) -> None:
     """`final/` (diffusers, scale baked in), `peft/` (upstream 1.5 PEFT folder) and `comfyui/` (one file, alpha per
-    layer) from the trained LoRA."""
-    lora_root, final_state, info = Path(cfg.paths.lora), adapter_state(state.model), lora_info(cfg.lora)
+    layer) from the trained adapter; with EMA also `final/ema_lora_weights.safetensors` (the EMA weights)."""
+    lora_root, final_state, info = Path(cfg.paths.lora), adapter_state(state.model), lora_info(cfg.lora, cfg.adapter)
+    extra = {"step": state.step, "config_hash": chash, "variant": cfg.model.variant, "timesteps": state.objective.scheme}
     with atomic_dir(lora_root / "final") as tmp:
-        adapters.save_diffusers_adapter(final_state, tmp, bake=True, **info,
-                                        extra_info={"step": state.step, "config_hash": chash,
-                                                    "variant": cfg.model.variant, "timesteps": state.objective.scheme})
+        adapters.save_diffusers_adapter(final_state, tmp, bake=True, **info, extra_info=extra)
+        if state.ema:  # beside it, the EMA adapter (same format; DVC tracks final/ whole)
+            adapters.save_diffusers_adapter(ema_state(state), tmp, bake=True, **info,
+                                            weight_name=adapters.EMA_WEIGHT_NAME,
+                                            extra_info={**extra, "ema": True, "ema_decay": state.ema_decay})
     base_ref = str(cfg.model.hub_id or cfg.model.path or cfg.model.name)
     adapters.save_peft_adapter(final_state, lora_root / "peft", base_model=base_ref, **info)
-    adapters.save_comfyui_folder(final_state, lora_root / "comfyui", variant=cfg.model.variant, **info)
+    base_weights = adapters.dora_base_weights(state.model) if info["adapter_type"] == "dora" else None
+    adapters.save_comfyui_folder(final_state, lora_root / "comfyui", variant=cfg.model.variant,
+                                 base_weights=base_weights, **info)
 
 
 def train_metrics(run: dict[str, Any], metrics, state: TrainState, place, world) -> dict[str, Any]:
@@ -242,7 +256,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     live = open_live(Path(cfg.paths.metrics) / "train", resumed_from) if world.is_main else None
     metrics = MetricsBuffer(live, max(1, tcfg.log_every), max_steps, saved.get("ema_loss"), saved.get("last"))
 
-    info = CheckpointInfo(chash, lora_info(cfg.lora), tcfg.keep_last)
+    info = CheckpointInfo(chash, lora_info(cfg.lora, cfg.adapter), tcfg.keep_last)
     frames_total, t0, start_step = torch.zeros((), device=place.device), time.perf_counter(), state.step
     sync_every_step = place.device.type != "cuda" or step_callback is not None
     try:

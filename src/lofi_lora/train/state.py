@@ -25,7 +25,7 @@ from lofi_lora.train import adapters
 from lofi_lora.train import speed as train_speed
 from lofi_lora.train.checkpoints import STATE_FILE, CheckpointStore
 from lofi_lora.dataset.stage import CACHE_KEYS
-from lofi_lora.core.errors import CheckpointError, ConfigError
+from lofi_lora.core.errors import CheckpointError, ConfigError, ModelError
 from lofi_lora.train.objective import Objective
 
 log = logging.getLogger(__name__)
@@ -92,21 +92,34 @@ class BatchOrder:
 # the LoRA, the optimizer and the schedule
 # --------------------------------------------------------------------------------------------------------------
 
-def add_lora(model: torch.nn.Module, lora_cfg) -> int:
-    """Inject the LoRA of `lora_cfg` (diffusers module names), freeze the rest; returns the trainable count."""
+def adapter_kind(adapter_cfg) -> dict[str, Any]:
+    """The adapter type and its own keys (`adapter` section; None = plain LoRA), as the adapter writers take them."""
+    if adapter_cfg is None:
+        return {"adapter_type": "lora", "lokr": None}
+    lokr = adapter_cfg.get("lokr")
+    return {"adapter_type": str(adapter_cfg.type), "lokr": dict(lokr) if lokr is not None else None}
+
+
+def add_lora(model: torch.nn.Module, lora_cfg, adapter_cfg=None) -> int:
+    """Inject the adapter of `adapter_cfg` (LoRA when None) shaped by `lora_cfg` (diffusers module names), freeze
+    the rest; returns the trainable count."""
     targets = list(lora_cfg.target_modules)
     try:
         return adapters.inject_lora(model, r=int(lora_cfg.r), alpha=float(lora_cfg.alpha), rslora=bool(lora_cfg.rslora),
-                                    dropout=float(lora_cfg.dropout), target_modules=targets)
+                                    dropout=float(lora_cfg.dropout), target_modules=targets, **adapter_kind(adapter_cfg))
+    except ModelError as e:
+        raise ConfigError(str(e)) from e
     except ValueError as e:
         raise ConfigError(f"lora.target_modules={targets}: {e}") from e
 
 
 def lora_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """Trainable LoRA parameters keyed like `adapter_state_dict` (adapter name removed)."""
-    suffix = f".{adapters.ADAPTER_NAME}.weight"
-    return {n[: -len(suffix)] + ".weight": p for n, p in model.named_parameters()
-            if ".lora_" in n and n.endswith(suffix)}
+    """Trainable adapter parameters (LoRA, DoRA, LoKr) keyed like `adapter_state_dict` (adapter name removed)."""
+    out = {}
+    for n, p in model.named_parameters():
+        if adapters.is_adapter_param(n) and (k := adapters.canonical_key(n)) is not None:
+            out[k] = p
+    return out
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -175,10 +188,37 @@ class TrainState:
     compile_mode: str | None = None     # the torch.compile mode, when compiled (CUDA graphs need a step mark)
     step: int = 0
     params: list[torch.nn.Parameter] = field(default_factory=list)
+    ema_decay: float = 0.0              # train.ema_decay; 0 = no EMA
+    ema_device: str = "device"          # train.ema_device: "device" (next to the params) or "cpu"
+    ema: list[torch.Tensor] = field(default_factory=list)   # EMA of `params`, same order
 
     def __post_init__(self) -> None:
         self.forward = self.forward or self.model
         self.params = self.params or list(lora_params(self.model).values())
+        if self.ema_decay > 0 and not self.ema:
+            where = "cpu" if self.ema_device == "cpu" else self.params[0].device
+            self.ema = [p.detach().to(where, torch.float32, copy=True) for p in self.params]
+
+
+def update_ema(state: TrainState) -> None:
+    """ema <- decay * ema + (1 - decay) * param, after each optimizer step. On the device: one fused op, no host
+    sync; on the CPU: a copy of the adapter per step (a host sync), which frees device memory."""
+    if not state.ema:
+        return
+    weight = 1.0 - state.ema_decay
+    with torch.no_grad():
+        if state.ema[0].device == state.params[0].device:
+            torch._foreach_lerp_(state.ema, [p.detach() for p in state.params], weight)
+        else:
+            for e, p in zip(state.ema, state.params):
+                e.lerp_(p.detach().to(e.device, torch.float32), weight)
+
+
+def ema_state(state: TrainState) -> dict[str, torch.Tensor]:
+    """The EMA adapter as fp32 CPU copies keyed like `adapter_state` (empty without EMA)."""
+    if not state.ema:
+        return {}
+    return {k: e.detach().to("cpu", torch.float32).clone() for k, e in zip(lora_params(state.model), state.ema)}
 
 
 def train_step(state: TrainState, micro_batches: list[dict[str, torch.Tensor]], max_grad_norm: float,
@@ -203,6 +243,7 @@ def train_step(state: TrainState, micro_batches: list[dict[str, torch.Tensor]], 
     lr = state.optimizer.param_groups[0]["lr"]
     state.optimizer.step()
     state.scheduler.step()
+    update_ema(state)
     state.step += 1
     return loss_sum / n, grad_norm, lr, frames_sum
 
@@ -268,11 +309,18 @@ def save_checkpoint(state: TrainState, store: CheckpointStore, info: CheckpointI
     def write(tmp: Path) -> None:
         adapters.save_diffusers_adapter(adapter_state(state.model), tmp, bake=False, **info.lora_info,
                                         extra_info={"step": step, "config_hash": info.config_hash})
+        if state.ema:  # the EMA adapter, for evaluate (eval.ema); its exact state also goes into the state file
+            adapters.save_diffusers_adapter(ema_state(state), tmp, bake=False, **info.lora_info,
+                                            weight_name=adapters.EMA_WEIGHT_NAME,
+                                            extra_info={"step": step, "config_hash": info.config_hash, "ema": True,
+                                                        "ema_decay": state.ema_decay})
         saved = {"step": step, "ema_loss": metrics.ema_loss, "last": dict(metrics.last),
                  "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
                  "rng": rng_ranks[0], "data": state.order.state_dict(), "config_hash": info.config_hash}
         if len(rng_ranks) > 1:
             saved["rng_ranks"] = rng_ranks
+        if state.ema:
+            saved["ema"] = ema_state(state)
         torch.save(saved, tmp / STATE_FILE)
 
     scores = {"train_loss": metrics.ema_loss} if metrics.ema_loss is not None else {}
@@ -289,5 +337,11 @@ def restore_checkpoint(state: TrainState, ckdir: Path, rank: int | None) -> dict
     set_rng_state(saved["rng_ranks"][rank] if rank is not None else saved["rng"], state.gen)
     state.order.load_state_dict(saved["data"])
     state.step = int(saved["step"])
+    if state.ema:
+        if "ema" not in saved:
+            raise CheckpointError(f"{ckdir}: holds no EMA of the adapter but train.ema_decay > 0")
+        with torch.no_grad():
+            for e, k in zip(state.ema, lora_params(state.model)):
+                e.copy_(saved["ema"][k])
     log.info("resuming from %s (step %d)", ckdir.name, state.step)
     return {"ema_loss": saved.get("ema_loss"), "last": dict(saved.get("last") or {})}
