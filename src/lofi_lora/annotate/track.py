@@ -129,11 +129,16 @@ def choose_tempo_level(clips: Sequence[ClipAnalysis], bpm: float, lo: float, hi:
     score = raw + log_range_prior(BPM_GRID, lo, hi)
     at = lambda b: int(np.clip(round((b - BPM_GRID[0]) / 0.1), 0, len(BPM_GRID) - 1))  # noqa: E731
     octaves = [bpm * 2.0 ** k for k in range(-2, 3) if BPM_GRID[0] <= bpm * 2.0 ** k <= BPM_GRID[-1]] or [bpm]
-    level = max(octaves, key=lambda b: score[at(b)])
+    # Each octave is read off its salience peak within +-REFINE: the bar-lag term makes peaks sharper than the
+    # tracker's precision, so the value at the reading itself would understate it.
+    peaks = []
+    for b in octaves:
+        near = (BPM_GRID >= b / (1 + REFINE)) & (BPM_GRID <= b * (1 + REFINE))
+        peaks.append(float(BPM_GRID[near][np.argmax(score[near])]) if near.any() else b)
+    level = max(peaks, key=lambda b: score[at(b)])
     best = int(np.argmax(score))
     if score[at(level)] >= score[best] - margin:
-        near = (BPM_GRID >= level / (1 + REFINE)) & (BPM_GRID <= level * (1 + REFINE))
-        chosen, source = float(BPM_GRID[near][np.argmax(score[near])]), "range"
+        chosen, source = level, "range"
         if bpm_acc1(chosen, bpm):
             return bpm, "audio", None
     else:
