@@ -1,12 +1,15 @@
 """Key from tonal function (relative keys, the dominant, seventh-chord loops, modulation) and the tempo octave
 folded into the configured range, on signals whose key and tempo are known by construction."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze
 from lofi_lora.annotate.key import pitch_class
+from lofi_lora.annotate.tempo import _autocorr
 from lofi_lora.annotate.tonality import evidence
-from lofi_lora.annotate.track import analyse_track, key_segments
+from lofi_lora.annotate.track import analyse_track, choose_tempo_level, key_segments
 
 HOP = 0.1
 BEAT = 0.75   # 80 BPM
@@ -89,6 +92,28 @@ def test_double_time_reading_folds_into_the_range_and_says_so():
     # A range that already holds 126 leaves the tracker's reading alone.
     kept = analyse_track([a], AnalysisOptions(tempo_lo=90.0, tempo_hi=140.0))
     assert kept.bpm == a.rhythm_bpm and kept.bpm_source == "audio" and kept.octave is None
+
+
+def reel_onsets(bpm: float, hop_s: float, seconds: float = 30.0) -> np.ndarray:
+    """Onset strength of a deadpan single-line reel in 2/4: even sixteenths, no accent on the beat, each note's
+    onset as strong as its melodic step makes it, the same eight steps every bar (seeded)."""
+    steps = np.random.default_rng(3).uniform(0.2, 1.0, 8)
+    env = np.zeros(int(seconds / hop_s))
+    for i in range(int(seconds * bpm * 4 / 60)):
+        env[int(round(i * 60.0 / bpm / 4 / hop_s))] = steps[i % 8]
+    return np.convolve(env, np.hanning(7)[1:-1], "same")  # an onset spreads over ~60 ms, as spectral flux does
+
+
+def test_a_beat_the_bar_does_not_repeat_gives_way_to_the_onsets():
+    """A tracker reading of four thirds of the beat (three sixteenths: a pulse the note grid crosses but the bar
+    does not) is no octave of the truth; the onsets' bar periodicity puts it back on the beat ("onsets")."""
+    clip = analyze(straight_loop(66.0), 22050)
+    env = reel_onsets(66.0, clip.onset_hop_s)
+    reel = dataclasses.replace(clip, onset_ac=_autocorr(env, len(clip.onset_ac) - 1))
+    bpm, source, choice = choose_tempo_level([reel], 88.0, 60.0, 100.0, AnalysisOptions().tracker_margin)
+    assert abs(bpm / 66.0 - 1) < 0.04 and source == "onsets" and choice.other == 88.0
+    # The beat itself, read by the tracker, stays as it was.
+    assert choose_tempo_level([reel], 66.0, 60.0, 100.0, AnalysisOptions().tracker_margin) == (66.0, "audio", None)
 
 
 def test_tempo_range_config_is_checked():

@@ -31,7 +31,7 @@ class AnalysisOptions:
     min_key_segment_s: float = 15.0  # shortest stretch in one key that counts as a key change
     tempo_lo: float = 60.0           # the music's usual tempo range (conf annotate.tempo_range): an octave
     tempo_hi: float = 100.0          # outside it is folded in when the beat grid fits both equally
-    octave_tie: float = 0.85         # the folded tempo's beat fit, as a share of the tracker's, that counts as equal
+    tracker_margin: float = 0.1      # the onsets' best tempo must beat the tracker's best octave by this (salience)
 
     def tonal_weights(self) -> TonalWeights:
         return TonalWeights(bass=self.bass_weight, profile_name=self.key_profile)
@@ -58,7 +58,7 @@ class ClipAnalysis:
     chroma: np.ndarray             # [12, T] at chroma_hop_s: the track's key and key changes are read from these
     bass_chroma: np.ndarray
     chroma_hop_s: float
-    onset_ac: np.ndarray           # onset autocorrelation up to the 30 BPM lag: the clip's pulse at any tempo
+    onset_ac: np.ndarray           # onset autocorrelation up to the 30 BPM bar (4 beats): the clip's pulse at any tempo
     onset_hop_s: float
     events: list[Event] = field(default_factory=list)
     analysis_s: float = 0.0
@@ -94,7 +94,7 @@ def analyze(audio: np.ndarray, sr: int, opts: AnalysisOptions = AnalysisOptions(
     bpb, meter_conf = estimate_beats_per_bar(feats, beat_s)
     key = evidence(feats.chroma, feats.bass_chroma, feats.chroma_hop_s, beat_s, opts.tonal_weights()).key()[0]
     events = segment(feats, beat_s, opts.min_event_s, opts.novelty_threshold)
-    max_lag = min(len(feats.onset_env) - 1, int(np.ceil(60.0 / MIN_BPM / feats.onset_hop_s * 1.03)) + 2)
+    max_lag = min(len(feats.onset_env) - 1, int(np.ceil(4 * 60.0 / MIN_BPM / feats.onset_hop_s * 1.03)) + 2)
     ac = 0.5 * (_autocorr(feats.onset_env, max_lag) + _autocorr(feats.onset_env_low, max_lag)) if max_lag > 0 \
         else np.zeros(1)
     return ClipAnalysis(feats.duration_s, tempo, rbpm, key, bpb, meter_conf, feats.chroma.astype(np.float32),

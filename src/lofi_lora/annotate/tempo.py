@@ -21,6 +21,7 @@ librosa = librosa_guard.load()  # numba cache: see lofi_lora.core.librosa_guard
 
 MIN_BPM, MAX_BPM = 30.0, 240.0
 PRIOR_SIGMA_OCT = 0.25  # log2 width of the fall-off outside the tempo range (5 % outside -> 0.96, x1.5 -> 0.07)
+BPM_GRID = np.arange(MIN_BPM, MAX_BPM, 0.1)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,25 @@ class TempoEstimate:
 def _prior(bpm: np.ndarray, lo: float, hi: float) -> np.ndarray:
     d = np.maximum(np.log2(lo / bpm), 0) + np.maximum(np.log2(bpm / hi), 0)
     return np.exp(-0.5 * (d / PRIOR_SIGMA_OCT) ** 2)
+
+
+def log_range_prior(bpm: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Log of the tempo range prior: 0 inside [lo, hi], a log-normal fall-off (PRIOR_SIGMA_OCT) outside."""
+    return np.log(np.maximum(_prior(bpm, lo, hi), 1e-12))
+
+
+def metrical_salience(ac: np.ndarray, hop_s: float, bpm: np.ndarray = BPM_GRID) -> np.ndarray:
+    """How well each tempo in `bpm` explains the onsets: their normalised autocorrelation `ac` (hop `hop_s`)
+    summed at the beat, half-bar and bar lags (1, 2 and 4 beats). A beat that the onsets' grid merely crosses
+    (three sixteenths of a reel, a jig's quarter) peaks at its own lag but not at its bar. A lag beyond `ac`
+    (a short clip) counts the beat lag again."""
+    lag = 60.0 / (bpm * hop_s)
+    idx = np.arange(len(ac))
+    beat = np.interp(lag, idx, ac)
+    salience = beat.copy()
+    for k in (2, 4):
+        salience += np.where(k * lag <= len(ac) - 1, np.interp(k * lag, idx, ac), beat)
+    return salience
 
 
 def _parabolic(ac: np.ndarray, i: int) -> float:
@@ -79,14 +99,9 @@ def estimate_tempo(feats: Features, tempo_range: tuple[float, float] = (MIN_BPM,
         lo, hi = tempo_range
         mid = float(np.sqrt(lo * hi))
         return TempoEstimate(mid, 0.0, mid, 60.0 / mid)
-    bpm = np.arange(MIN_BPM, MAX_BPM, 0.1)
+    bpm = BPM_GRID
     lag = 60.0 / (bpm * hop_s)
-    idx = np.arange(len(ac))
-    beat = np.interp(lag, idx, ac)
-    salience = beat.copy()
-    for k in (2, 4):
-        reach = k * lag <= len(ac) - 1
-        salience += np.where(reach, np.interp(k * lag, idx, ac), beat)
+    salience = metrical_salience(ac, hop_s, bpm)
     unweighted = int(np.argmax(salience))
     weighted = salience + np.log(np.maximum(_prior(bpm, *tempo_range), 1e-12))
     best = int(np.argmax(weighted))

@@ -10,10 +10,12 @@ confident about).
 
 No hidden prior: the style's tempo range is consulted only when the audio leaves a near-tie (clips split
 between two tempi, or no clip has a beat the rhythm extractor could follow), and then `bpm_source` says
-"prior". Independently of any style, a tracked tempo outside the music's usual range (`tempo_range` in conf
-annotate: 60-100 for lofi) is folded by an octave into it where the onsets fit both beat grids about equally
-(`bpm_source` "range"); where the fits were that close, every clip's flags say so, as they do for a key whose
-margin over the runner-up is small. Values the user gave in sources.json win and are marked "sources.json".
+"prior". Independently of any style, the metrical level is then checked against the onsets' beat and bar
+periodicity with the music's usual range as a prior (`tempo_range` in conf annotate: 60-100 for lofi): a
+tracked tempo is moved by an octave where that fits about as well and lies nearer the range (`bpm_source`
+"range", 126 -> 63), or replaced where the onsets clearly fit another level (`bpm_source` "onsets": four
+thirds of a drumless reel's beat); where the fits were close, every clip's flags say so, as they do for a key
+whose margin over the runner-up is small. Values the user gave in sources.json win and are marked "sources.json".
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from lofi_lora.annotate.analysis import AnalysisOptions, ClipAnalysis
 from lofi_lora.annotate.key import KeyEstimate, key_index, normalise_tonic
 from lofi_lora.annotate.tonality import Evidence, evidence
 from lofi_lora.annotate.scoring import bpm_acc1, bpm_acc2, mirex_key_score
+from lofi_lora.annotate.tempo import BPM_GRID, log_range_prior, metrical_salience
 
 NEAR_TIE = 0.8           # a runner-up tempo with this share of the winner's support is a near-tie
 KEY_FLAG_CONFIDENCE = 0.5
@@ -52,13 +55,13 @@ class ClipVerdict:
 @dataclass(frozen=True)
 class TrackAnalysis:
     bpm: float
-    bpm_source: str              # audio | prior | range (octave folded into tempo_range) | sources.json
+    bpm_source: str              # audio | prior | range (octave moved into tempo_range) | onsets | sources.json
     bpm_confidence: float        # share of the track's tempo evidence behind `bpm`, 0-1
     bpm_audio: float | None      # what the beat tracker said (kept when a given value, the prior or the range wins)
     key_segments: list[KeySegment]
     key_source: str              # audio | sources.json
     clips: list[ClipVerdict]
-    octave: "OctaveChoice | None" = None   # set where the tracked tempo lay outside the tempo range
+    octave: "OctaveChoice | None" = None   # set where the tempo is not the tracker's reading (range, onsets)
 
     @property
     def key_change(self) -> dict[str, Any] | None:
@@ -96,38 +99,53 @@ def track_tempo(clips: Sequence[ClipAnalysis], tempo_range: tuple[float, float] 
 
 @dataclass(frozen=True)
 class OctaveChoice:
-    """The tempo octave question of a track whose tracked tempo lies outside `tempo_range`."""
+    """The tempo level question of a track where the chosen tempo is not the beat tracker's own reading."""
     chosen: float
-    other: float
-    fit_ratio: float     # beat-grid fit of the folded tempo over the tracked one's
-    close: bool          # the two fits within `OCTAVE_CLOSE` of each other: the range, not the audio, decided
+    other: float         # the tracker's reading
+    fit_ratio: float     # onset metrical salience at the chosen tempo over that at the tracker's (no range prior)
+    close: bool          # the two within `OCTAVE_CLOSE` of each other: the range, not the audio, decided
 
     def flag(self) -> str:
         return f"tempo octave close: {self.chosen:.1f} over {self.other:.1f} (beat fit ratio {self.fit_ratio:.2f})"
 
 
 OCTAVE_CLOSE = 0.15
+REFINE = 0.1             # a moved tempo is read off the salience peak within +-10 % of the tracker's octave
 
 
-def fold_octave(clips: Sequence[ClipAnalysis], bpm: float, lo: float, hi: float, tie: float
-                ) -> tuple[float, OctaveChoice | None]:
-    """`bpm`, or its half/double where that lies nearer the range [lo, hi] (in octaves) and fits the onsets'
-    beat grid at least `tie` times as well (duration-weighted over the clips). A tempo inside the range stays."""
-    def dist(b: float) -> float:
-        return max(np.log2(lo / b), 0.0) + max(np.log2(b / hi), 0.0)
+def choose_tempo_level(clips: Sequence[ClipAnalysis], bpm: float, lo: float, hi: float, margin: float
+                       ) -> tuple[float, str, OctaveChoice | None]:
+    """(bpm, source, choice): which metrical level of the music is its beat.
 
-    if dist(bpm) == 0:
-        return bpm, None
-    alt = min((bpm / 2, bpm * 2), key=dist)
-    if dist(alt) >= dist(bpm):
-        return bpm, None
-    w = np.array([c.duration_s for c in clips])
-    fit = lambda b: float(np.dot(w, [c.beat_strength(b) for c in clips]) / max(w.sum(), 1e-9))  # noqa: E731
-    f_bpm, f_alt = fit(bpm), fit(alt)
-    ratio = f_alt / f_bpm if f_bpm > 0 else (1.0 if f_alt > 0 else 0.0)
-    chosen, other = (alt, bpm) if ratio >= tie else (bpm, alt)
-    return chosen, OctaveChoice(round(chosen, 2), round(other, 2), round(ratio, 3),
-                                bool(abs(np.log(max(ratio, 1e-9))) <= -np.log(1 - OCTAVE_CLOSE)))
+    Every tempo is scored by the clips' onset metrical salience (beat, half-bar and bar lags, duration-weighted)
+    plus the log prior of the range [lo, hi]. The tracker's reading `bpm` or its best-scoring octave is kept
+    (source "audio" or "range") unless the best tempo overall beats it by `margin` (source "onsets"): a beat
+    tracker on music without drums locks onto a pulse that the notes' grid crosses but the bar does not (four
+    thirds of a reel's beat, three halves of a jig's), which an octave fold cannot mend.
+    """
+    w = np.array([c.duration_s for c in clips], dtype=float)
+    w /= max(w.sum(), 1e-9)
+    raw = sum(wi * metrical_salience(c.onset_ac, c.onset_hop_s) for wi, c in zip(w, clips))
+    score = raw + log_range_prior(BPM_GRID, lo, hi)
+    at = lambda b: int(np.clip(round((b - BPM_GRID[0]) / 0.1), 0, len(BPM_GRID) - 1))  # noqa: E731
+    octaves = [bpm * 2.0 ** k for k in range(-2, 3) if BPM_GRID[0] <= bpm * 2.0 ** k <= BPM_GRID[-1]] or [bpm]
+    # Each octave is read off its salience peak within +-REFINE: the bar-lag term makes peaks sharper than the
+    # tracker's precision, so the value at the reading itself would understate it.
+    peaks = []
+    for b in octaves:
+        near = (BPM_GRID >= b / (1 + REFINE)) & (BPM_GRID <= b * (1 + REFINE))
+        peaks.append(float(BPM_GRID[near][np.argmax(score[near])]) if near.any() else b)
+    level = max(peaks, key=lambda b: score[at(b)])
+    best = int(np.argmax(score))
+    if score[at(level)] >= score[best] - margin:
+        chosen, source = level, "range"
+        if bpm_acc1(chosen, bpm):
+            return bpm, "audio", None
+    else:
+        chosen, source = float(BPM_GRID[best]), "onsets"
+    ratio = float(raw[at(chosen)] / raw[at(bpm)]) if raw[at(bpm)] > 0 else 1.0
+    return chosen, source, OctaveChoice(round(chosen, 2), round(bpm, 2), round(ratio, 3),
+                                        bool(abs(np.log(max(ratio, 1e-9))) <= -np.log(1 - OCTAVE_CLOSE)))
 
 
 def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
@@ -171,8 +189,7 @@ def analyse_track(clips: Sequence[ClipAnalysis], opts: AnalysisOptions = Analysi
     bpm_audio, source, conf = track_tempo(clips, tempo_range)
     bpm, octave = bpm_audio, None
     if source == "audio":
-        bpm, octave = fold_octave(clips, bpm_audio, opts.tempo_lo, opts.tempo_hi, opts.octave_tie)
-        source = "range" if bpm != bpm_audio else source
+        bpm, source, octave = choose_tempo_level(clips, bpm_audio, opts.tempo_lo, opts.tempo_hi, opts.tracker_margin)
     if given_bpm is not None:
         bpm, source, conf = float(given_bpm), "sources.json", 1.0
     hop = clips[0].chroma_hop_s

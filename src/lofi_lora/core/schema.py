@@ -181,7 +181,7 @@ class Annotate:
     key_profile: str = key(choices=("temperley", "krumhansl", "combined"))
     bass_weight: Number = key(ge=0)
     tempo_range: List[Any] = key(number=True, gt=0, nonempty=True)
-    octave_tie: Number = key(gt=0, le=1)
+    tracker_margin: Number = key(ge=0)
     key_change_gain: Number = key(ge=0)
     min_key_segment_s: Number = key(gt=0)
     min_event_s: Number = key(gt=0)
