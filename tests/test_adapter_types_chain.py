@@ -22,7 +22,7 @@ def _cfg(root: Path, kind: str):
     paths = {k: str(root / k) for k in ("clips", "dataset", "cache", "base_model", "lora", "metrics", "plots",
                                         "reports", "onnx")}
     paths["presets"] = str(root / "no_presets")  # tokenizer from template words only: a faster build
-    cfg = real_config(root, paths=paths, model={"path": paths["base_model"]}, adapter=ADAPTERS[kind],
+    cfg = real_config(root, "model=toy", paths=paths, model={"path": paths["base_model"]}, adapter=ADAPTERS[kind],
                       train={"max_steps": 4, "checkpoint_every": 2, "warmup_steps": 1, "ema_decay": 0.5},
                       eval={"num_prompts": 1, "seeds": [0], "duration_s": 2.0, "last_n": 1, "fad_inf_points": 2,
                             "embedding": "logmel", "vggish_path": None, "clap_path": None, "ema": True})

@@ -98,23 +98,34 @@ def test_evaluate_outputs(workspace):
     assert base_scores["fd_logmel128_v1_n_clips"] == 4  # 2 prompts x 2 seeds
     assert result["best_step"] == m["best_step"]
     assert not any(isinstance(v, str) for v in m.values())  # reasons and labels live in the report
-    # samples: base + 2 checkpoints, 4 each, 48 kHz stereo of the requested duration
-    for label in ("base", "000010", "000015"):
-        files = sorted((root / "lora" / "samples" / label).glob("*.wav"))
-        assert len(files) == 4, label
-        info = audio_io.info(files[0])
-        assert info.sample_rate == 48000 and info.channels == 2 and abs(info.duration_s - 2.0) < 0.1
-    assert not (root / "lora" / "samples" / "000005").exists()
-    # the adapter changes the model: checkpoint samples and losses differ from the base model's
-    a, _ = audio_io.read(root / "lora" / "samples" / "base" / "p00_s0.wav")
-    b, _ = audio_io.read(root / "lora" / "samples" / "000015" / "p00_s0.wav")
-    assert np.abs(a - b).max() > 1e-4
     scores = json.loads((root / "lora" / "best" / "scores.json").read_text())
     vl = {e["step"]: e["scores"].get("val_loss") for e in scores["checkpoints"]}
     assert vl[5] is None and vl[10] != vl[15] and scores["base"]["scores"]["val_loss"] not in (vl[10], vl[15])
     assert scores["checkpoints"][0]["scores"]["train_loss"] == pytest.approx(0.2)  # train's scores kept
     best_step = min((10, 15), key=lambda s: (vl[s], -s))
     assert scores["best_step"] == best_step
+    # samples (eval.sample=base_and_best): the base and the best checkpoint, 4 each, 48 kHz stereo of the requested
+    # duration; the other checkpoint has its val_loss and null sample metrics with the reason
+    other = ({10, 15} - {best_step}).pop()
+    for label in ("base", f"{best_step:06d}"):
+        files = sorted((root / "lora" / "samples" / label).glob("*.wav"))
+        assert len(files) == 4, label
+        info = audio_io.info(files[0])
+        assert info.sample_rate == 48000 and info.channels == 2 and abs(info.duration_s - 2.0) < 0.1
+    assert not (root / "lora" / "samples" / "000005").exists()
+    assert not (root / "lora" / "samples" / f"{other:06d}").exists()
+    unsampled = next(e["scores"] for e in scores["checkpoints"] if e["step"] == other)
+    assert unsampled["fd_logmel128_v1"] is None and "not sampled" in unsampled["fd_logmel128_v1_reason"]
+    # intervals: each distance inside its own bootstrap interval; best minus base with its paired interval
+    for k in ("fd_logmel128_v1", "kad_logmel128_v1"):
+        assert m[f"{k}_low"] <= m[k] <= m[f"{k}_high"] and m["base"][f"{k}_low"] <= m["base"][k] <= m["base"][f"{k}_high"]
+        assert m["vs_base"][f"{k}_low"] <= m["vs_base"][k] <= m["vs_base"][f"{k}_high"]
+        assert m["vs_base"][k] == pytest.approx(m[k] - m["base"][k], rel=1e-3, abs=1e-9)
+        assert m["real"][k] < m["noise"][k]
+    # the adapter changes the model: checkpoint samples and losses differ from the base model's
+    a, _ = audio_io.read(root / "lora" / "samples" / "base" / "p00_s0.wav")
+    b, _ = audio_io.read(root / "lora" / "samples" / f"{best_step:06d}" / "p00_s0.wav")
+    assert np.abs(a - b).max() > 1e-4
     # best/ has the checkpoint's layout and bytes
     src = root / "lora" / "checkpoints" / f"checkpoint-{best_step:06d}"
     for f in src.iterdir():
@@ -129,7 +140,7 @@ def test_evaluate_outputs(workspace):
     assert header[:2] == ["step", "model"] and header[-1] == "val_loss"  # the selection metric: dvc's default y
     assert (root / "plots" / "eval" / "val_loss.png").stat().st_size > 1000
     html = (root / "reports" / "index.html").read_text()
-    assert html.count("<audio") == 2 + 3 * 4 and "fd_logmel128_v1" in html
+    assert html.count("<audio") == 2 + 2 * 4 and "fd_logmel128_v1" in html and "Did the LoRA work?" in html
     assert "eval.vggish_path is null" in html  # why a metric is null: in the report beside it
 
 

@@ -39,12 +39,14 @@ def add_trained_like_lora(transformer, rel_delta: float = 0.1, seed: int = 0):
 
 
 def make_cfg(tmp: Path):
-    """The real config, checked by the schema, with outputs under `tmp`, a short latency run and one short prompt."""
+    """The real config on the toy model (random weights, 2 layers), checked by the schema, with outputs under `tmp`,
+    a short latency run, one short prompt and per-call parity as the gate (the audio gate needs a holdout split:
+    test_audio_gate.py, and the demo in test_pipeline.py exports the pretrained default with it)."""
     e = OmegaConf.to_container(real_config(tmp).export)
     e["latency"].update(frames=50, repeats=3, warmup=1)
     e["sampler"].update(duration_s=2.0, prompts=e["sampler"]["prompts"][:1])
-    e["audio_gate"] = False  # needs a holdout split: test_audio_gate.py, and the demo (test_pipeline.py)
-    return real_config(tmp, export=e)
+    e["audio_gate"] = False
+    return real_config(tmp, "model=toy", export=e)
 
 
 @pytest.fixture(scope="module")

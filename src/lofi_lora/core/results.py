@@ -148,7 +148,11 @@ def split_export(m: dict[str, Any]) -> Split:
                 head[p].update(audio_fd_low=_num(g["fd_low"]), audio_fd_high=_num(g["fd_high"]))
             else:  # per-call parity is then a diagnostic: shown, not deciding
                 head[p].update(audio_gate_passed=f.get("audio_gate_passed"), parity_passed=f.get("parity_passed"))
-    return head, {"parity": rows}, {"latency": latency, "timing_s": m.get("timing_s")}
+    tables: dict[str, Any] = {"parity": rows}
+    if m.get("audio_gate"):  # every figure of the audio-level gate, the paired difference from FP32 included
+        tables["audio_gate"] = [{"precision": p, **{k: meaningful(v) for k, v in g.items()}}
+                                for p, g in m["audio_gate"].items()]
+    return head, tables, {"latency": latency, "timing_s": m.get("timing_s")}
 
 
 SPLITTERS: dict[str, Callable[[dict[str, Any]], Split]] = {
