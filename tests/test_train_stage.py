@@ -19,8 +19,8 @@ def test_multirun_writes_each_job_to_its_own_folder(tmp_path):
     base = make_base_model(tmp_path)
     dataset, cache = make_cache(tmp_path)
     sweep = tmp_path / "sweep"
-    common = [f"paths.dataset={dataset}", f"paths.cache={cache}", f"paths.base_model={base}", "train.max_steps=3",
-              "train.checkpoint_every=2"]
+    common = [f"paths.dataset={dataset}", f"paths.cache={cache}", f"paths.base_model={base}", "model.source=build",
+              "train.max_steps=3", "train.checkpoint_every=2"]  # the toy base: built, not the pretrained default
     jobs = [ROOT / "multirun" / "jobs" / job_key([f"lora.r={r}", *common]) for r in (4, 8)]
     try:
         proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "-m", "lora.r=4,8", *common,
