@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers.config import real_section
-from helpers.workspace import tiny_transformer, tiny_widths
+from helpers.workspace import adapter_pipeline, dit_inputs, tiny_transformer
 from lofi_lora.train import adapters
 from lofi_lora.train.state import add_lora, lora_params
 
@@ -44,22 +44,6 @@ def trained(kind: str, r: int, alpha: float, lokr, seed: int = 7):
     return model.eval()
 
 
-def inputs():
-    g = torch.Generator().manual_seed(3)
-    t = torch.tensor([0.75, 0.3])
-    w = tiny_widths()
-    return dict(hidden_states=torch.randn(2, 14, w.latent, generator=g), timestep=t, timestep_r=t,
-                encoder_hidden_states=torch.randn(2, 6, w.cond, generator=g),
-                context_latents=torch.randn(2, 14, w.context, generator=g))
-
-
-def _pipeline():
-    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
-
-    return AceStepPipeline(vae=None, text_encoder=None, tokenizer=None, transformer=tiny_transformer(0),
-                           condition_encoder=None, scheduler=FlowMatchEulerDiscreteScheduler())
-
-
 def _info(kind, r, alpha, lokr):
     return dict(r=r, alpha=alpha, rslora=False, dropout=0.0, target_modules=ATTN, adapter_type=kind, lokr=lokr)
 
@@ -78,12 +62,12 @@ def test_dora_and_lokr_are_peft_classes():
 @pytest.mark.parametrize("bake", [True, False])
 def test_diffusers_file_reload_equals_training_model(tmp_path, kind, r, alpha, lokr, bake):
     model = trained(kind, r, alpha, lokr)
-    x = inputs()
+    x = dit_inputs()
     with torch.no_grad():
         expected = model(**x, return_dict=False)[0]
         base = tiny_transformer(0)(**x, return_dict=False)[0]
     adapters.save_diffusers_adapter(adapters.adapter_state_dict(model), tmp_path, bake=bake, **_info(kind, r, alpha, lokr))
-    pipe = adapters.load_into_pipeline(_pipeline(), tmp_path, adapter_name="eval_x")
+    pipe = adapters.load_into_pipeline(adapter_pipeline(), tmp_path, adapter_name="eval_x")
     with torch.no_grad():
         got = pipe.transformer(**x, return_dict=False)[0]
     assert (expected - base).abs().max() > 1e-2
@@ -154,7 +138,7 @@ def comfy_patch(lora: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> t
 @pytest.mark.parametrize("kind,r,alpha,lokr", CASES)
 def test_comfyui_file_at_strength_one_gives_the_trained_model(tmp_path, kind, r, alpha, lokr):
     model = trained(kind, r, alpha, lokr)
-    x = inputs()
+    x = dit_inputs()
     with torch.no_grad():
         expected = model(**x, return_dict=False)[0]
     base_weights = adapters.dora_base_weights(model) if kind == "dora" else None
@@ -179,8 +163,8 @@ def test_merge_for_export_keeps_the_adapter_model(tmp_path, kind, r, alpha, lokr
 
     model = trained(kind, r, alpha, lokr)
     adapters.save_diffusers_adapter(adapters.adapter_state_dict(model), tmp_path, **_info(kind, r, alpha, lokr))
-    pipe = adapters.load_into_pipeline(_pipeline(), tmp_path)
-    x = inputs()
+    pipe = adapters.load_into_pipeline(adapter_pipeline(), tmp_path)
+    x = dit_inputs()
     with torch.no_grad():
         before = pipe.transformer(**x, return_dict=False)[0]
         merged = merge_lora(pipe.transformer)

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 from helpers.config import real_section
-from helpers.workspace import tiny_transformer, tiny_widths
+from helpers.workspace import adapter_pipeline, dit_inputs, tiny_transformer
 from lofi_lora.train import adapters
 from lofi_lora.train.state import add_lora, lora_params
 
@@ -26,34 +26,17 @@ def _trained_model(r: int, alpha: float, rslora: bool):
     return model.eval()
 
 
-def _inputs():
-    """Seeded DiT inputs at the tiny DiT's widths."""
-    w, g = tiny_widths(), torch.Generator().manual_seed(3)
-    t = torch.tensor([0.75, 0.3])
-    return dict(hidden_states=torch.randn(2, 14, w.latent, generator=g), timestep=t, timestep_r=t,
-                encoder_hidden_states=torch.randn(2, 6, w.cond, generator=g),
-                context_latents=torch.randn(2, 14, w.context, generator=g))
-
-
-def _pipeline():
-    """diffusers' real AceStepPipeline around a fresh copy of the base DiT (load_lora_weights needs only that)."""
-    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
-
-    return AceStepPipeline(vae=None, text_encoder=None, tokenizer=None, transformer=tiny_transformer(0),
-                           condition_encoder=None, scheduler=FlowMatchEulerDiscreteScheduler())
-
-
 @pytest.mark.parametrize("r,alpha,rslora,bake", [(4, 8, False, True), (4, 1, True, True), (8, 32, True, False)])
 def test_diffusers_reload_equals_training_model(tmp_path, r, alpha, rslora, bake):
     model = _trained_model(r, alpha, rslora)
-    x = _inputs()
+    x = dit_inputs()
     with torch.no_grad():
         expected = model(**x, return_dict=False)[0]
         base = tiny_transformer(0)(**x, return_dict=False)[0]
     state = adapters.adapter_state_dict(model)
     adapters.save_diffusers_adapter(state, tmp_path, r=r, alpha=alpha, rslora=rslora, dropout=0.0,
                                     target_modules=TARGETS, bake=bake)
-    pipe = adapters.load_into_pipeline(_pipeline(), tmp_path)
+    pipe = adapters.load_into_pipeline(adapter_pipeline(), tmp_path)
     with torch.no_grad():
         got = pipe.transformer(**x, return_dict=False)[0]
     assert (expected - base).abs().max() > 1e-2  # the adapter changes the output noticeably
@@ -69,13 +52,13 @@ def test_baked_file_keeps_strength_without_metadata(tmp_path):
     from safetensors.torch import load_file
 
     model = _trained_model(4, 16, True)  # scale 16/sqrt(4) = 8
-    x = _inputs()
+    x = dit_inputs()
     with torch.no_grad():
         expected = model(**x, return_dict=False)[0]
     adapters.save_diffusers_adapter(adapters.adapter_state_dict(model), tmp_path, r=4, alpha=16, rslora=True,
                                     dropout=0.0, target_modules=TARGETS)
     plain = load_file(str(tmp_path / adapters.DIFFUSERS_WEIGHT_NAME))  # tensors only, no header
-    pipe = _pipeline()
+    pipe = adapter_pipeline()
     pipe.load_lora_weights(plain)
     assert pipe.transformer.layers[0].self_attn.to_q.scaling["default_0"] == 1.0
     with torch.no_grad():
@@ -118,7 +101,7 @@ def test_unmappable_module_is_a_clear_error():
 
 def test_load_into_pipeline_names_missing_file(tmp_path):
     with pytest.raises(Exception, match="pytorch_lora_weights.safetensors"):
-        adapters.load_into_pipeline(_pipeline(), tmp_path)
+        adapters.load_into_pipeline(adapter_pipeline(), tmp_path)
 
 
 def test_adapter_file_bytes_are_reproducible_across_processes(tmp_path):

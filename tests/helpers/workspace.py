@@ -165,3 +165,20 @@ def workspace(root: Path, variant: str = "turbo", n_clips: int = 6, **train):
     base = make_base_model(root, variant)
     dataset, cache = make_cache(root, n_clips)
     return train_config(root, base, dataset, cache, variant=variant, **train)
+
+
+def dit_inputs():
+    """Seeded inputs of one DiT call at the tiny DiT's widths (batch 2, 14 frames, 6 condition tokens)."""
+    w, g = tiny_widths(), torch.Generator().manual_seed(3)
+    t = torch.tensor([0.75, 0.3])
+    return dict(hidden_states=torch.randn(2, 14, w.latent, generator=g), timestep=t, timestep_r=t,
+                encoder_hidden_states=torch.randn(2, 6, w.cond, generator=g),
+                context_latents=torch.randn(2, 14, w.context, generator=g))
+
+
+def adapter_pipeline():
+    """diffusers' real AceStepPipeline around a fresh copy of the base DiT (load_lora_weights needs only that)."""
+    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
+
+    return AceStepPipeline(vae=None, text_encoder=None, tokenizer=None, transformer=tiny_transformer(0),
+                           condition_encoder=None, scheduler=FlowMatchEulerDiscreteScheduler())
