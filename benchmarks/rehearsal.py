@@ -84,7 +84,7 @@ _chain()
 # all batches have one shape, so the CUDA-graph profile compiles once.
 EVAL = ["eval=tiny", "eval.last_n=3", "eval.num_prompts=4", "eval.seeds=[0,1]", "eval.duration_s=30.0",
         "eval.embedding=logmel", "eval.vggish_path=null", "eval.clap_path=null"]
-EXPORT = ["export.precisions=[fp32,int4]", "export.latency.repeats=3", "export.latency.warmup=1"]
+EXPORT = ["export=default", "export.precisions=[fp32,int4]", "export.latency.repeats=3", "export.latency.warmup=1"]
 VARIANTS = {
     "tiny": {"model": ["model=tiny"], "build": None,
              "run": ["train=tiny", "train.max_steps=12", "train.checkpoint_every=4", "train.log_every=1",

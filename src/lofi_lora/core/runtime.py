@@ -115,6 +115,16 @@ def compute_dtype(precision: str, device: str):
     return torch.bfloat16
 
 
+def limit_cpu_threads(device: str, threads: int | None) -> None:
+    """torch's CPU threads for a stage of toy-sized matmuls: one is fastest, and with other work on the cores (a
+    second xdist worker, a queued experiment) torch's default of one per core ran evaluate 1.7x slower
+    (benchmarks/NOTES.md). None keeps torch's default; nothing changes on a GPU."""
+    import torch
+
+    if device == "cpu" and threads:
+        torch.set_num_threads(int(threads))
+
+
 def set_deterministic(device: str) -> None:
     """Bitwise-reproducible CPU runs (exact resume is tested on CPU)."""
     import torch

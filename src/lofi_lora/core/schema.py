@@ -334,6 +334,7 @@ class Eval:
     interval: Number = key(gt=0, lt=1)                            # the intervals' coverage (0.95)
     report_embed_max_mb: Number = key(ge=0)
     ema: bool = key()                                              # also score each checkpoint's EMA adapter
+    cpu_threads: Optional[int] = key(ge=1)                         # torch threads on CPU; null = torch default
 
 
 @dataclass
@@ -385,6 +386,7 @@ class Export:
     parity_batch: int = key(ge=1)
     parity_encoder_len: int = key(ge=1)
     ort_threads: Optional[int] = key(ge=1)
+    cpu_threads: Optional[int] = key(ge=1)  # torch threads on CPU (merge, references); null = torch default
     on_gate_failure: str = key(choices=("drop", "error"))
     audio_gate: bool = key()                # lossy precisions gated on their samples' FD (export.audio_gate)
     tolerance: Dict[str, Tolerance] = section()

@@ -531,7 +531,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     from lofi_lora.model.load import load_pipeline
     from lofi_lora.dataset.stage import read_cache
     from lofi_lora.evaluate.report import write_report
-    from lofi_lora.core.runtime import placement
+    from lofi_lora.core.runtime import limit_cpu_threads, placement
 
     t_start = time.perf_counter()
     ev, seed, variant, paths = cfg.eval, cfg.seed, cfg.model.variant, cfg.paths
@@ -547,6 +547,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     cache, _ = read_cache(paths.cache, [str(r["clip_id"]) for r in rows])
     place = placement(cfg.model.dtype)
     device = str(place.device)
+    limit_cpu_threads(place.device.type, ev.cpu_threads)
     log.info("evaluate: base + %d checkpoints, %d prompts x %d seeds, %.1f s, %s %s, sampling %s",
              len(entries), len(prompts), len(ev.seeds), ev.duration_s, device, place.weights_dtype, settings)
     refs, unavailable = references(ev, [r["audio_path"] for r in rows], device)

@@ -49,12 +49,13 @@ def run_export(cfg) -> dict:
     from lofi_lora.train import adapters
     from lofi_lora.model.load import load_pipeline
 
-    from lofi_lora.core.runtime import placement
+    from lofi_lora.core.runtime import limit_cpu_threads, placement
 
     best = Path(require(cfg, "paths.lora")) / "best"
     place = placement(cfg.model.dtype, precision="fp32")  # the FP32 reference must be FP32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    limit_cpu_threads(place.device.type, cfg.export.cpu_threads)
     pipe = load_pipeline(cfg.model, require(cfg, "paths.base_model"), str(place.device), place.weights_dtype)
     adapters.load_into_pipeline(pipe, best)
     metrics_path = Path(require(cfg, "paths.metrics")) / "export.json"

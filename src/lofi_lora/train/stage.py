@@ -222,7 +222,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
 
     from lofi_lora.train import distributed
     from lofi_lora.train.checkpoints import CheckpointStore
-    from lofi_lora.core.runtime import placement, set_deterministic
+    from lofi_lora.core.runtime import limit_cpu_threads, placement, set_deterministic
     from lofi_lora.train.log import MetricsBuffer, open_live
 
     tcfg, max_steps = cfg.train, cfg.train.max_steps
@@ -230,8 +230,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     world = distributed.setup(tcfg.distributed)
     place = placement(cfg.model.dtype, tcfg.precision, distributed.device_for(world) if world.active else None)
     set_deterministic(place.device.type)
-    if place.device.type == "cpu" and tcfg.cpu_threads:
-        torch.set_num_threads(tcfg.cpu_threads)  # toy matmuls: extra threads only add contention
+    limit_cpu_threads(place.device.type, tcfg.cpu_threads)
     clip_ids, clips, data_hash = load_train_clips(cfg)
     chash = train_config_hash(cfg, data_hash, world.size)
     if tcfg.data_on_device is True or (tcfg.data_on_device == "auto" and place.device.type == "cuda"):
