@@ -4,8 +4,10 @@ Sets: `synth` (the project's own generator, for reference only: it shares the es
 `gm` (benchmarks/gm_corpus.py: MIDI written by a script, rendered by FluidSynth through the FluidR3 General MIDI
 soundfont, swung 60-100 BPM, progressions that do not open on the tonic, four tracks that modulate), and music
 written by people (benchmarks/human_corpus.py: music21's corpus through three soundfonts): `chorales-A` and
-`chorales-B` (Bach chorales, alternate pieces) and `fiddle` (Ryan's Mammoth Collection, single-line tunes).
-The key and tempo estimators were tuned on synth, gm and chorales-A only; chorales-B and fiddle are reported.
+`chorales-B` (Bach chorales, alternate pieces) and `fiddle` (Ryan's Mammoth Collection, single-line tunes),
+none with drums; `openmsx` (benchmarks/openmsx_corpus.py: OpenTTD's MIDI soundtrack from Debian, jazz, blues and
+pop arranged with drums by their composers; tempo for all, key for the 8 whose file names one).
+The key and tempo estimators were tuned on synth, gm and chorales-A only; chorales-B, fiddle and openmsx are reported.
 Key columns beside MIREX: the share of tracks named as the relative key (rel), the dominant (dom) and the
 subdominant (sub). Variants of each:
   full      the whole track as one clip
@@ -26,6 +28,7 @@ with `--workers` processes. `--compare` adds essentia's KeyExtractor (edma, temp
     make bench-annotate        # installs fluidsynth, the soundfonts (root) and music21, then the runs below
     python benchmarks/annotation_accuracy.py --sets chorales-B,fiddle,chorales-A --tracks 20 --workers 2 --compare
     python benchmarks/annotation_accuracy.py --sets gm,synth --tracks 24 --workers 2 --compare
+    python benchmarks/annotation_accuracy.py --sets openmsx --tracks 40 --variants full,midphrase,10s,pink10,clips
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gm_corpus import gm_specs, render  # noqa: E402
 import human_corpus  # noqa: E402
+import openmsx_corpus  # noqa: E402
 
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze  # noqa: E402
 from lofi_lora.annotate.key import key_from_chroma  # noqa: E402
@@ -101,13 +105,15 @@ def _gm_render(args: tuple) -> np.ndarray:
 
 def _human_render(args: tuple) -> np.ndarray:
     spec, cache_dir = args
-    src = "".join(Path(__file__).with_name(f).read_text() for f in ("human_corpus.py", "gm_corpus.py"))
+    module = openmsx_corpus if isinstance(spec, openmsx_corpus.MsxPiece) else human_corpus
+    src = "".join(Path(__file__).with_name(f).read_text() for f in ("human_corpus.py", "gm_corpus.py",
+                                                                   "openmsx_corpus.py"))
     digest = hashlib.sha256((repr(spec) + src).encode()).hexdigest()
     path = Path(cache_dir) / f"{spec.track_id}_{digest[:12]}.npy" if cache_dir else None
     if path is not None and path.is_file():
         return np.load(path)
     with tempfile.TemporaryDirectory() as wd:
-        y = human_corpus.render(spec, Path(wd), SR)
+        y = module.render(spec, Path(wd), SR)
     if path is not None:
         np.save(path, y)
     return y
@@ -222,10 +228,10 @@ def confusion(est: str, truth: str) -> str:
 
 def scores(rows: list[dict], bpm_key: str = "est_bpm", key_key: str = "est_key") -> dict:
     steady = [r for r in rows if not r.get("modulates")] if rows and "modulates" in rows[0] else rows
-    keyed = steady if key_key in ("est_key", "profile_key") else rows
+    keyed = [r for r in (steady if key_key in ("est_key", "profile_key") else rows) if r["key"]]  # openmsx: some have none
     ks = [mirex_key_score(r[key_key], r["key"]) for r in keyed]
     kinds = [confusion(r[key_key], r["key"]) for r in keyed]
-    return {"n": len(rows), "acc1": float(np.mean([bpm_acc1(r[bpm_key], r["bpm"]) for r in rows])),
+    return {"n": len(rows), "n_keyed": len(keyed), "acc1": float(np.mean([bpm_acc1(r[bpm_key], r["bpm"]) for r in rows])),
             "acc2": float(np.mean([bpm_acc2(r[bpm_key], r["bpm"]) for r in rows])),
             "mirex": float(np.mean(ks)), "exact": float(np.mean(np.array(ks) == 1.0)),
             "relative": float(np.mean([k == "relative" for k in kinds])),
@@ -238,7 +244,7 @@ def report(set_name: str, name: str, res: dict, workers: int) -> dict:
     out = {"set": set_name, "variant": name, "track": scores(rows), "speed_x": res["audio_s"] / res["wall_s"],
            "per_core_x": res["audio_s"] / res["cpu_s"]}
     line = (f"{set_name:5s} {name:9s} tracks {out['track']['n']:3d}  Acc1 {out['track']['acc1']:.3f}  "
-            f"Acc2 {out['track']['acc2']:.3f}  MIREX {out['track']['mirex']:.3f}  exact {out['track']['exact']:.3f}  "
+            f"Acc2 {out['track']['acc2']:.3f}  MIREX ({out['track']['n_keyed']} keyed) {out['track']['mirex']:.3f}  exact {out['track']['exact']:.3f}  "
             f"rel {out['track']['relative']:.3f}  dom {out['track']['dominant']:.3f}  "
             f"sub {out['track']['subdominant']:.3f}")
     if name == "clips":
@@ -262,7 +268,8 @@ def report(set_name: str, name: str, res: dict, workers: int) -> dict:
                  f"dom {old['dominant']:.3f}")
     if rows and "essentia" in rows[0]:
         steady = [r for r in rows if not r.get("modulates")]
-        out["essentia_mirex"] = {p: float(np.mean([mirex_key_score(r["essentia"][p], r["key"]) for r in steady]))
+        out["essentia_mirex"] = {p: float(np.mean([mirex_key_score(r["essentia"][p], r["key"]) for r in steady
+                                                     if r["key"]]))
                                  for p in rows[0]["essentia"]}
         line += "  essentia KeyExtractor MIREX " + ", ".join(f"{p} {v:.3f}" for p, v in out["essentia_mirex"].items())
     out["sources"] = {s: sum(r["source"] == s for r in rows) for s in {r["source"] for r in rows}}
@@ -276,8 +283,9 @@ def load_set(set_name: str, args) -> list[tuple[dict, np.ndarray]]:
     if args.cache:
         os.makedirs(args.cache, exist_ok=True)
     with ProcessPoolExecutor(args.workers) as pool:
-        if set_name in ("chorales-A", "chorales-B", "fiddle"):
-            specs = human_corpus.human_specs(set_name, args.tracks, args.seed)
+        if set_name in ("chorales-A", "chorales-B", "fiddle", "openmsx"):
+            specs = openmsx_corpus.msx_specs(args.tracks, args.seed) if set_name == "openmsx" else \
+                human_corpus.human_specs(set_name, args.tracks, args.seed)
             audio = list(pool.map(_human_render, [(s, args.cache) for s in specs]))
             return [(s.truth(), y) for s, y in zip(specs, audio)]
         if set_name == "gm":
