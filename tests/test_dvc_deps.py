@@ -64,3 +64,30 @@ def test_every_stage_depends_on_the_code_it_runs():
         if gaps:
             missing[name] = gaps
     assert not missing, f"dvc.yaml deps miss code the stage imports: {missing}"
+
+
+def test_bytecode_beside_the_sources_does_not_change_a_stage_code_hash(tmp_path):
+    """Python writes `__pycache__/*.pyc` beside the sources it imports (unless PYTHONDONTWRITEBYTECODE is set), so
+    a user's `make demo` fills src/ with it; `.dvcignore` keeps it out of the stages' code hashes, or dvc.lock
+    would change in every fresh clone (and differ per Python version)."""
+    import subprocess
+    import sys
+
+    dvc = [sys.executable, "-m", "dvc"]
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "DVC_NO_ANALYTICS": "1", "PATH": "/usr/bin:/bin"}
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("X = 1\n")
+    (tmp_path / ".dvcignore").write_text((ROOT / ".dvcignore").read_text())
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo ok\n    deps: [pkg]\n")
+    for cmd in (["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "repro", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\x00bytecode")
+    status = subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, env=env, check=True, capture_output=True,
+                            text=True).stdout
+    assert status.strip() == "{}", status
+    (tmp_path / "pkg" / "a.py").write_text("X = 2\n")  # and a real change still counts
+    status = subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, env=env, check=True, capture_output=True,
+                            text=True).stdout
+    assert "pkg" in status, status
