@@ -170,14 +170,16 @@ def write_midi(p: HumanPiece, path: Path) -> float:
     return end / tpb * 60.0 / quarter_bpm
 
 
-def render(p: HumanPiece, workdir: Path, sr: int = 44100) -> np.ndarray:
-    """`[2, frames]` float32 at `sr` (at most MAX_SECONDS): the piece through FluidSynth, then `lofi_fx`."""
+def render(p, workdir: Path, sr: int = 44100, write=None) -> np.ndarray:
+    """`[2, frames]` float32 at `sr` (at most MAX_SECONDS): the piece's MIDI (`write(p, path)` -> seconds, default
+    this module's `write_midi`) through FluidSynth and its soundfont, then `lofi_fx`. `p` needs `track_id`,
+    `soundfont` and `seed` (openmsx_corpus renders its pieces through here too)."""
     exe = shutil.which("fluidsynth")
     sf = next((s for s in SOUNDFONTS if s.name == p.soundfont), None)
     if exe is None or sf is None or not sf.is_file():
         raise SystemExit("the human sets need fluidsynth and the soundfont packages (make bench-annotate)")
     mid = workdir / f"{p.track_id}.mid"
-    seconds = write_midi(p, mid)
+    seconds = (write or write_midi)(p, mid)
     y, got = fluidsynth_stereo(exe, sf, mid, sr, gain=0.6)
     y = y[:, : int(min(seconds + 1.0, MAX_SECONDS) * got)]
     return lofi_fx(y, got, p.seed)

@@ -17,14 +17,14 @@ Needs mido, fluidsynth, the soundfonts and the openttd-openmsx package (`make be
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gm_corpus import NOTE_NAMES, fluidsynth_stereo, lofi_fx
-from human_corpus import MAX_SECONDS, SOUNDFONTS
+import human_corpus
+from gm_corpus import NOTE_NAMES
+from human_corpus import SOUNDFONTS
 
 ROOT = Path("/usr/share/games/openttd/baseset/openmsx")
 DRUMS = 9  # MIDI channel 10
@@ -114,13 +114,5 @@ def write_midi(p: MsxPiece, path: Path) -> float:
 
 
 def render(p: MsxPiece, workdir: Path, sr: int = 44100) -> np.ndarray:
-    """`[2, frames]` float32 at `sr` (at most MAX_SECONDS): the piece through FluidSynth, then `lofi_fx`."""
-    exe = shutil.which("fluidsynth")
-    sf = next((s for s in SOUNDFONTS if s.name == p.soundfont), None)
-    if exe is None or sf is None or not sf.is_file():
-        raise SystemExit("the openmsx set needs fluidsynth and the soundfont packages (make bench-annotate)")
-    mid = workdir / f"{p.track_id}.mid"
-    seconds = write_midi(p, mid)
-    y, got = fluidsynth_stereo(exe, sf, mid, sr, gain=0.6)
-    y = y[:, : int(min(seconds + 1.0, MAX_SECONDS) * got)]
-    return lofi_fx(y, got, p.seed)
+    """`[2, frames]` float32 at `sr`: the re-timed piece through human_corpus's renderer."""
+    return human_corpus.render(p, workdir, sr, write=write_midi)

@@ -39,3 +39,14 @@ def test_xl_experiment_preset_switches_to_xl_turbo_on_the_gpu_profile():
     two_b = yaml.safe_load(compose_params_yaml(["experiment=lofi_v15"]))
     for group in ("train", "lora", "eval", "data"):
         assert params[group] == two_b[group]
+
+
+def test_the_toy_default_runs_evaluate_and_export_on_one_thread_and_the_gpu_profiles_on_every_core():
+    """conf/export/tiny.yaml is conf/export/default.yaml plus one thread for torch and onnxruntime."""
+    tiny = yaml.safe_load(compose_params_yaml([]))
+    assert tiny["eval"]["cpu_threads"] == tiny["export"]["cpu_threads"] == tiny["export"]["ort_threads"] == 1
+    for exp in ("lofi_v15", "lofi_v15_xl"):
+        full = yaml.safe_load(compose_params_yaml([f"experiment={exp}"]))
+        assert full["eval"]["cpu_threads"] is full["export"]["cpu_threads"] is full["export"]["ort_threads"] is None
+        recipe = {k: v for k, v in tiny["export"].items() if k not in ("cpu_threads", "ort_threads")}
+        assert recipe == {k: v for k, v in full["export"].items() if k not in ("cpu_threads", "ort_threads")}

@@ -77,3 +77,16 @@ def test_unusable_lock_folder_falls_back_to_gpu0(gpus, monkeypatch, tmp_path):
     blocker.write_text("x")
     monkeypatch.setenv("LOFI_LORA_GPU_LOCKS", str(blocker / "locks"))
     assert runtime.pick_device() == "cuda:0"
+
+
+def test_limit_cpu_threads_sets_torch_threads_on_cpu_only():
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        runtime.limit_cpu_threads("cuda", 1)  # a GPU stage keeps torch's CPU threads
+        runtime.limit_cpu_threads("cpu", None)  # null: torch's default
+        assert torch.get_num_threads() == 2
+        runtime.limit_cpu_threads("cpu", 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)
