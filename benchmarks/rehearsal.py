@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 COPY = ["src", "stages", "conf", "presets", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config",
         ".dvc/.gitignore", ".dvcignore",
         ".gitignore", "data/.gitignore", "data/metadata/.gitignore", "data/raw/.gitignore", "models/.gitignore",
-        "models/lora/.gitignore"]
+        "models/lora/.gitignore", "models/pretrained"]
 GIB = 2**30
 DATA_STAGES = ("synth", "ingest", "preprocess", "annotate")  # model-independent: another rehearsal's run-cache
 
