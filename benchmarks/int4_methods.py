@@ -3,7 +3,8 @@
 The full-size rehearsal's INT4 export missed its per-call gate (rel L2 0.21 on 2B, 0.24 on XL; benchmarks/NOTES.md).
 This builds the DiT at a given size with random weights drawn as the rehearsal's native checkpoint draws them
 (`--init native`: N(0, 0.02), norms near 1, bf16-rounded) or with diffusers' default init (`--init default`, as
-benchmarks/export_full.py), optionally merges a rank-64 LoRA delta on the attention projections (lofi_v15's
+benchmarks/export_full.py), or loads a model that has learned (`--init trained`: the pipeline's base model with its
+best adapter merged, `--base`/`--lora`, the demo's by default; `--size` is then ignored), optionally merges a rank-64 LoRA delta on the attention projections (lofi_v15's
 targets) of a given delta/base Frobenius ratio per layer, then:
 
 1. PyTorch, per layer: quantizes one Linear at a time (round-to-nearest, blocks of 32, symmetric: today's recipe,
@@ -19,6 +20,7 @@ left unquantized (excluded MatMuls and the Gemms) as FP16. GPTQ calibrates on `-
 
     python benchmarks/int4_methods.py --size tiny                        # CPU smoke run, under a minute
     python benchmarks/int4_methods.py --size 2b --delta-ratio 0 --json $OUT/int4_2b.json   # GPU machine
+    python benchmarks/int4_methods.py --init trained --torch-ratios 0 --threads 1    # after `make demo`
 """
 from __future__ import annotations
 
@@ -77,6 +79,26 @@ def build(size: str, init: str, device: str, seed: int):
                 t += 1.0
             p.copy_(t.to(torch.bfloat16).float())
     return model.eval().float()
+
+
+@torch.no_grad()
+def load_trained(base: Path, lora: Path, device: str):
+    """The base model's transformer with the adapter in `lora` merged, as stage export merges it, and the delta/base
+    Frobenius ratio of every merged Linear (what a trained adapter of this size reached)."""
+    from omegaconf import OmegaConf
+
+    from lofi_lora.export.merge import merge_lora
+    from lofi_lora.model.load import load_pipeline
+    from lofi_lora.train import adapters
+
+    pipe = load_pipeline(OmegaConf.load(Path(__file__).resolve().parents[1] / "params.yaml").model, str(base), device,
+                         torch.float32)
+    before = {n: m.weight.detach().clone() for n, m in pipe.transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    adapters.load_into_pipeline(pipe, lora)
+    model = merge_lora(pipe.transformer)
+    after = {n: m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    ratios = {n: float((after[n] - w).norm() / w.norm()) for n, w in before.items() if n in after}
+    return model.eval().float(), {n: r for n, r in ratios.items() if r > 0}
 
 
 def lora_layers(model) -> dict[str, torch.nn.Linear]:
@@ -220,7 +242,9 @@ def parse_spec(spec: str) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["tiny", "w512", "2b", "xl"], default="tiny")
-    ap.add_argument("--init", choices=["native", "default"], default="native")
+    ap.add_argument("--init", choices=["native", "default", "trained"], default="native")
+    ap.add_argument("--base", type=Path, default=Path("models/base"), help="--init trained: the base model folder")
+    ap.add_argument("--lora", type=Path, default=Path("models/lora/best"), help="--init trained: the adapter folder")
     ap.add_argument("--delta-ratio", type=float, default=0.0, help="LoRA delta/base norm ratio merged before export")
     ap.add_argument("--torch-ratios", type=float, nargs="*", default=[0.0, 0.05, 1.0])
     ap.add_argument("--rank", type=int, default=64)
@@ -252,7 +276,13 @@ def main(argv=None) -> dict:
         out_json.write_text(json.dumps(report, indent=1, default=str) + "\n")
 
     t0 = time.perf_counter()
-    model = build(args.size, args.init, device, args.seed)
+    if args.init == "trained":
+        model, merged = load_trained(args.base, args.lora, device)
+        report["trained_delta_ratio"] = {"layers": len(merged), "median": float(np.median(list(merged.values()))),
+                                         "max": max(merged.values())}
+        log.info("trained adapter's delta/base ratio: %s", report["trained_delta_ratio"])
+    else:
+        model = build(args.size, args.init, device, args.seed)
     report["params"] = sum(p.numel() for p in model.parameters())
     log.info("built %.1f M params (%s init) in %.1f s", report["params"] / 1e6, args.init, time.perf_counter() - t0)
     dims = ox.denoiser_dims(model)
