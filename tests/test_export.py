@@ -84,7 +84,7 @@ def test_all_precisions_exported_and_within_tolerance(exported):
         assert (exported["dir"] / p / "denoiser.onnx").is_file()
         assert m[p]["rel_l2"] <= tol[p].rel_l2 and m[p]["passed"] is True, (p, m[p])
         assert m[p]["mb"] > 0 and summary[f"{p}_ms"] > 0  # latency: returned and logged, never versioned
-    fp32_cases = [r for r in exported["parity"] if r["precision"] == "fp32" and r["case"] != "sampler_audio"]
+    fp32_cases = [r for r in exported["parity"] if r["precision"] == "fp32" and r["case"].startswith("2x")]
     assert len(fp32_cases) == 2 and max(r["max_abs_err"] for r in fp32_cases) < 1e-4 and m["fp32"]["size_ratio"] == 1.0
     # quantised formats are smaller and less exact than fp32
     for p in ("fp16", "int8", "int4"):
@@ -94,6 +94,13 @@ def test_all_precisions_exported_and_within_tolerance(exported):
     assert sampler["fp32"]["rel_l2"] <= tol.sampler.rel_l2 and set(sampler) == set(precisions)
     assert m["vae"]["rel_l2"] <= tol.vae.rel_l2
     assert summary["int4_mb"] == m["int4"]["mb"]
+    # per call on the sampler's own inputs (its prompts' conditions, the Euler trajectory): prompts x steps calls
+    on_traj = {r["precision"]: r for r in exported["parity"] if r["case"] == "sampler_inputs"}
+    calls = {r["calls"] for r in on_traj.values()}
+    n_prompts = len(exported["cfg"].export.sampler.prompts)
+    assert set(on_traj) == set(precisions) and len(calls) == 1 and calls.pop() % n_prompts == 0
+    assert on_traj["fp32"]["rel_l2"] <= tol.fp32.rel_l2
+    assert all(0 < on_traj[p]["rel_l2"] == m[p]["sampler_inputs_rel_l2"] for p in ("fp16", "int8", "int4"))
 
 
 def test_quantised_graphs_use_the_intended_ops(exported):

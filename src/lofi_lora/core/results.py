@@ -135,6 +135,10 @@ def split_export(m: dict[str, Any]) -> Split:
         head[p] = {"passed": f["passed"], **_pick(f["parity"], {"cosine": "cosine", "rel_l2": "rel_l2"}, PARITY_DECIMALS),
                    "size_ratio": _num(f["ratio_to_fp32"]), "mb": _num(f["mb"]),
                    "audio_cosine": _num(f["sampler_audio"]["cosine"], PARITY_DECIMALS)}
+        if "parity_sampler_inputs" in f:  # per call on the sampler's own inputs (worst call)
+            head[p]["sampler_inputs_rel_l2"] = meaningful(f["parity_sampler_inputs"]["rel_l2"], PARITY_DECIMALS)
+            rows.append({"model": f"{p} sampler inputs", "precision": p, "case": "sampler_inputs",
+                         **{k: meaningful(v, PARITY_DECIMALS) for k, v in f["parity_sampler_inputs"].items()}})
         for case, figs in f.get("parity_cases", {}).items():
             rows.append({"model": f"{p} {case}", "precision": p, "case": case,
                          **{k: meaningful(v, PARITY_DECIMALS) for k, v in figs.items()}})
