@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gm_corpus import gm_specs, render  # noqa: E402
 import human_corpus  # noqa: E402
 import openmsx_corpus  # noqa: E402
+import syncopated_corpus  # noqa: E402
 
 from lofi_lora.annotate.analysis import AnalysisOptions, analyze  # noqa: E402
 from lofi_lora.annotate.key import key_from_chroma  # noqa: E402
@@ -105,9 +106,12 @@ def _gm_render(args: tuple) -> np.ndarray:
 
 def _human_render(args: tuple) -> np.ndarray:
     spec, cache_dir = args
-    module = openmsx_corpus if isinstance(spec, openmsx_corpus.MsxPiece) else human_corpus
+    module = {openmsx_corpus.MsxPiece: openmsx_corpus,
+              syncopated_corpus.SyncoTrack: syncopated_corpus}.get(type(spec), human_corpus)
     src = "".join(Path(__file__).with_name(f).read_text() for f in ("human_corpus.py", "gm_corpus.py",
                                                                    "openmsx_corpus.py"))
+    if module is syncopated_corpus:
+        src += Path(syncopated_corpus.__file__).read_text()
     digest = hashlib.sha256((repr(spec) + src).encode()).hexdigest()
     path = Path(cache_dir) / f"{spec.track_id}_{digest[:12]}.npy" if cache_dir else None
     if path is not None and path.is_file():
@@ -286,6 +290,10 @@ def load_set(set_name: str, args) -> list[tuple[dict, np.ndarray]]:
         if set_name in ("chorales-A", "chorales-B", "fiddle", "openmsx"):
             specs = openmsx_corpus.msx_specs(args.tracks, args.seed) if set_name == "openmsx" else \
                 human_corpus.human_specs(set_name, args.tracks, args.seed)
+            audio = list(pool.map(_human_render, [(s, args.cache) for s in specs]))
+            return [(s.truth(), y) for s, y in zip(specs, audio)]
+        if set_name == "synco":
+            specs = syncopated_corpus.synco_specs(args.tracks, args.seconds, args.seed)
             audio = list(pool.map(_human_render, [(s, args.cache) for s in specs]))
             return [(s.truth(), y) for s, y in zip(specs, audio)]
         if set_name == "gm":
