@@ -47,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gm_corpus import gm_specs, render  # noqa: E402
 import human_corpus  # noqa: E402
+import freedoom_corpus  # noqa: E402
 import openmsx_corpus  # noqa: E402
 import syncopated_corpus  # noqa: E402
 
@@ -287,8 +288,9 @@ def load_set(set_name: str, args) -> list[tuple[dict, np.ndarray]]:
     if args.cache:
         os.makedirs(args.cache, exist_ok=True)
     with ProcessPoolExecutor(args.workers) as pool:
-        if set_name in ("chorales-A", "chorales-B", "fiddle", "openmsx"):
+        if set_name in ("chorales-A", "chorales-B", "fiddle", "openmsx", "freedoom"):
             specs = openmsx_corpus.msx_specs(args.tracks, args.seed) if set_name == "openmsx" else \
+                freedoom_corpus.freedoom_specs(args.tracks, args.seed) if set_name == "freedoom" else \
                 human_corpus.human_specs(set_name, args.tracks, args.seed)
             audio = list(pool.map(_human_render, [(s, args.cache) for s in specs]))
             return [(s.truth(), y) for s, y in zip(specs, audio)]
