@@ -241,12 +241,13 @@ def scores(rows: list[dict], bpm_key: str = "est_bpm", key_key: str = "est_key")
     keyed = [r for r in (steady if key_key in ("est_key", "profile_key") else rows) if r["key"]]  # openmsx: some have none
     ks = [mirex_key_score(r[key_key], r["key"]) for r in keyed]
     kinds = [confusion(r[key_key], r["key"]) for r in keyed]
+    mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731  (freedoom: no keys)
     return {"n": len(rows), "n_keyed": len(keyed), "acc1": float(np.mean([bpm_acc1(r[bpm_key], r["bpm"]) for r in rows])),
             "acc2": float(np.mean([bpm_acc2(r[bpm_key], r["bpm"]) for r in rows])),
-            "mirex": float(np.mean(ks)), "exact": float(np.mean(np.array(ks) == 1.0)),
-            "relative": float(np.mean([k == "relative" for k in kinds])),
-            "dominant": float(np.mean([k == "dominant" for k in kinds])),
-            "subdominant": float(np.mean([k == "subdominant" for k in kinds]))}
+            "mirex": mean(ks), "exact": mean(np.array(ks) == 1.0),
+            "relative": mean([k == "relative" for k in kinds]),
+            "dominant": mean([k == "dominant" for k in kinds]),
+            "subdominant": mean([k == "subdominant" for k in kinds])}
 
 
 def report(set_name: str, name: str, res: dict, workers: int) -> dict:

@@ -113,7 +113,7 @@ OCTAVE_CLOSE = 0.15
 # A reading at 4/3 of the beat (the dotted-eighth pulse of a 3+3+2 groove) is tested against 3/4 of it and that
 # level's octave: the alternative wins where its bar lag (4 beats) repeats clearly better than the reading's and
 # its metrical salience trails by at most TERNARY_SLACK. Chosen on the tuning sets (synco, gm, synth, chorales-A):
-# any BAR_MARGIN 0.1-0.3 gave the same scores there (0.05 moved a 3/4 chorale, 0.4 missed a 3+3+2 track), any
+# any BAR_MARGIN 0.15-0.3 gave the same scores there (0.05 and 0.1 broke a chorale, 0.4 missed a 3+3+2 track), any
 # slack from 0.2 up (0.1 missed a 3+3+2 track); the middle of each range is kept.
 TERNARY = (0.75, 1.5)
 BAR_MARGIN = 0.2
