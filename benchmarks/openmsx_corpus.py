@@ -40,10 +40,12 @@ class MsxPiece:
     keyscale: str | None
     soundfont: str
     seed: int
+    collection: str = "openmsx"
+    root: str = str(ROOT)  # the folder holding `source` (freedoom_corpus: the lumps it took out of the WADs)
 
     def truth(self) -> dict:
         return {"track_id": self.track_id, "bpm": self.bpm, "keyscale": self.keyscale, "source": self.source,
-                "collection": "openmsx", "soundfont": self.soundfont, "written_bpm": self.written_bpm}
+                "collection": self.collection, "soundfont": self.soundfont, "written_bpm": self.written_bpm}
 
 
 def _summary(path: Path) -> dict:
@@ -61,7 +63,7 @@ def _summary(path: Path) -> dict:
                 meters.add((msg.numerator, msg.denominator))
             elif msg.type == "note_on" and msg.channel == DRUMS and msg.velocity > 0:
                 drums += 1
-    return {"tempos": tempos, "keys": keys, "meters": meters or {(4, 4)}, "drums": drums}
+    return {"tempos": tempos, "keys": keys, "meters": meters or {(4, 4)}, "drums": drums, "seconds": m.length}
 
 
 def _keyscale(key: str, transpose: int) -> str:
@@ -73,25 +75,29 @@ def _keyscale(key: str, transpose: int) -> str:
     return f"{NOTE_NAMES[tonic]} {'minor' if minor else 'major'}"
 
 
-def msx_specs(n: int, seed: int) -> list[MsxPiece]:
-    """Up to `n` qualifying pieces in sorted file order, each with a seeded tempo, transposition and soundfont."""
+def msx_specs(n: int, seed: int, root: Path = ROOT, collection: str = "openmsx", seed_offset: int = 3000,
+              min_drums_per_s: float = 0.0, min_seconds: float = 0.0, keys: bool = True) -> list[MsxPiece]:
+    """Up to `n` qualifying pieces in sorted file order, each with a seeded tempo, transposition and soundfont.
+    freedoom_corpus passes its own folder, a drum-density and length floor, and no keys."""
     import mido
 
-    if not ROOT.is_dir():
-        raise SystemExit(f"the openmsx set needs {ROOT} (apt-get install openttd-openmsx; make bench-annotate)")
-    rng = np.random.default_rng(seed + 3000)
+    if not root.is_dir():
+        raise SystemExit(f"the openmsx set needs {root} (apt-get install openttd-openmsx; make bench-annotate)")
+    rng = np.random.default_rng(seed + seed_offset)
     out: list[MsxPiece] = []
-    for f in sorted(ROOT.glob("*.mid")):
+    for f in sorted(root.glob("*.mid")):
         s = _summary(f)
         if len(out) >= n or len(s["tempos"]) > 1 or len(s["meters"]) != 1 or not s["drums"]:
+            continue
+        if s["drums"] < min_drums_per_s * s["seconds"] or s["seconds"] < min_seconds:
             continue
         if next(iter(s["meters"])) not in ((2, 4), (3, 4), (4, 4), (5, 4)):  # 6/4 and the like: compound
             continue
         written = round(mido.tempo2bpm(next(iter(s["tempos"]), 500000)), 1)
         t, bpm = int(rng.integers(-5, 7)), round(float(rng.uniform(56, 104)), 1)
-        key = _keyscale(next(iter(s["keys"])), t) if len(s["keys"]) == 1 else None
-        out.append(MsxPiece(f"openmsx{len(out):03d}", f.name, written, bpm, t, key,
-                            SOUNDFONTS[len(out) % len(SOUNDFONTS)].name, seed + len(out)))
+        key = _keyscale(next(iter(s["keys"])), t) if keys and len(s["keys"]) == 1 else None
+        out.append(MsxPiece(f"{collection}{len(out):03d}", f.name, written, bpm, t, key,
+                            SOUNDFONTS[len(out) % len(SOUNDFONTS)].name, seed + len(out), collection, str(root)))
     return out
 
 
@@ -99,7 +105,7 @@ def write_midi(p: MsxPiece, path: Path) -> float:
     """The piece at its re-timed tempo and transposition; returns its length in s."""
     import mido
 
-    m = mido.MidiFile(ROOT / p.source)
+    m = mido.MidiFile(Path(p.root) / p.source)
     tempo = mido.bpm2tempo(p.bpm)
     for track in m.tracks:
         if not any(msg.type == "set_tempo" for msg in track) and track is m.tracks[0]:

@@ -120,3 +120,40 @@ def test_tempo_range_config_is_checked():
     assert AnalysisOptions.from_cfg({"tempo_range": [55, 95]}).tempo_hi == 95.0
     with pytest.raises(ValueError, match="annotate.tempo_range"):
         AnalysisOptions.from_cfg({"tempo_range": [95, 55]})
+
+
+def groove_onsets(bpm: float, hop_s: float, seconds: float = 40.0) -> np.ndarray:
+    """Onset strength of a 3-3-3-3-2-2 drum groove on a straight sixteenth grid: kick on steps 0, 6, 12, snare on
+    3, 9, 14, hats on every off-beat sixteenth, so most hits fall off the beat and the strongest recur every
+    three sixteenths until the bar's 2+2 turns them around."""
+    strength = np.zeros(16)
+    strength[[1, 3, 5, 7, 9, 11, 13, 15]] = 0.3
+    strength[[0, 6, 12]] += 1.0
+    strength[[3, 9, 14]] += 0.8
+    env = np.zeros(int(seconds / hop_s))
+    for i in range(int(seconds * bpm * 4 / 60)):
+        env[int(round(i * 60.0 / bpm / 4 / hop_s))] = strength[i % 16]
+    return np.convolve(env, np.hanning(7)[1:-1], "same")
+
+
+def test_a_dotted_eighth_reading_of_a_332_groove_goes_back_to_the_quarter(monkeypatch):
+    """The tracker's four thirds of the quarter (the groove's dotted-eighth pulse) has about the quarter's metrical
+    salience; only the quarter's bar repeats, so the bar-lag test moves the reading back (source "onsets")."""
+    from lofi_lora.annotate import track as track_mod
+    from lofi_lora.annotate.analysis import ClipAnalysis
+    from lofi_lora.annotate.key import KeyEstimate
+    from lofi_lora.annotate.tempo import TempoEstimate
+
+    hop = 512 / 44100
+    ac = _autocorr(groove_onsets(72.0, hop), int(4 * 60 / 30 / hop) + 3)
+    clip = ClipAnalysis(40.0, TempoEstimate(96.0, 1.0, 96.0, 0.625), 96.0, KeyEstimate("C", "major", 0.5, 0.5), 4,
+                        0.5, np.zeros((12, 1)), np.zeros((12, 1)), 0.1, ac, hop)
+    margin = AnalysisOptions().tracker_margin
+    bpm, source, choice = choose_tempo_level([clip], 96.0, 60.0, 100.0, margin)
+    assert abs(bpm / 72.0 - 1) < 0.04 and source == "onsets" and choice.other == 96.0
+    # Without the bar-lag test the reading stands: the rule, not the octave fold, does it.
+    monkeypatch.setattr(track_mod, "BAR_MARGIN", 9.0)
+    assert choose_tempo_level([clip], 96.0, 60.0, 100.0, margin)[0] == 96.0
+    monkeypatch.undo()
+    # A reading already on the quarter stays as it was.
+    assert choose_tempo_level([clip], 72.0, 60.0, 100.0, margin) == (72.0, "audio", None)
