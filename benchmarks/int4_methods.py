@@ -56,21 +56,23 @@ DEFAULT_SPECS = ["default-b32-sym-acc0", "default-b32-asym-acc0", "default-b16-a
                  "default-b32-sym-acc0-f16", "gptq-b32-asym-acc0"]
 
 
-def transformer_config(size: str) -> dict:
+def transformer_config(size: str, layers: int | None = None) -> dict:
     from lofi_lora.model.native.convert import SIZES, component_configs, native_config_from
 
     dit = {"w512": W512, "tiny": SIZES["tiny"]["dit"], "2b": SIZES["2b"]["dit"], "xl": SIZES["xl"]["dit"]}[size]
+    if layers:  # the size's matrix shapes at a depth a small machine can export (kernel timings per layer)
+        dit = {**dit, "num_hidden_layers": layers}
     return component_configs(native_config_from(dit, "turbo"))["transformer"]
 
 
 @torch.no_grad()
-def build(size: str, init: str, device: str, seed: int):
+def build(size: str, init: str, device: str, seed: int, layers: int | None = None):
     """AceStepTransformer1DModel at `size`; `native` redraws every tensor as the rehearsal's random checkpoint."""
     from diffusers import AceStepTransformer1DModel
 
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AceStepTransformer1DModel(**transformer_config(size))
+        model = AceStepTransformer1DModel(**transformer_config(size, layers))
     if init == "native":  # lofi_lora.model.native.convert._random_tensor, stored bf16 as the checkpoint is
         gen = torch.Generator(device=device).manual_seed(seed)
         for name, p in model.named_parameters():
@@ -247,6 +249,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lora", type=Path, default=Path("models/lora/best"), help="--init trained: the adapter folder")
     ap.add_argument("--delta-ratio", type=float, default=0.0, help="LoRA delta/base norm ratio merged before export")
     ap.add_argument("--torch-ratios", type=float, nargs="*", default=[0.0, 0.05, 1.0])
+    ap.add_argument("--layers", type=int, default=None, help="override the size's depth (e.g. XL's shapes on a CPU box)")
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--specs", nargs="*", default=DEFAULT_SPECS)
     ap.add_argument("--no-onnx", action="store_true", help="PyTorch analysis only")
@@ -282,7 +285,7 @@ def main(argv=None) -> dict:
                                          "max": max(merged.values())}
         log.info("trained adapter's delta/base ratio: %s", report["trained_delta_ratio"])
     else:
-        model = build(args.size, args.init, device, args.seed)
+        model = build(args.size, args.init, device, args.seed, args.layers)
     report["params"] = sum(p.numel() for p in model.parameters())
     log.info("built %.1f M params (%s init) in %.1f s", report["params"] / 1e6, args.init, time.perf_counter() - t0)
     dims = ox.denoiser_dims(model)
