@@ -14,6 +14,8 @@ With `export.audio_gate` (the default) the pass/fail of a lossy precision is dec
 (`lofi_lora.export.audio_gate`): its ONNX sampler's FD to the holdout clips must lie inside FP32's bootstrap interval.
 Its per-call parity is then a diagnostic (`parity_passed`), since per-call error does not say what a listener hears:
 the random-weight 2B rehearsal's INT4 missed 0.10 per call (0.21) while its sampler audio kept cosine 0.9998.
+Per-call parity is measured twice: on fixed random inputs (every shape path, odd lengths included) and on the calls
+the sampler itself makes (`parity_sampler_inputs`), which for a model that has learned is the figure that matters.
 """
 from __future__ import annotations
 
