@@ -58,12 +58,12 @@ params: $(STAMP)
 # Soundfonts: FluidR3_GM, TimGM6mb, MuseScore General Lite (Debian); scores: music21's corpus (PyPI, the `bench` extra).
 BENCH_SF = /usr/share/sounds/sf2/FluidR3_GM.sf2 /usr/share/sounds/sf2/TimGM6mb.sf2 /usr/share/sounds/sf3/MuseScore_General_Lite.sf3
 bench-annotate: $(STAMP)
-	@command -v fluidsynth >/dev/null 2>&1 && ls $(BENCH_SF) /usr/share/games/openttd/baseset/openmsx /usr/share/games/doom/freedoom2.wad >/dev/null 2>&1 || { \
+	@command -v fluidsynth >/dev/null 2>&1 && ls $(BENCH_SF) /usr/share/games/openttd/baseset/openmsx /usr/share/games/doom/freedoom2.wad /usr/share/mma/lib/stdlib >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth \
-	    fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small openttd-openmsx freedoom >/dev/null; \
-	  else echo "needs: sudo apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small openttd-openmsx freedoom"; exit 1; fi; }
+	    fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small openttd-openmsx freedoom mma >/dev/null; \
+	  else echo "needs: sudo apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small openttd-openmsx freedoom mma"; exit 1; fi; }
 	$(BIN)/python -c "import music21" 2>/dev/null || $(BIN)/pip install -q music21==10.5.0
-	@# Held-out, human-written: chorales-B (Bach), fiddle (Ryan's Mammoth), openmsx and freedoom (drummed); tuned on: chorales-A, gm, synth, synco.
+	@# Held-out, human-written: chorales-B (Bach), fiddle (Ryan's Mammoth), freedoom and mma (drummed); tuned on: chorales-A, gm, synth, synco, openmsx.
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets chorales-B,fiddle,chorales-A --tracks 20 \
 	  --workers 2 --compare --cache "$${TMPDIR:-/tmp}/lofi-lora-annotation-bench"
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets gm,synth,synco --tracks 24 --workers 2 --compare \
@@ -71,6 +71,8 @@ bench-annotate: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets openmsx --tracks 40 --workers 2 --compare \
 	  --cache "$${TMPDIR:-/tmp}/lofi-lora-annotation-bench"
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets freedoom --tracks 60 --workers 2 \
+	  --cache "$${TMPDIR:-/tmp}/lofi-lora-annotation-bench"
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets mma --tracks 40 --workers 2 \
 	  --cache "$${TMPDIR:-/tmp}/lofi-lora-annotation-bench"
 
 clean-outputs:
