@@ -63,7 +63,7 @@ bench-annotate: $(STAMP)
 	    fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small openttd-openmsx freedoom mma >/dev/null; \
 	  else echo "needs: sudo apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small openttd-openmsx freedoom mma"; exit 1; fi; }
 	$(BIN)/python -c "import music21" 2>/dev/null || $(BIN)/pip install -q music21==10.5.0
-	@# Held-out, human-written: chorales-B (Bach), fiddle (Ryan's Mammoth), freedoom and mma (drummed); tuned on: chorales-A, gm, synth, synco, openmsx.
+	@# Held-out, human-written: chorales-B (Bach), fiddle (Ryan's Mammoth), mma (drummed); tuned on: chorales-A, gm, synth, synco; seen: openmsx, freedoom.
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets chorales-B,fiddle,chorales-A --tracks 20 \
 	  --workers 2 --compare --cache "$${TMPDIR:-/tmp}/lofi-lora-annotation-bench"
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/annotation_accuracy.py --sets gm,synth,synco --tracks 24 --workers 2 --compare \

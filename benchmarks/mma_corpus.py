@@ -2,8 +2,7 @@
 of MMA, Musical MIDI Accompaniment (Debian package mma 21.09, GPL-2.0; Bob van der Poel and the library's other
 authors, named in each groove file's `Author` line; upstream www.mellowood.ca/mma), rendered like OpenMSX.
 
-Added after the drummed-tracker gate (`annotate.steady_pulse`, `steady_tracker_margin`) was fixed on the tuning
-sets (gm, synth, synco, chorales-A, openmsx) and run once, so nobody tuned on it. Each file of the standard library
+Added after the tempo code was fixed (the 4/3 rule of the fourth pass) and run once, so nobody tuned on it. Each file of the standard library
 (/usr/share/mma/lib/stdlib, 118 with a groove) defines a style's drum, bass and chord patterns with explicit `Time`
 and `Timesig` lines, written by hand for a named style (rhumba, swing, bossa nova, rock, waltz, ...). Its first
 `DefGroove` (the style's main groove, not a fill, intro or ending) plays a fixed 24-bar chord chart (written here:
