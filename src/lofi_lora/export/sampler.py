@@ -36,15 +36,17 @@ def timestep_schedule(steps: int, shift: float) -> np.ndarray:
 
 def euler_loop(denoiser, noise: np.ndarray, encoder_hidden_states: np.ndarray, context_latents: np.ndarray,
                sigmas: np.ndarray, patch_size: int = 2) -> np.ndarray:
-    """x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * v(x_i, sigma_i), with sigma_N = 0 (the last step projects to x0)."""
+    """x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * v(x_i, sigma_i), with sigma_N = 0 (the last step projects to x0).
+
+    `denoiser`: an onnxruntime session, or any callable taking the feed dict (e.g. a PyTorch reference)."""
     x = np.asarray(noise, dtype=np.float32)
     batch = x.shape[0]
     bounds = np.append(np.asarray(sigmas, dtype=np.float32), np.float32(0.0))
     for i in range(len(sigmas)):
         t = np.full((batch,), bounds[i], dtype=np.float32)
-        v = run_denoiser(denoiser, {"hidden_states": x, "timestep": t, "timestep_r": t,
-                                    "encoder_hidden_states": encoder_hidden_states,
-                                    "context_latents": context_latents}, patch_size)
+        feed = {"hidden_states": x, "timestep": t, "timestep_r": t, "encoder_hidden_states": encoder_hidden_states,
+                "context_latents": context_latents}
+        v = denoiser(feed) if callable(denoiser) else run_denoiser(denoiser, feed, patch_size)
         x = (x + (bounds[i + 1] - bounds[i]) * v).astype(np.float32)
     return x
 

@@ -257,18 +257,15 @@ def _sampler_inputs(transformer, prompts: list[dict], scfg: Mapping) -> list[tup
     trajectory) with the PyTorch FP32 output: per-call parity on the inputs a listener's audio is made from. The
     fixed random parity inputs lie far outside them for a model that has learned, and overstate a lossy format's
     error there (benchmarks/NOTES.md, issue 29)."""
+    calls: list[tuple[dict, np.ndarray]] = []
+
+    def reference(feed: dict) -> np.ndarray:
+        calls.append((feed, ox.run_torch(transformer, feed)))
+        return calls[-1][1]
+
     sigmas = timestep_schedule(int(scfg["steps"]), float(scfg["shift"]))
-    bounds = np.append(sigmas, np.float32(0.0))
-    calls = []
     for p in prompts:
-        x = p["noise"]
-        for i in range(len(sigmas)):
-            t = np.full((x.shape[0],), bounds[i], dtype=np.float32)
-            feed = {"hidden_states": x, "timestep": t, "timestep_r": t, "encoder_hidden_states": p["enc"],
-                    "context_latents": p["ctx"]}
-            v = ox.run_torch(transformer, feed)
-            calls.append((feed, v))
-            x = (x + (bounds[i + 1] - bounds[i]) * v).astype(np.float32)
+        euler_loop(reference, p["noise"], p["enc"], p["ctx"], sigmas)
     return calls
 
 
