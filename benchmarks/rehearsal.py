@@ -18,7 +18,8 @@ steps it redoes (the killed run's logged losses are kept and compared).
     python benchmarks/rehearsal.py --variant tiny-native --work /tmp/reh --tracks 3 --seconds 30 40 --max-clip 30
                                                                            # CPU check of the chain and the script
 
-Results are merged into `--json` (default benchmarks/rehearsal.json) as one run per (variant, device).
+Results are merged into `--json` (default benchmarks/rehearsal.json) as one run per (variant, device, memory cap).
+`--memory-cap GIB` holds every GPU stage to GIB (`runtime.gpu_memory_gib`), as on a card of that size.
 """
 from __future__ import annotations
 
@@ -386,6 +387,8 @@ def main() -> None:
     ap.add_argument("--data-from", type=Path, default=None,
                     help="after --wait-for: take the data stages' outputs from this rehearsal's work folder")
     ap.add_argument("--early", nargs="*", default=[], help="stages to run first (base_model needs no data)")
+    ap.add_argument("--memory-cap", type=float, default=None, metavar="GIB",
+                    help="runtime.gpu_memory_gib: every GPU stage held to GIB, as on a card of that size")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "rehearsal.json")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (last wins)")
     args = ap.parse_args()
@@ -405,6 +408,9 @@ def main() -> None:
         overrides += [f"model.path={ckpt}"]
     overrides += corpus_overrides(args.tracks, tuple(args.seconds), args.max_clip, args.workers)
     overrides += spec["run"] + args.overrides
+    if args.memory_cap is not None:
+        overrides += [f"runtime.gpu_memory_gib={args.memory_cap:g}"]
+        run["memory_cap_gib"] = args.memory_cap
     run["overrides"] = overrides
     (logs.parent / "overrides.json").write_text(json.dumps(overrides))  # benchmarks/queued_sweep.py repeats them
     env = stage_env(work, logs / "compose.peak")
@@ -437,6 +443,8 @@ def main() -> None:
                 rec, run["kill_resume"] = train_with_kill(work, logs, nvml, args.kill_at_step)
             else:
                 rec = run_stage(stage, work, logs, nvml)
+            if args.memory_cap is not None and rec.get("peak_gpu_gib") is not None:
+                rec["within_cap"] = rec["peak_gpu_gib"] <= args.memory_cap
             run["stages"][stage] = rec
             print(f"   {stage}: {rec}", flush=True)
             save(args.json, {**run, "total_wall_s": round(time.perf_counter() - t_all, 1)})
@@ -477,10 +485,11 @@ def portable(record: dict, root: Path) -> dict:
 
 
 def save(path: Path, run: dict) -> None:
-    """Merge `run` into the JSON file: one entry per (variant, device), newest wins."""
+    """Merge `run` into the JSON file: one entry per (variant, device, memory cap), newest wins."""
     run = portable(run, Path(run["work"]).parent) if "work" in run else run
     data = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    data["runs"] = [r for r in data["runs"] if (r["variant"], r["device"]) != (run["variant"], run["device"])] + [run]
+    ident = ("variant", "device", "memory_cap_gib")
+    data["runs"] = [r for r in data["runs"] if [r.get(k) for k in ident] != [run.get(k) for k in ident]] + [run]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(path)

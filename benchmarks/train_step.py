@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from kernel_profile import device_kernels, kernel_breakdown, step_split
+from lofi_lora.train import base_weights
 from lofi_lora.train import speed as train_speed
 from lofi_lora.core.config import compose_config
 from lofi_lora.train.objective import Objective
@@ -51,9 +52,10 @@ def dit_config(size: str) -> dict:
 
 
 DIT = "2b"  # --dit
+BASE_WEIGHTS = "native"  # --base-weights
 
 
-def build(tiny: bool, device: str, r: int, seed: int = 0):
+def build(tiny: bool, device: str, r: int, seed: int = 0, quantize: bool = True):
     from diffusers import AceStepTransformer1DModel
 
     torch.manual_seed(seed)
@@ -61,6 +63,7 @@ def build(tiny: bool, device: str, r: int, seed: int = 0):
         m = AceStepTransformer1DModel(**(TINY if tiny else dit_config(DIT)))
     if device == "cuda":
         m = m.to(torch.bfloat16)
+    base_weights.quantize_blocks(m, BASE_WEIGHTS if quantize else "native")  # the plain loop stays the bf16 anchor
     torch.manual_seed(seed + 1)
     add_lora(m, compose_config([*CONFIG, f"lora.r={r}", f"lora.alpha={r}"]).lora)
     for p in lora_params(m).values():
@@ -308,9 +311,11 @@ def main() -> None:
                     help="torch._inductor.config settings for every compiled row (e.g. coordinate_descent_tuning=1)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--dit", choices=["2b", "xl"], default="2b", help="full-size DiT: 2B (default) or XL")
+    ap.add_argument("--base-weights", choices=base_weights.KINDS, default="native",
+                    help="frozen DiT block weights (train.base_weights): native bf16, int8 or fp8 (torchao)")
     a = ap.parse_args()
-    global DIT
-    DIT = a.dit
+    global DIT, BASE_WEIGHTS
+    DIT, BASE_WEIGHTS = a.dit, a.base_weights
     set_inductor(a.inductor)
     device = "cpu" if a.tiny else "cuda"
     world_info, rank = None, 0
@@ -340,7 +345,7 @@ def main() -> None:
 
     if rank == 0:
         print(f"# {name}; torch {torch.__version__}; compile={compiled} ({a.scope}, mode {a.mode}, budget "
-              f"{a.budget}); enc_len={a.enc_len}; inductor {a.inductor}", flush=True)
+              f"{a.budget}); enc_len={a.enc_len}; inductor {a.inductor}; base weights {a.base_weights}", flush=True)
     for r in a.ranks:
         for clip_s in clips:
             frames = int(clip_s * 25)
@@ -349,7 +354,7 @@ def main() -> None:
             plain_rows = {}
             if not a.only_project:
                 for ckpt in sorted({s > 0 for s in a.shares}):
-                    m = build(a.tiny, device, r)
+                    m = build(a.tiny, device, r, quantize=False)
                     batch = make_batch(m, 1, frames, a.enc_len, device, seed=0)
                     fl = model_flops(m, batch)
                     step, nb = plain_loop(m, batch, ckpt, device)
@@ -383,7 +388,7 @@ def main() -> None:
                 dt, mem = timed(step, device, steps, warm + (2 if compiled else 0))
                 ws = world_info.size if world_info is not None else 1
                 rw = row("project", r, clip_s, nb, f"{share:.2f}", dt, mem, fl, peak, ws)
-                rw.update(scope=a.scope, mode=a.mode or "default", budget=a.budget)
+                rw.update(scope=a.scope, mode=a.mode or "default", budget=a.budget, base_weights=BASE_WEIGHTS)
                 if a.split and device == "cuda":
                     rw.update(split_step(step))
                 emit(rw)
@@ -416,7 +421,8 @@ def main() -> None:
             continue
         rw = row("project", r, clip_s, nb, f"{share:.2f}", dt, mem, fl, peak,
                  world_info.size if world_info is not None else 1)
-        rw.update(scope=scope, mode=mode or "default", budget=budget, first_step_s=round(first, 1))
+        rw.update(scope=scope, mode=mode or "default", budget=budget, first_step_s=round(first, 1),
+                  base_weights=BASE_WEIGHTS)
         emit(rw)
         if rank == 0:
             print(f"{'':>8}   compile {scope}, mode {mode or 'default'}, activation budget {budget}, "

@@ -38,3 +38,23 @@ def test_a_precision_that_changes_the_music_fails_and_one_that_does_not_passes(t
     assert audio_gate.passes(figs["int8"], figs["fp32"])
     assert not audio_gate.passes(figs["int4"], figs["fp32"]), figs
     assert figs["int4"]["fd_vs_fp32_low"] > 0 and figs["int8"]["fd_vs_fp32_low"] <= 0 <= figs["int8"]["fd_vs_fp32_high"]
+
+
+def test_too_few_samples_or_clips_leave_the_decision_to_per_call_parity(tmp_path):
+    from lofi_lora.export.stage import _apply_audio_gate
+
+    fp32 = {"samples": 2, "reference_clips": 1, "fd": 771.0, "fd_low": 769.2, "fd_high": 774.4}
+    assert "2 samples and 1 holdout clips" in audio_gate.underpowered(fp32)
+    assert audio_gate.underpowered({**fp32, "samples": 24, "reference_clips": 8}) is None
+    for p in ("fp32", "int8", "int4"):
+        (tmp_path / p).mkdir()
+    metrics = {"audio_gate": {"fp32": fp32, "int8": {**fp32, "fd": 768.0}, "int4": {**fp32, "fd": 767.7}},
+               "precisions": {"fp32": {"passed": True, "parity_passed": True},
+                              "int8": {"passed": True, "parity_passed": True},
+                              "int4": {"passed": True, "parity_passed": False,
+                                       "parity": {"rel_l2": 0.227, "cosine": 0.974}}}}
+    _apply_audio_gate(metrics, tmp_path, "drop", tmp_path / "m.json")
+    m = metrics["precisions"]
+    assert m["int8"]["passed"] and m["int8"]["audio_gate_passed"] is None and (tmp_path / "int8").is_dir()
+    assert not m["int4"]["passed"] and not (tmp_path / "int4").exists()  # outside the interval, but parity decides
+    assert "holdout clips" in m["int4"]["audio_gate_reason"]

@@ -74,6 +74,7 @@ def _params() -> dict:
      "`lora.target_modules[1]` = 'attn.qkv': must be one of to_q, to_k, to_v, to_out.0, gate_proj, up_proj, down_proj"),
     (lambda p: p["audio"].update(sample_rate=0), "`audio.sample_rate` = 0: must be a number >= 8000"),
     (lambda p: p.update(sweep={}), "`sweep` is not a parameter"),
+    (lambda p: p["runtime"].update(gpu_memory_gib=0), "`runtime.gpu_memory_gib` = 0: must be a number > 0"),
 ])
 def test_bad_parameters_name_the_key_value_and_range(change, message):
     params = _params()

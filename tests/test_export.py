@@ -205,3 +205,17 @@ def test_a_lossy_precision_missing_its_gate_is_dropped_and_flagged(exported, tmp
 
     with pytest.raises(FileNotFoundError, match="export.int4.passed is false"):
         OnnxSampler(tmp_path / "onnx", "int4")
+
+
+def test_references_leave_a_gpu_whose_budget_the_fp32_pipeline_would_not_fit(exported):
+    """XL's FP32 pipeline (18.4 GiB) does not fit a 16 GiB card: its references run on the CPU instead of failing."""
+    from lofi_lora.export.stage import EXPORT_HEADROOM_BYTES, reference_device
+
+    cfg = exported["cfg"]
+    pipe = load_pipeline(cfg.model, cfg.paths.base_model)
+    weights = sum(p.numel() * 4 for m in pipe.components.values() if isinstance(m, torch.nn.Module)
+                  for p in m.parameters())
+    gpu = torch.device("cuda:0")
+    assert reference_device(pipe, gpu, EXPORT_HEADROOM_BYTES + weights) == gpu
+    assert reference_device(pipe, gpu, EXPORT_HEADROOM_BYTES + weights - 1) == torch.device("cpu")
+    assert reference_device(pipe, torch.device("cpu"), None) == torch.device("cpu")

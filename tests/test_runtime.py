@@ -90,3 +90,37 @@ def test_limit_cpu_threads_sets_torch_threads_on_cpu_only():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(n)
+
+
+def test_the_memory_budget_caps_the_allocator_and_refuses_more_than_the_card(monkeypatch):
+    """`runtime.gpu_memory_gib` becomes the caching allocator's fraction of the card (a 12 GiB budget on an 80 GiB
+    card: 0.15); a budget over the card stops the stage naming the key; on a CPU nothing happens."""
+    from lofi_lora.core.errors import ConfigError
+
+    total = 80 * runtime.GIB
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=total))
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    runtime.cap_gpu_memory("cuda:0", 12)
+    assert calls == [(12 / 80, "cuda:0")]
+    runtime.cap_gpu_memory("cuda:0", None)
+    runtime.cap_gpu_memory("cpu", 12)
+    assert len(calls) == 1
+    with pytest.raises(ConfigError, match="runtime.gpu_memory_gib"):
+        runtime.cap_gpu_memory("cuda:0", 96)
+    assert runtime.gpu_budget_bytes("cuda:0", 12) == 12 * runtime.GIB
+    assert runtime.gpu_budget_bytes("cuda:0", None) == total and runtime.gpu_budget_bytes("cpu", 12) is None
+
+
+@pytest.mark.gpu
+def test_a_capped_stage_runs_out_of_memory_where_a_card_of_that_size_would():
+    dev = torch.device("cuda:0")
+    runtime.cap_gpu_memory(dev, 1.0)
+    try:
+        x = torch.empty(int(0.5 * runtime.GIB), dtype=torch.uint8, device=dev)  # fits
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(int(0.75 * runtime.GIB), dtype=torch.uint8, device=dev)
+        assert torch.cuda.memory_reserved(dev) <= runtime.GIB
+        del x
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)

@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from lofi_lora.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
+GIB = 2**30
 
 
 def seed_everything(seed: int) -> None:
@@ -94,16 +97,42 @@ class Placement:
     weights_dtype: Any     # torch.dtype
 
 
-def placement(model_dtype: str, precision: str = "auto", device: Any = None) -> Placement:
+def placement(model_dtype: str, precision: str = "auto", device: Any = None,
+              gpu_memory_gib: float | None = None) -> Placement:
     """The one device/dtype choice of every stage: `device` (default: a free GPU, else CPU), bf16 compute on CUDA
     and float32 on CPU unless `precision` says otherwise, weights in `model.dtype` except where compute is float32.
+    On a GPU the stage is held to `gpu_memory_gib` (`runtime.gpu_memory_gib`, `cap_gpu_memory`).
     """
     import torch
 
     dev = torch.device(device if device is not None else pick_device())
+    cap_gpu_memory(dev, gpu_memory_gib)
     compute = compute_dtype(precision, dev.type)
     weights = torch.float32 if compute == torch.float32 else getattr(torch, model_dtype)
     return Placement(dev, compute, weights)
+
+
+def cap_gpu_memory(device: Any, gib: float | None) -> None:
+    """Hold PyTorch's caching allocator on `device` to `gib` GiB: past it an allocation fails as on a card of that
+    size, so a run capped on a large GPU shows what a smaller card fits. None: no cap."""
+    import torch
+
+    if gib is None or torch.device(device).type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    if gib * GIB > total:
+        raise ConfigError(f"`runtime.gpu_memory_gib` = {gib}: more than {device}'s {total / GIB:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(gib * GIB / total, device)
+    log.info("GPU memory capped at %.1f GiB of %s's %.1f GiB (runtime.gpu_memory_gib)", gib, device, total / GIB)
+
+
+def gpu_budget_bytes(device: Any, gib: float | None) -> int | None:
+    """The bytes a stage may reserve on `device`: the cap, else the whole card; None on a CPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    return int(gib * GIB) if gib is not None else torch.cuda.get_device_properties(device).total_memory
 
 
 def compute_dtype(precision: str, device: str):

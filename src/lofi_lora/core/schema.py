@@ -295,6 +295,7 @@ class Train:
     precision: str = key(choices=("auto", "fp32", "bf16"))
     cpu_threads: Optional[int] = key(ge=1)
     grad_checkpointing: Union[bool, int, float] = key(**UNIT)           # share of DiT blocks recomputed
+    base_weights: str = key(choices=("native", "int8", "fp8"))  # frozen DiT block weights (lofi_lora.train.base_weights)
     bucket_by_length: bool = key()
     cfg_dropout: Union[int, float, str] = key(choices=("auto",), **PROBABILITY)
     timesteps: str = key(choices=("auto", "discrete_turbo", "logit_normal", "uniform"))
@@ -395,6 +396,11 @@ class Export:
 
 
 @dataclass
+class Runtime:
+    gpu_memory_gib: Optional[Number] = key(gt=0)   # the GPU memory PyTorch may reserve in a stage; null: the card's
+
+
+@dataclass
 class Params:
     """params.yaml as a whole."""
 
@@ -411,4 +417,5 @@ class Params:
     train: Train = section()
     eval: Eval = section()
     export: Export = section()
+    runtime: Runtime = section()
     seed: int = key()

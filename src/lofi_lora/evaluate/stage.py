@@ -545,7 +545,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
     rows = holdout_rows(Path(paths.dataset), Path(paths.clips))
     prompts = prompt_set(rows, ev.num_prompts, seed)
     cache, _ = read_cache(paths.cache, [str(r["clip_id"]) for r in rows])
-    place = placement(cfg.model.dtype)
+    place = placement(cfg.model.dtype, gpu_memory_gib=cfg.runtime.gpu_memory_gib)
     device = str(place.device)
     limit_cpu_threads(place.device.type, ev.cpu_threads)
     log.info("evaluate: base + %d checkpoints, %d prompts x %d seeds, %.1f s, %s %s, sampling %s",

@@ -51,19 +51,41 @@ def run_export(cfg) -> dict:
     from lofi_lora.train import adapters
     from lofi_lora.model.load import load_pipeline
 
-    from lofi_lora.core.runtime import limit_cpu_threads, placement
+    from lofi_lora.core.runtime import gpu_budget_bytes, limit_cpu_threads, placement
 
     best = Path(require(cfg, "paths.lora")) / "best"
-    place = placement(cfg.model.dtype, precision="fp32")  # the FP32 reference must be FP32
+    budget = cfg.runtime.gpu_memory_gib
+    place = placement(cfg.model.dtype, precision="fp32", gpu_memory_gib=budget)  # the FP32 reference must be FP32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    limit_cpu_threads(place.device.type, cfg.export.cpu_threads)
-    pipe = load_pipeline(cfg.model, require(cfg, "paths.base_model"), str(place.device), place.weights_dtype)
+    pipe = load_pipeline(cfg.model, require(cfg, "paths.base_model"), "cpu", place.weights_dtype)
+    device = reference_device(pipe, place.device, gpu_budget_bytes(place.device, budget))
+    limit_cpu_threads(device.type, cfg.export.cpu_threads)
+    pipe.to(device)
     adapters.load_into_pipeline(pipe, best)
     metrics_path = Path(require(cfg, "paths.metrics")) / "export.json"
     sampling = sampling_settings(str(require(cfg, "model.variant")), to_plain(cfg.model.sampling or {}))
     return export_pipeline(pipe, require(cfg, "export"), sampling, Path(require(cfg, "paths.onnx")), metrics_path,
                            gate_inputs(cfg) if cfg.export.audio_gate else None)
+
+
+# What stage export holds on the GPU beyond the FP32 pipeline's weights: 3.8 GiB for 2B and 4.0 for XL in the
+# rehearsals (peak reserved 12.5 and 22.3 GiB against about 8.7 and 18.4 GiB of FP32 weights, benchmarks/NOTES.md).
+EXPORT_HEADROOM_BYTES = 4 * 2**30
+
+
+def reference_device(pipe, device: torch.device, budget: int | None) -> torch.device:
+    """Where the FP32 references run: the GPU when the FP32 pipeline and the export's working memory fit its budget
+    (`runtime.gpu_memory_gib`, else the card), else the CPU: a 16 GB card exports XL, its references on the CPU."""
+    if budget is None:
+        return device
+    need = EXPORT_HEADROOM_BYTES + sum(p.numel() * 4 for m in pipe.components.values()
+                                       if isinstance(m, torch.nn.Module) for p in m.parameters())
+    if need <= budget:
+        return device
+    log.warning("the FP32 pipeline needs about %.1f GiB on the GPU, over the %.1f GiB budget: references run on "
+                "the CPU", need / 2**30, budget / 2**30)
+    return torch.device("cpu")
 
 
 def gate_inputs(cfg) -> dict:
@@ -318,16 +340,31 @@ def _audio_gate(root: Path, pipe, dims: Mapping[str, int], gate: Mapping[str, An
 
 
 def _apply_audio_gate(metrics: dict, root: Path, on_failure: str, metrics_path: Path) -> None:
-    """A lossy precision whose FD lies outside FP32's interval fails (dropped, or the stage stops)."""
+    """A lossy precision whose FD lies outside FP32's interval fails (dropped, or the stage stops). When the interval
+    cannot decide (`audio_gate.underpowered`), per-call parity does, as without the gate."""
     figs = metrics["audio_gate"]
+    weak = audio_gate.underpowered(figs["fp32"])
+    if weak:
+        log.warning("audio-level gate undecided: %s; per-call parity decides", weak)
     for precision, fig in figs.items():
-        ok = precision == "fp32" or audio_gate.passes(fig, figs["fp32"])
-        metrics["precisions"][precision]["audio_gate_passed"] = ok
-        if ok:
+        m = metrics["precisions"][precision]
+        if precision == "fp32":
+            m["audio_gate_passed"] = True
             continue
-        metrics["precisions"][precision]["passed"] = False
-        msg = (f"{precision} ONNX sampler: FD {fig['fd']:.5g} outside FP32's {figs['fp32']['fd_low']:.5g}.."
-               f"{figs['fp32']['fd_high']:.5g} (audio-level gate)")
+        if weak:
+            m.update(audio_gate_passed=None, audio_gate_reason=weak)
+            if m["parity_passed"]:
+                continue
+            worst = m["parity"]
+            msg = (f"{precision} denoiser: rel_l2 {worst['rel_l2']:.3g}, cosine {worst['cosine']:.6f} missed its "
+                   f"per-call tolerance, and the audio-level gate could not decide")
+        else:
+            m["audio_gate_passed"] = audio_gate.passes(fig, figs["fp32"])
+            if m["audio_gate_passed"]:
+                continue
+            msg = (f"{precision} ONNX sampler: FD {fig['fd']:.5g} outside FP32's {figs['fp32']['fd_low']:.5g}.."
+                   f"{figs['fp32']['fd_high']:.5g} (audio-level gate)")
+        m["passed"] = False
         if on_failure == "error":
             write_stage_metrics("export", metrics_path, metrics)
             raise ExportParityError(msg)

@@ -44,6 +44,8 @@ def train_config_hash(cfg, data_hash: str, world_size: int = 1) -> str:
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in RESUME_SAFE_KEYS}
     if not train.get("ema_decay"):
         train = {k: v for k, v in train.items() if k not in EMA_KEYS}
+    if train.get("base_weights") == "native":  # runs keep the hash they had before the option existed
+        train.pop("base_weights")
     if world_size > 1:
         train["world_size"] = world_size
     what = {"seed": cfg.seed, "model": to_plain(cfg.model), "lora": to_plain(cfg.lora), "train": train,
@@ -80,12 +82,14 @@ def build_state(cfg, clips: list[dict[str, torch.Tensor]], place, world) -> tupl
     """The base DiT with a fresh LoRA (seeded), its speed settings, optimizer, schedule, sampler RNG and data order;
     returns the state and the number of trainable parameters."""
     from lofi_lora.model.load import load_transformer
-    from lofi_lora.train import distributed
+    from lofi_lora.train import base_weights, distributed
     from lofi_lora.train import speed as train_speed
     from lofi_lora.core.runtime import seed_everything
 
     tcfg, device = cfg.train, place.device
+    base_weights.check(tcfg.base_weights, cfg.adapter.type, device)
     model = load_transformer(cfg.model, cfg.paths.base_model, device=device, dtype=place.weights_dtype)
+    base_weights.quantize_blocks(model, tcfg.base_weights)
     seed_everything(cfg.seed)  # LoRA init draws from the global RNG: same adapter init whoever calls us
     n_trainable = add_lora(model, cfg.lora, cfg.adapter)
     share = train_speed.checkpoint_share(tcfg.grad_checkpointing)
@@ -228,7 +232,8 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     tcfg, max_steps = cfg.train, cfg.train.max_steps
     ckpt_every = tcfg.checkpoint_every or max_steps
     world = distributed.setup(tcfg.distributed)
-    place = placement(cfg.model.dtype, tcfg.precision, distributed.device_for(world) if world.active else None)
+    place = placement(cfg.model.dtype, tcfg.precision, distributed.device_for(world) if world.active else None,
+                      gpu_memory_gib=cfg.runtime.gpu_memory_gib)
     set_deterministic(place.device.type)
     limit_cpu_threads(place.device.type, tcfg.cpu_threads)
     clip_ids, clips, data_hash = load_train_clips(cfg)
