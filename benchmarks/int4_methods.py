@@ -221,6 +221,30 @@ class Calibration:
         self.i = 0
 
 
+def op_profile(path: Path, threads: int, inputs, patch: int, calls: int) -> dict[str, float]:
+    """Milliseconds per call by op type (MatMul, MatMulNBits, Softmax, ...), from onnxruntime's profiler."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = int(threads)
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.parent / "ort_profile")
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    ortx.run_denoiser(sess, inputs, patch)  # warm-up: its events are dropped below
+    for _ in range(calls):
+        ortx.run_denoiser(sess, inputs, patch)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    warm_end = runs[0][1]
+    per_op: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= warm_end:
+            per_op.setdefault(e["args"]["op_name"], []).append(e["dur"] / 1000)
+    per_op["(whole call)"] = [(b - a) / 1000 for a, b in runs[1:]]
+    return {op: round(sum(v) / calls, 2) for op, v in sorted(per_op.items(), key=lambda kv: -sum(kv[1]))}
+
+
 def parse_spec(spec: str) -> dict:
     parts = spec.split("-")
     out = {"method": parts[0], "block_size": 32, "symmetric": True, "accuracy_level": None, "exclude": "cond",
@@ -261,6 +285,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out-dir", default="outputs/int4_methods")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--op-profile", action="store_true",
+                    help="also time each op type over --repeats calls (onnxruntime's profiler): where a call's time goes")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -324,6 +350,8 @@ def main(argv=None) -> dict:
         size = ortx.file_bytes(sorted(path.parent.glob("denoiser.onnx*")))
         row = {"spec": name, "rel_l2": figs["rel_l2"], "cosine": figs["cosine"], "size_ratio": size / fp32_bytes,
                "mb": size / 1e6, "ms": lat["median_ms"], "quantize_s": quant_s, "session_s": round(load_s, 1)}
+        if args.op_profile:
+            row["op_ms_per_call"] = op_profile(path, args.threads, timed, dims["patch_size"], args.repeats)
         log.info("%s", row)
         return row
 

@@ -159,6 +159,9 @@ def test_end_to_end_run_writes_everything(tmp_path):
     for key in ("loss", "loss_smoothed", "steps", "trainable_params", "grad_norm", "lr"):
         assert metrics[key] is not None, key
     assert "steps_per_s" not in metrics and "wall_s" not in metrics  # timings are logged, not versioned
+    loop = result["loop"]  # where the loop's time went (issue 28): first interval, steady step, checkpoint writes
+    assert loop["first_interval_s"] > 0 and loop["steady_ms_per_step"] > 0 and loop["checkpoint_s"] > 0
+    assert loop["first_interval_s"] + loop["checkpoint_s"] < result["wall_s"] and "loop" not in metrics
     curves = Path(cfg.paths.metrics) / "train" / "plots" / "metrics"
     for name in ("loss", "lr", "grad_norm"):
         rows = (curves / f"{name}.tsv").read_text().splitlines()

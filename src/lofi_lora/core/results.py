@@ -89,7 +89,7 @@ def split_dataset(m: dict[str, Any]) -> Split:
     return head, {"styles": styles}, {"cache": m.get("cache")}
 
 
-TRAIN_TIMINGS = ("steps_per_s", "tokens_per_s", "wall_s", "steps_run", "resumed_from", "device", "world_size")
+TRAIN_TIMINGS = ("steps_per_s", "tokens_per_s", "wall_s", "steps_run", "resumed_from", "device", "world_size", "loop")
 
 
 def split_train(m: dict[str, Any]) -> Split:

@@ -5,6 +5,7 @@ most sensitive: benchmarks/NOTES.md, INT4). Evaluate and export use the base as 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
@@ -40,7 +41,9 @@ def quantize_blocks(model: torch.nn.Module, kind: str) -> int:
             names.append(fqn)
         return hit
 
-    config = Int8WeightOnlyConfig() if kind == "int8" else Float8DynamicActivationFloat8WeightConfig()
+    config = Int8WeightOnlyConfig(version=2) if kind == "int8" else Float8DynamicActivationFloat8WeightConfig()
     quantize_(model, config, filter_fn=pick)
+    # PEFT warns that its torchao LoRA layers cannot merge: training never merges, export merges on the base it loads
+    warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without")
     log.info("base weights: %d Linear layers of the DiT blocks in %s (train.base_weights)", len(names), kind)
     return len(names)

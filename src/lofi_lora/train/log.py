@@ -3,6 +3,8 @@ and the DVCLive history (continued across a resume)."""
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,33 @@ def open_live(live_dir: Path, resumed_step: int | None):
     if resumed_step is not None:
         _trim_history(live_dir, resumed_step)
     return Live(str(live_dir), dvcyaml=False, resume=resumed_step is not None, save_dvc_exp=False)
+
+
+class LoopClock:
+    """Where the train loop's time goes, read only where the host has synced (a CUDA step is asynchronous): the
+    first interval (compile and CUDA-graph recording inside it), the steady time per step between syncs, and the
+    checkpoint writes, which a benchmark's step does not have (issue 28: the stage against its benchmark)."""
+
+    def __init__(self, step: int) -> None:
+        self.t, self.step = time.perf_counter(), step
+        self.first_s: float | None = None
+        self.rates: list[float] = []
+        self.checkpoint_s = 0.0
+
+    def mark(self, step: int) -> None:
+        """The host is in sync at `step`: close the interval since the last mark."""
+        now = time.perf_counter()
+        if step > self.step:
+            if self.first_s is None:
+                self.first_s = now - self.t
+            else:
+                self.rates.append((now - self.t) / (step - self.step))
+        self.t, self.step = now, step
+
+    def checkpoint(self, seconds: float, step: int) -> None:
+        self.checkpoint_s += seconds
+        self.t, self.step = time.perf_counter(), step
+
+    def summary(self) -> dict[str, float | None]:
+        steady = statistics.median(self.rates) * 1000 if self.rates else None
+        return {"first_interval_s": self.first_s, "steady_ms_per_step": steady, "checkpoint_s": self.checkpoint_s}

@@ -176,7 +176,7 @@ def train_metrics(run: dict[str, Any], metrics, state: TrainState, place, world)
         "tokens_per_s": run["frames"] / wall_s if steps_run else None,  # latent frames (25 Hz) per second
         "wall_s": wall_s, "config_hash": run["config_hash"], "device": str(place.device),
         "dtype": str(place.compute_dtype).replace("torch.", ""), "timesteps": state.objective.scheme,
-        "cfg_dropout": state.objective.cfg_ratio, "world_size": world.size,
+        "cfg_dropout": state.objective.cfg_ratio, "world_size": world.size, "loop": run["loop"],
     }
 
 
@@ -227,7 +227,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     from lofi_lora.train import distributed
     from lofi_lora.train.checkpoints import CheckpointStore
     from lofi_lora.core.runtime import limit_cpu_threads, placement, set_deterministic
-    from lofi_lora.train.log import MetricsBuffer, open_live
+    from lofi_lora.train.log import LoopClock, MetricsBuffer, open_live
 
     tcfg, max_steps = cfg.train, cfg.train.max_steps
     ckpt_every = tcfg.checkpoint_every or max_steps
@@ -263,6 +263,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     info = CheckpointInfo(chash, lora_info(cfg.lora, cfg.adapter), tcfg.keep_last)
     frames_total, t0, start_step = torch.zeros((), device=place.device), time.perf_counter(), state.step
     sync_every_step = place.device.type != "cuda" or step_callback is not None
+    clock = LoopClock(state.step)
     try:
         with _StopFlag() as stop, tqdm(total=max_steps, initial=state.step, desc="train", unit="step",
                                        disable=None if world.is_main else True) as bar:
@@ -276,9 +277,12 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
                 stopping = stop.signum is not None and step < max_steps
                 if sync_every_step or step % metrics.log_every == 0 or at_checkpoint or stopping:
                     metrics.flush()
+                    clock.mark(step)
                     bar.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{metrics.last['lr']:.2e}")
                 if at_checkpoint:
+                    t_ckpt = time.perf_counter()
                     checkpoint(state, store, info, metrics, world)
+                    clock.checkpoint(time.perf_counter() - t_ckpt, step)
                 if step_callback is not None:
                     step_callback(step)
                 stopping = stop.signum is not None and step < max_steps
@@ -299,7 +303,7 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
 
     run = {"steps_run": state.step - start_step, "wall_s": time.perf_counter() - t0, "resumed_from": resumed_from,
            "frames": float(frames_total) * world.size,  # every rank trains on about the same number of frames
-           "trainable_params": n_trainable, "clips": len(clips), "config_hash": chash}
+           "trainable_params": n_trainable, "clips": len(clips), "config_hash": chash, "loop": clock.summary()}
     result = train_metrics(run, metrics, state, place, world)
     if world.is_main:
         write_adapters(cfg, state, chash)
@@ -311,4 +315,4 @@ def run_train(cfg, step_callback: Callable[[int], None] | None = None) -> dict[s
     log.info("train done: step %d, loss %.4f (smoothed %.4f), %.2f steps/s", state.step,
              metrics.last.get("loss", float("nan")), metrics.ema_loss or float("nan"), result["steps_per_s"] or 0.0)
     return {k: result[k] for k in ("final_loss", "train_loss_smoothed", "steps", "steps_run", "resumed_from",
-                                   "trainable_params", "steps_per_s", "tokens_per_s")}
+                                   "trainable_params", "steps_per_s", "tokens_per_s", "wall_s", "loop", "device")}
