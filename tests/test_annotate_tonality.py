@@ -157,3 +157,36 @@ def test_a_dotted_eighth_reading_of_a_332_groove_goes_back_to_the_quarter(monkey
     monkeypatch.undo()
     # A reading already on the quarter stays as it was.
     assert choose_tempo_level([clip], 72.0, 60.0, 100.0, margin) == (72.0, "audio", None)
+
+
+def waltz_onsets(bpm: float, hop_s: float, seconds: float = 40.0) -> np.ndarray:
+    """Onset strength of a country waltz's oom-pah-pah: a strong bass on beat one, light chords on two and three, so
+    the strongest onsets recur every three beats and the single beats barely show."""
+    env = np.zeros(int(seconds / hop_s))
+    for i in range(int(seconds * bpm / 60)):
+        env[int(round(i * 60.0 / bpm / hop_s))] = 1.0 if i % 3 == 0 else 0.2
+    return np.convolve(env, np.hanning(7)[1:-1], "same")
+
+
+def test_a_waltz_read_on_its_beat_keeps_it(monkeypatch):
+    """A 3-beat bar is also two beats at two thirds the tempo, where the 1-2-4 beat salience alone moved a tracker
+    that was right (MMA's CountryWaltz, 96.9 read as 64.6). The 3-6 beat salience keeps the reading, since the beat
+    itself repeats better than the two-thirds level's (1.5 beats)."""
+    from lofi_lora.annotate import tempo
+    from lofi_lora.annotate.analysis import ClipAnalysis
+    from lofi_lora.annotate.key import KeyEstimate
+    from lofi_lora.annotate.tempo import TempoEstimate
+
+    hop = 512 / 44100
+    ac = _autocorr(waltz_onsets(96.0, hop), int(4 * 60 / 30 / hop) + 3)
+    clip = ClipAnalysis(40.0, TempoEstimate(96.0, 1.0, 96.0, 0.625), 96.0, KeyEstimate("C", "major", 0.5, 0.5), 3,
+                        0.5, np.zeros((12, 1)), np.zeros((12, 1)), 0.1, ac, hop)
+    margin = AnalysisOptions().tracker_margin
+    assert choose_tempo_level([clip], 96.0, 60.0, 100.0, margin) == (96.0, "audio", None)
+    duple_only = tempo.metrical_salience
+    monkeypatch.setattr(tempo, "metrical_salience", lambda ac, hop_s, bpm=tempo.BPM_GRID, bar=4:
+                        duple_only(ac, hop_s, bpm, 4))
+    from lofi_lora.annotate import track as track_mod
+    monkeypatch.setattr(track_mod, "metrical_salience", tempo.metrical_salience)
+    bpm, source, _ = choose_tempo_level([clip], 96.0, 60.0, 100.0, margin)
+    assert abs(bpm / 64.0 - 1) < 0.04 and source == "onsets"  # without the 3-beat bar, the two-thirds level won

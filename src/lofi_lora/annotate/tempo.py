@@ -42,18 +42,21 @@ def log_range_prior(bpm: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.log(np.maximum(_prior(bpm, lo, hi), 1e-12))
 
 
-def metrical_salience(ac: np.ndarray, hop_s: float, bpm: np.ndarray = BPM_GRID) -> np.ndarray:
+def metrical_salience(ac: np.ndarray, hop_s: float, bpm: np.ndarray = BPM_GRID, bar: int = 4) -> np.ndarray:
     """How well each tempo in `bpm` explains the onsets: their normalised autocorrelation `ac` (hop `hop_s`)
-    summed at the beat, half-bar and bar lags (1, 2 and 4 beats). A beat that the onsets' grid merely crosses
-    (three sixteenths of a reel, a jig's quarter) peaks at its own lag but not at its bar. A lag beyond `ac`
-    (a short clip) counts the beat lag again."""
+    summed at the beat, half-bar and bar lags (1, 2 and 4 beats; with `bar=3`, 1, 3 and 6). A beat that the onsets'
+    grid merely crosses (three sixteenths of a reel, a jig's quarter) peaks at its own lag but not at its bar. A lag
+    beyond `ac` (a short clip) counts the beat lag again."""
     lag = 60.0 / (bpm * hop_s)
     idx = np.arange(len(ac))
     beat = np.interp(lag, idx, ac)
-    salience = beat.copy()
-    for k in (2, 4):
-        salience += np.where(k * lag <= len(ac) - 1, np.interp(k * lag, idx, ac), beat)
-    return salience
+    at = lambda k: np.where(k * lag <= len(ac) - 1, np.interp(k * lag, idx, ac), beat)  # noqa: E731
+    duple = beat + at(2) + at(4)
+    if bar == 4:
+        return duple
+    # A 3-beat bar explains the same bar lag as 2 beats at two thirds the tempo; only the beat itself tells them
+    # apart, so it counts only where the beat repeats at least as well as the two-thirds level's (1.5 beats).
+    return np.where(beat >= at(1.5), beat + at(3) + at(6), duple)
 
 
 def _parabolic(ac: np.ndarray, i: int) -> float:

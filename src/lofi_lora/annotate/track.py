@@ -143,11 +143,15 @@ def choose_tempo_level(clips: Sequence[ClipAnalysis], bpm: float, lo: float, hi:
     thirds of a reel's beat, three halves of a jig's), which an octave fold cannot mend. Drums in a 3+3+2 groove
     (most hits on off-beat sixteenths) lead it to the same four thirds with a salience close to the beat's, so
     that level is then compared with 3/4 of it on the bar lag alone (`bar_fit`, TERNARY above; source "onsets").
+    The tracker's own levels may also be explained by a 3-beat bar (`metrical_salience(bar=3)`): an oom-pah-pah's
+    bar is two beats at two thirds its tempo, or four at four thirds, which the 4-beat salience alone preferred.
     """
     w = np.array([c.duration_s for c in clips], dtype=float)
     w /= max(w.sum(), 1e-9)
     raw = sum(wi * metrical_salience(c.onset_ac, c.onset_hop_s) for wi, c in zip(w, clips))
     score = raw + log_range_prior(BPM_GRID, lo, hi)
+    triple = sum(wi * metrical_salience(c.onset_ac, c.onset_hop_s, bar=3) for wi, c in zip(w, clips))
+    keep = np.maximum(raw, triple) + log_range_prior(BPM_GRID, lo, hi)  # the tracker's levels: either bar
     at = lambda b: int(np.clip(round((b - BPM_GRID[0]) / 0.1), 0, len(BPM_GRID) - 1))  # noqa: E731
     octaves = [bpm * 2.0 ** k for k in range(-2, 3) if BPM_GRID[0] <= bpm * 2.0 ** k <= BPM_GRID[-1]] or [bpm]
     # Each octave is read off its salience peak within +-REFINE: the bar-lag term makes peaks sharper than the
@@ -156,9 +160,9 @@ def choose_tempo_level(clips: Sequence[ClipAnalysis], bpm: float, lo: float, hi:
     for b in octaves:
         near = (BPM_GRID >= b / (1 + REFINE)) & (BPM_GRID <= b * (1 + REFINE))
         peaks.append(float(BPM_GRID[near][np.argmax(score[near])]) if near.any() else b)
-    level = max(peaks, key=lambda b: score[at(b)])
+    level = max(peaks, key=lambda b: keep[at(b)])
     best = int(np.argmax(score))
-    if score[at(level)] >= score[best] - margin:
+    if keep[at(level)] >= score[best] - margin:
         chosen, source = level, "range"
     else:
         chosen, source = float(BPM_GRID[best]), "onsets"
