@@ -1,6 +1,6 @@
 """The frozen base in native precision, int8 and fp8 (`train.base_weights`) trained for the same steps on the same
 cached batches, through stage train's own `run_train`: smoothed loss against native's, peak GPU memory, ms per step
-(issue 28, item 3). A second native run with another seed gives the noise the difference is judged against.
+at steady state (the loop's own clock, compile left out; issue 28, item 3). A second native run with another seed gives the noise the difference is judged against.
 
 Runs in a finished rehearsal's work folder (its params.yaml, dataset and cache; its own outputs are not touched):
 
@@ -34,7 +34,7 @@ def train_once(params: dict, out: Path, steps: int, kind: str, seed: int) -> dic
     res = run_train(load_config(p))
     peak = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
     return {"kind": kind, "seed": seed, "steps": steps, "loss_smoothed": res["train_loss_smoothed"],
-            "final_loss": res["final_loss"], "ms_per_step": 1000 / res["steps_per_s"], "peak_gib": peak,
+            "final_loss": res["final_loss"], "ms_per_step": res["loop"]["steady_ms_per_step"], "peak_gib": peak,
             "device": res["device"]}
 
 

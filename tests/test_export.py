@@ -208,7 +208,7 @@ def test_a_lossy_precision_missing_its_gate_is_dropped_and_flagged(exported, tmp
 
 
 def test_references_leave_a_gpu_whose_budget_the_fp32_pipeline_would_not_fit(exported):
-    """XL's FP32 pipeline (18.4 GiB) does not fit a 16 GiB card: its references run on the CPU instead of failing."""
+    """XL's FP32 pipeline (20.6 GiB of weights) does not fit a 16 GiB card: its references run on the CPU instead."""
     from lofi_lora.export.stage import EXPORT_HEADROOM_BYTES, reference_device
 
     cfg = exported["cfg"]

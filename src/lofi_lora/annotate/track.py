@@ -149,9 +149,10 @@ def choose_tempo_level(clips: Sequence[ClipAnalysis], bpm: float, lo: float, hi:
     w = np.array([c.duration_s for c in clips], dtype=float)
     w /= max(w.sum(), 1e-9)
     raw = sum(wi * metrical_salience(c.onset_ac, c.onset_hop_s) for wi, c in zip(w, clips))
-    score = raw + log_range_prior(BPM_GRID, lo, hi)
+    prior = log_range_prior(BPM_GRID, lo, hi)
+    score = raw + prior
     triple = sum(wi * metrical_salience(c.onset_ac, c.onset_hop_s, bar=3) for wi, c in zip(w, clips))
-    keep = np.maximum(raw, triple) + log_range_prior(BPM_GRID, lo, hi)  # the tracker's levels: either bar
+    keep = np.maximum(raw, triple) + prior  # the tracker's levels: either bar
     at = lambda b: int(np.clip(round((b - BPM_GRID[0]) / 0.1), 0, len(BPM_GRID) - 1))  # noqa: E731
     octaves = [bpm * 2.0 ** k for k in range(-2, 3) if BPM_GRID[0] <= bpm * 2.0 ** k <= BPM_GRID[-1]] or [bpm]
     # Each octave is read off its salience peak within +-REFINE: the bar-lag term makes peaks sharper than the

@@ -69,9 +69,9 @@ def run_export(cfg) -> dict:
                            gate_inputs(cfg) if cfg.export.audio_gate else None)
 
 
-# What stage export holds on the GPU beyond the FP32 pipeline's weights: 3.8 GiB for 2B and 4.0 for XL in the
-# rehearsals (peak reserved 12.5 and 22.3 GiB against about 8.7 and 18.4 GiB of FP32 weights, benchmarks/NOTES.md).
-EXPORT_HEADROOM_BYTES = 4 * 2**30
+# What stage export holds on the GPU beyond the FP32 pipeline's weights: 1.5 GiB for 2B and 1.7 for XL in the
+# rehearsals (peak reserved 12.5 and 22.3 GiB against 11.0 and 20.6 GiB of FP32 weights, benchmarks/NOTES.md).
+EXPORT_HEADROOM_BYTES = 2 * 2**30
 
 
 def reference_device(pipe, device: torch.device, budget: int | None) -> torch.device:
